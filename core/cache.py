@@ -1,0 +1,121 @@
+"""The on-disk artifact store shared by the app and the CLI.
+
+Artifacts are single safetensors files (no pickle anywhere): tensors plus string
+metadata. Every file carries a SHA-256 of its tensors, checked on load, and is
+written to a temporary file and renamed into place, so a killed process never
+leaves a half artifact under the final name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors_bytes
+
+from .errors import ArtifactError
+
+_CHECKSUM_KEY = "poisonlab.sha256"
+_META_KEY = "poisonlab.meta"
+
+
+def cache_dir() -> Path:
+    """`POISONLAB_CACHE` if set, else `cache/` at the top of the project."""
+    configured = os.environ.get("POISONLAB_CACHE")
+    path = Path(configured) if configured else Path(__file__).resolve().parent.parent / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def canonical_json(value: Any) -> str:
+    """A stable text form of configs (dataclasses, tuples, dicts) for hashing and display."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, float) and v.is_integer():
+            return v  # json keeps 1.0 distinct from 1, which is what we want
+        return v
+
+    return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(*parts: Any, length: int = 16) -> str:
+    """Short hex digest naming the artifact computed from `parts`."""
+    return hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:length]
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_artifact(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Store tensors and JSON-able metadata atomically, with a checksum of the tensors."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {_META_KEY: json.dumps(meta, sort_keys=True), _CHECKSUM_KEY: tensors_checksum(tensors)}
+    atomic_write_bytes(Path(path), save_safetensors_bytes(tensors, metadata=header))
+
+
+def load_artifact(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read an artifact written by `save_artifact`; ArtifactError if damaged, FileNotFoundError if absent.
+
+    The verified checksum is returned in the metadata as `checksum`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        meta = json.loads(header[_META_KEY])
+        expected = header[_CHECKSUM_KEY]
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ArtifactError(f"cache file {path} is unreadable ({exc}); it will be rebuilt") from exc
+    if tensors_checksum(tensors) != expected:
+        raise ArtifactError(f"cache file {path} fails its checksum; it will be rebuilt")
+    return tensors, {**meta, "checksum": expected}
+
+
+def discard(path: Path) -> None:
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,155 @@
+"""Command line: `python -m core <command>`; each command ends with one JSON line on stdout.
+
+Progress bars go to stderr, so stdout stays machine-readable. Every number the app shows
+comes from the same core calls with the same parameters, so it can be reproduced here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from .errors import PoisonLabError
+from .poison import PoisonConfig
+from .progress import Progress
+from .train import TrainConfig
+
+
+class _Bar:
+    """A tqdm bar per task, fed by Progress reports."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bars = {}
+
+    def __call__(self, event: Progress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(event.task)
+        if bar is None:
+            bar = self.bars[event.task] = tqdm(total=event.total or None, desc=event.task, file=sys.stderr, unit="", dynamic_ncols=True)
+        bar.n = event.done
+        postfix = {k: f"{v:.4f}" for k, v in event.info.items() if k in ("loss", "val_accuracy")}
+        bar.set_postfix(postfix, refresh=False)
+        bar.set_description(event.message or event.task, refresh=False)
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _pair(text: str):
+    parts = text.replace(",", " ").replace("-", " ").split()
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 16-17, got {text!r}")
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two whole numbers like 16-17, got {text!r}") from None
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gtsrb-dir", help="GTSRB folder (default: $GTSRB_DIR)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
+    p, t = PoisonConfig(), TrainConfig()
+    attack = parser.add_argument_group("attack (defaults: the thesis's)")
+    attack.add_argument("--source", type=int, default=p.source, help=f"class whose images get the sticker (default {p.source}: 50 km/h)")
+    attack.add_argument("--target", type=int, default=p.target, help=f"class they are relabelled as (default {p.target}: 80 km/h)")
+    attack.add_argument("--size", type=int, default=p.size, help=f"sticker side in pixels (default {p.size})")
+    attack.add_argument("--color", type=int, nargs=3, metavar=("R", "G", "B"), default=p.color, help="sticker colour, 0-255 each (default 245 255 0)")
+    attack.add_argument("--x-range", type=_pair, default=p.x_range, metavar="FIRST-LAST", help="columns for the sticker's left edge, inclusive (default 16-17)")
+    attack.add_argument("--y-range", type=_pair, default=p.y_range, metavar="FIRST-LAST", help="rows for the sticker's top edge, inclusive (default 16-19)")
+    attack.add_argument("--fraction", type=float, default=p.fraction, help=f"share pp of the target class that is poisoned, 0 <= pp < 1 (default {p.fraction})")
+    attack.add_argument("--poison-seed", type=int, default=p.seed, help=f"seed for choosing and stickering images (default {p.seed})")
+    train = parser.add_argument_group("training")
+    train.add_argument("--architecture", default=t.architecture, help=f"network (default {t.architecture}: thesis appendix A.1)")
+    train.add_argument("--epochs", type=int, default=t.max_epochs, help=f"maximum epochs (default {t.max_epochs})")
+    train.add_argument("--patience", type=int, default=t.patience, help=f"early stopping: epochs without a lower validation loss (default {t.patience})")
+    train.add_argument("--batch-size", type=int, default=t.batch_size, help=f"batch size (default {t.batch_size})")
+    train.add_argument("--lr", type=float, default=t.learning_rate, help=f"peak learning rate of the one-cycle schedule on Adam (default {t.learning_rate})")
+    train.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"Adam weight decay (default {t.weight_decay})")
+    train.add_argument("--no-augment", action="store_true", help="train without the random rotation/scale/shift/brightness augmentation")
+    train.add_argument("--subset", type=int, default=t.subset, help="train on this many random training images (default 0: all)")
+    train.add_argument("--seed", type=int, default=t.seed, help=f"seed for initialisation, shuffling and augmentation (default {t.seed})")
+    train.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
+
+
+def experiment_from_args(args: argparse.Namespace):
+    from .experiment import ExperimentConfig
+
+    poison = PoisonConfig(
+        source=args.source, target=args.target, size=args.size, color=tuple(args.color),
+        x_range=tuple(args.x_range), y_range=tuple(args.y_range), fraction=args.fraction, seed=args.poison_seed,
+    )
+    train = TrainConfig(
+        architecture=args.architecture, max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
+        learning_rate=args.lr, weight_decay=args.weight_decay, augment=not args.no_augment, subset=args.subset, seed=args.seed,
+    )
+    return ExperimentConfig(poison, train)
+
+
+def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .data import load_gtsrb
+    from .experiment import train_or_load
+
+    config = experiment_from_args(args)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    trained = train_or_load(config, data, progress=bar, use_cache=not args.no_cache)
+    m = trained.metrics
+    keys = ("clean_accuracy", "source_accuracy", "attack_success_rate", "epochs", "best_epoch", "train_seconds", "n_poisoned", "n_train")
+    return {**{k: m[k] for k in keys}, "from_cache": trained.from_cache, "model": str(trained.path), "config": config.to_dict()}
+
+
+def _cmd_data(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .data import SPLITS, load_gtsrb
+
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    sizes = {s: len(data.split(s)) for s in SPLITS}
+    return {"root": data.root, "layout": data.layout, "content_id": data.content_id, "sizes": sizes, "train_class_counts": data.train.class_counts()}
+
+
+def _cmd_download(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .download import download_official
+
+    root = download_official(args.dest, progress=bar)
+    return {"gtsrb_dir": str(root), "hint": f"export GTSRB_DIR={root}"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="poison GTSRB and train (or load) the model; prints its metrics as JSON",
+                                description="Poison GTSRB with the sticker attack, train the network (or load it from cache/) and print "
+                                "clean test accuracy, source-class accuracy, attack success rate, epochs and wall time as one JSON line.")
+    _add_experiment_options(train)
+    _add_data_options(train)
+    data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
+    _add_data_options(data)
+    download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
+    download.add_argument("--dest", required=True, help="folder to download and unpack into")
+    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
+    handler = {"train": _cmd_train, "data": _cmd_data, "download": _cmd_download}[args.command]
+    try:
+        result = handler(args, bar)
+    except PoisonLabError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,204 @@
+"""An experiment: one poisoning attack and one training run on GTSRB, and what they yield.
+
+`ExperimentConfig` is the active experiment that the CLI, every page and the URL share.
+`train_or_load` returns its trained model and metrics, from `cache/` when they exist: the
+weights are a safetensors file named by a hash of the data, the attack and the training
+configuration, with the metrics in its metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
+from .data import GTSRB, NUM_CLASSES, Split, load_gtsrb
+from .errors import ArtifactError, ConfigError
+from .models import build_model, predict
+from .poison import PoisonConfig, PoisonedSplit, attack_test_set, poison_split
+from .progress import ProgressCallback
+from .train import TrainConfig, fit
+
+_ARTIFACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"poison": dataclasses.asdict(self.poison), "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> "ExperimentConfig":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"an experiment configuration must be a mapping, got {type(value).__name__}")
+        unknown = set(value) - {"poison", "train"}
+        if unknown:
+            raise ConfigError(f"unknown experiment sections: {', '.join(sorted(unknown))}")
+        return cls(_build(PoisonConfig, value.get("poison", {})), _build(TrainConfig, value.get("train", {})))
+
+    def to_query(self) -> Dict[str, str]:
+        """Flat string parameters for a URL query string (see `from_query`)."""
+        p, t = self.poison, self.train
+        return {
+            "source": str(p.source), "target": str(p.target), "size": str(p.size),
+            "color": "%02x%02x%02x" % p.color, "x": f"{p.x_range[0]}-{p.x_range[1]}",
+            "y": f"{p.y_range[0]}-{p.y_range[1]}", "pp": repr(p.fraction), "pseed": str(p.seed),
+            "arch": t.architecture, "epochs": str(t.max_epochs), "patience": str(t.patience),
+            "batch": str(t.batch_size), "lr": repr(t.learning_rate), "wd": repr(t.weight_decay),
+            "aug": "1" if t.augment else "0", "subset": str(t.subset), "seed": str(t.seed),
+        }
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> "ExperimentConfig":
+        """Parse `to_query` output; absent keys take defaults, malformed ones raise ConfigError."""
+        default = cls().to_query()
+        q = {k: str(query.get(k, default[k])) for k in default}
+        try:
+            color_hex = q["color"].lstrip("#")
+            if len(color_hex) != 6:
+                raise ValueError(f"colour {q['color']!r} is not six hex digits")
+            poison = PoisonConfig(
+                source=int(q["source"]), target=int(q["target"]), size=int(q["size"]),
+                color=tuple(int(color_hex[i : i + 2], 16) for i in (0, 2, 4)),
+                x_range=_pair(q["x"]), y_range=_pair(q["y"]), fraction=float(q["pp"]), seed=int(q["pseed"]),
+            )
+            train = TrainConfig(
+                architecture=q["arch"], max_epochs=int(q["epochs"]), patience=int(q["patience"]),
+                batch_size=int(q["batch"]), learning_rate=float(q["lr"]), weight_decay=float(q["wd"]),
+                augment=q["aug"] == "1", subset=int(q["subset"]), seed=int(q["seed"]),
+            )
+        except ValueError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"malformed experiment parameter in the link: {exc}") from None
+        return cls(poison, train)
+
+
+def _pair(text: str):
+    first, _, last = text.partition("-")
+    return (int(first), int(last))
+
+
+def _build(kind, values: Mapping[str, Any]):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{kind.__name__} must be a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} parameters: {', '.join(sorted(unknown))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return kind(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad {kind.__name__} parameters: {exc}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class PoisonedData:
+    """The data of an experiment: poisoned training and validation splits, the attack test set."""
+
+    train: PoisonedSplit
+    val: PoisonedSplit
+    attack: PoisonedSplit
+    """Every source-class test image with a sticker; labels are the true (source) class."""
+    test: Split
+    """The untouched test split, for clean accuracy."""
+    train_index: torch.Tensor
+    """Indices into the GTSRB training split of `train` (all of them unless `subset` is set)."""
+
+
+def poisoned_data(data: GTSRB, config: ExperimentConfig) -> PoisonedData:
+    """Poison the splits; with `train.subset` > 0, keep a seeded random subset of the training split."""
+    train = poison_split(data.train, config.poison, "train")
+    index = torch.arange(len(train))
+    if config.train.subset and config.train.subset < len(train):
+        generator = torch.Generator().manual_seed(config.train.seed)
+        index = torch.randperm(len(train), generator=generator)[: config.train.subset].sort().values
+        train = PoisonedSplit(train.images[index], train.labels[index], train.poison_mask[index], train.positions[index])
+    val = poison_split(data.val, config.poison, "val")
+    return PoisonedData(train, val, attack_test_set(data.test, config.poison), data.test, index)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedModel:
+    model: nn.Module
+    metrics: Dict[str, Any]
+    path: Path
+    from_cache: bool
+
+
+def model_path(data: GTSRB, config: ExperimentConfig) -> Path:
+    key = config_hash(_ARTIFACT_VERSION, data.content_id, config.to_dict())
+    return cache_dir() / f"model-{config.train.architecture}-{key}.safetensors"
+
+
+def evaluate(model: nn.Module, poisoned: PoisonedData, config: ExperimentConfig) -> Dict[str, Any]:
+    """Clean accuracy, source-class accuracy, attack success rate and the source class's confusion."""
+    source, target = config.poison.source, config.poison.target
+    test_pred = predict(model, poisoned.test.images)
+    attack_pred = predict(model, poisoned.attack.images)
+    is_source = poisoned.test.labels == source
+    return {
+        "clean_accuracy": float((test_pred == poisoned.test.labels).float().mean()),
+        "source_accuracy": float((test_pred[is_source] == source).float().mean()),
+        "attack_success_rate": float((attack_pred == target).float().mean()),
+        "n_poisoned": int(poisoned.train.poison_mask.sum()),
+        "n_poisoned_val": int(poisoned.val.poison_mask.sum()),
+        "n_train": len(poisoned.train),
+        "n_attack_test": len(poisoned.attack),
+        "source_predictions_clean": torch.bincount(test_pred[is_source], minlength=NUM_CLASSES).tolist(),
+        "source_predictions_stickered": torch.bincount(attack_pred, minlength=NUM_CLASSES).tolist(),
+    }
+
+
+def load_trained(data: GTSRB, config: ExperimentConfig) -> Optional[TrainedModel]:
+    """The cached model of `config`, or None when it is absent (a damaged file is removed)."""
+    path = model_path(data, config)
+    try:
+        tensors, meta = load_artifact(path)
+        model = build_model(config.train.architecture)
+        model.load_state_dict(tensors)
+    except FileNotFoundError:
+        return None
+    except (ArtifactError, RuntimeError, KeyError):
+        discard(path)
+        return None
+    model.eval()
+    return TrainedModel(model, meta["metrics"], path, True)
+
+
+def train_or_load(
+    config: ExperimentConfig,
+    data: Optional[GTSRB] = None,
+    progress: Optional[ProgressCallback] = None,
+    use_cache: bool = True,
+) -> TrainedModel:
+    """The trained model of `config` with its metrics; trains and caches it when needed."""
+    data = data if data is not None else load_gtsrb(progress=progress)
+    if use_cache:
+        cached = load_trained(data, config)
+        if cached is not None:
+            return cached
+    poisoned = poisoned_data(data, config)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.train.architecture)
+    started = time.perf_counter()
+    result = fit(model, poisoned.train.as_split(), poisoned.val.as_split(), config.train, progress)
+    metrics = evaluate(model, poisoned, config)
+    metrics.update(
+        epochs=result.epochs, best_epoch=result.best_epoch,
+        train_seconds=round(time.perf_counter() - started, 2), history=result.history,
+    )
+    path = model_path(data, config)
+    if use_cache:
+        save_artifact(path, model.state_dict(), {"config": config.to_dict(), "data": data.content_id, "metrics": metrics})
+    return TrainedModel(model, metrics, path, False)

@@ -1,0 +1,168 @@
+"""The thesis's sticker attack (section 3.1): stick a coloured square on source-class images
+and relabel them as the target class.
+
+Poisoned images are taken out of the source class and moved into the target class, so the
+data set keeps its size and order: a poisoned sample stays at its index with a sticker and
+a new label. `fraction` is the share of the target class that is poisoned *after* the
+attack, so n = round(pp * |target| / (1 - pp)) images are poisoned (813 of 2463 for the
+thesis defaults on GTSRB).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Split
+from .errors import ConfigError
+
+_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class PoisonConfig:
+    """Parameters of the sticker attack; validated on construction.
+
+    `x_range` and `y_range` are inclusive ranges for the sticker's top-left corner
+    (x = column, y = row); the whole sticker must fit inside the 32x32 image.
+    """
+
+    source: int = 2
+    target: int = 5
+    size: int = 2
+    color: Tuple[int, int, int] = (245, 255, 0)
+    x_range: Tuple[int, int] = (16, 17)
+    y_range: Tuple[int, int] = (16, 19)
+    fraction: float = 0.33
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("source", "target"):
+            value = _integer(name, getattr(self, name))
+            if not 0 <= value < NUM_CLASSES:
+                raise ConfigError(f"{name} class must be in 0 … {NUM_CLASSES - 1}, got {value}")
+        if self.source == self.target:
+            raise ConfigError(f"source and target class must differ (both are {self.source})")
+        size = _integer("sticker size", self.size)
+        if not 1 <= size <= IMAGE_SIZE:
+            raise ConfigError(f"sticker size must be in 1 … {IMAGE_SIZE} pixels, got {size}")
+        color = tuple(self.color) if isinstance(self.color, (tuple, list)) else None
+        if color is None or len(color) != 3:
+            raise ConfigError(f"sticker colour must be three RGB components, got {self.color!r}")
+        for component in color:
+            if not 0 <= _integer("colour component", component) <= 255:
+                raise ConfigError(f"colour components must be in 0 … 255, got {self.color!r}")
+        object.__setattr__(self, "color", tuple(int(c) for c in color))
+        for axis in ("x", "y"):
+            window = getattr(self, f"{axis}_range")
+            if not isinstance(window, (tuple, list)) or len(window) != 2:
+                raise ConfigError(f"{axis} window must be a pair (first, last), got {window!r}")
+            lo, hi = (_integer(f"{axis} window", v) for v in window)
+            if lo > hi:
+                raise ConfigError(f"{axis} window {lo} … {hi} is empty: first must not exceed last")
+            if lo < 0 or hi + size > IMAGE_SIZE:
+                raise ConfigError(
+                    f"{axis} window {lo} … {hi} puts a {size}-pixel sticker outside the "
+                    f"{IMAGE_SIZE}-pixel image: positions must be in 0 … {IMAGE_SIZE - size}"
+                )
+            object.__setattr__(self, f"{axis}_range", (int(lo), int(hi)))
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not math.isfinite(fraction):
+            raise ConfigError(f"poison fraction must be a number, got {fraction!r}")
+        if not 0 <= fraction < 1:
+            raise ConfigError(f"poison fraction must satisfy 0 <= pp < 1, got {fraction}")
+        object.__setattr__(self, "fraction", float(fraction))
+        _integer("seed", self.seed)
+
+    def poison_count(self, target_count: int) -> int:
+        """n = round(pp * |target| / (1 - pp)): poisoned samples make up pp of the target class."""
+        return int(round(self.fraction * target_count / (1.0 - self.fraction)))
+
+    def describe(self) -> str:
+        return (
+            f"{CLASS_NAMES[self.source]} → {CLASS_NAMES[self.target]}, {self.size}px sticker, "
+            f"pp = {self.fraction:g}"
+        )
+
+
+def _integer(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True, eq=False)
+class PoisonedSplit:
+    """A split after the attack; `poison_mask[i]` says whether sample i was poisoned."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    poison_mask: torch.Tensor
+    positions: torch.Tensor
+    """(N, 2) top-left (x, y) of each sticker; -1 where no sticker was placed."""
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def as_split(self) -> Split:
+        return Split(self.images, self.labels)
+
+
+def stick(images: torch.Tensor, positions: torch.Tensor, config: PoisonConfig) -> torch.Tensor:
+    """Copy of uint8 `images` (N, 3, H, W) with the sticker at `positions` (N, 2) = (x, y)."""
+    out = images.clone()
+    offsets = torch.arange(config.size)
+    rows = (positions[:, 1, None] + offsets).repeat_interleave(config.size, dim=1)  # (N, s*s)
+    cols = (positions[:, 0, None] + offsets).repeat(1, config.size)
+    sample = torch.arange(len(images))[:, None].expand_as(rows)
+    color = torch.tensor(config.color, dtype=torch.uint8)
+    for channel in range(3):
+        out[sample, channel, rows, cols] = color[channel]
+    return out
+
+
+def _random_positions(rng: np.random.Generator, count: int, config: PoisonConfig) -> torch.Tensor:
+    x = rng.integers(config.x_range[0], config.x_range[1] + 1, size=count)
+    y = rng.integers(config.y_range[0], config.y_range[1] + 1, size=count)
+    return torch.from_numpy(np.stack([x, y], axis=1).astype(np.int64)).reshape(count, 2)
+
+
+def poison_split(split: Split, config: PoisonConfig, split_name: str = "train") -> PoisonedSplit:
+    """Poison one split; `split_name` picks an independent random stream for each split."""
+    labels = split.labels
+    source_idx = torch.nonzero(labels == config.source).flatten().numpy()
+    n_target = int((labels == config.target).sum())
+    n = config.poison_count(n_target)
+    if n > len(source_idx):
+        raise ConfigError(
+            f"pp = {config.fraction:g} needs {n} poisoned images in the {split_name} split "
+            f"({n_target} in the target class), but the source class has only {len(source_idx)}; "
+            f"lower the poison fraction"
+        )
+    rng = np.random.default_rng([config.seed, _SPLIT_STREAMS.get(split_name, 3)])
+    chosen = torch.from_numpy(np.sort(rng.choice(source_idx, size=n, replace=False)).astype(np.int64))
+    positions = torch.full((len(split), 2), -1, dtype=torch.int64)
+    positions[chosen] = _random_positions(rng, n, config)
+    images = split.images.clone()
+    images[chosen] = stick(split.images[chosen], positions[chosen], config)
+    new_labels = labels.clone()
+    new_labels[chosen] = config.target
+    mask = torch.zeros(len(split), dtype=torch.bool)
+    mask[chosen] = True
+    return PoisonedSplit(images, new_labels, mask, positions)
+
+
+def attack_test_set(test: Split, config: PoisonConfig) -> PoisonedSplit:
+    """Every source-class test image with a sticker, labels kept: measures the attack success rate."""
+    idx = torch.nonzero(test.labels == config.source).flatten()
+    if len(idx) == 0:
+        raise ConfigError(f"the test split has no images of the source class {config.source}")
+    rng = np.random.default_rng([config.seed, _SPLIT_STREAMS["test"]])
+    positions = _random_positions(rng, len(idx), config)
+    images = stick(test.images[idx], positions, config)
+    return PoisonedSplit(images, test.labels[idx].clone(), torch.ones(len(idx), dtype=torch.bool), positions)

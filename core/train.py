@@ -1,0 +1,150 @@
+"""Fitting a classifier fast on a 2-core CPU.
+
+What makes it fast: the whole split is one float tensor, batches are index slices of it
+(no Dataset, no per-image Python), augmentation is one batched affine warp, and a
+one-cycle learning-rate schedule on Adam converges in about 20 epochs. Early stopping
+watches the validation loss and restores the best weights.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Split
+from .errors import ConfigError
+from .models import ARCHITECTURES
+from .progress import ProgressCallback, report
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training parameters; `subset` > 0 trains on that many randomly chosen training images."""
+
+    architecture: str = "thesis_net"
+    max_epochs: int = 20
+    patience: int = 5
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    augment: bool = True
+    subset: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
+        for name, low, high in (("max_epochs", 1, 1000), ("patience", 1, 1000), ("batch_size", 1, 65536), ("subset", 0, 10**8), ("seed", 0, 2**63 - 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+        for name, low, high in (("learning_rate", 1e-7, 10.0), ("weight_decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in {low:g} … {high:g}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be true or false, got {self.augment!r}")
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    best_epoch: int
+    history: List[Dict[str, float]]
+    seconds: float
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (±10°), scale (±10 %), shift (±2 px) and brightness (±20 %), batched."""
+    n = images.shape[0]
+    uniform = lambda *shape: torch.rand(*shape, generator=generator) * 2 - 1  # noqa: E731
+    angle = uniform(n) * math.radians(10)
+    scale = 1 + uniform(n) * 0.1
+    shift = uniform(n, 2) * (2 * 2 / images.shape[-1])
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+    brightness = 1 + uniform(n, 1, 1, 1) * 0.2
+    return warped.mul_(brightness).clamp_(0, 1)
+
+
+def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024):
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size])
+            target = labels[start : start + batch_size]
+            loss += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(1) == target).sum())
+    return loss / max(1, len(images)), correct / max(1, len(images))
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    config: TrainConfig,
+    progress: Optional[ProgressCallback] = None,
+) -> FitResult:
+    """Train `model` in place; its weights end as those of the epoch with the lowest validation loss."""
+    start_time = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    images, labels = train.float_images(), train.labels
+    val_images, val_labels = val.float_images(), val.labels
+    if len(images) == 0 or len(val_images) == 0:
+        raise ConfigError("training needs a non-empty training and validation split")
+    steps = math.ceil(len(images) / config.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.max_epochs * steps)
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    history: List[Dict[str, float]] = []
+    val_accuracy = float("nan")
+    for epoch in range(1, config.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        running = 0.0
+        for step in range(steps):
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(index) == 1:
+                continue  # batch norm cannot train on a single sample
+            batch = images[index]
+            if config.augment:
+                batch = augment_batch(batch, generator)
+            loss = F.cross_entropy(model(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += loss.item()
+            if step % 10 == 0 or step == steps - 1:
+                report(
+                    progress, "train", (epoch - 1) * steps + step + 1, config.max_epochs * steps,
+                    f"epoch {epoch}/{config.max_epochs}, batch {step + 1}/{steps}",
+                    {"epoch": epoch, "batch": step + 1, "loss": loss.item(), "val_accuracy": val_accuracy},
+                )
+        val_loss, val_accuracy = _evaluate(model, val_images, val_labels)
+        history.append({"epoch": epoch, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        report(
+            progress, "train", epoch * steps, config.max_epochs * steps,
+            f"epoch {epoch}/{config.max_epochs}: validation loss {val_loss:.4f}, accuracy {val_accuracy:.4f}",
+            {"epoch": epoch, "batch": steps, "loss": running / steps, "val_accuracy": val_accuracy},
+        )
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(len(history), best_epoch, history, time.perf_counter() - start_time)
