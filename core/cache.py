@@ -1,9 +1,10 @@
 """The on-disk artifact store shared by the app and the CLI.
 
 Artifacts are single safetensors files (no pickle anywhere): tensors plus string
-metadata. Every file carries a SHA-256 of its tensors, checked on load, and is
-written to a temporary file and renamed into place, so a killed process never
-leaves a half artifact under the final name.
+metadata. Every file carries a SHA-256 of its tensors and one of its metadata (which
+holds results such as a model's metrics), both checked on load, and is written to a
+temporary file and renamed into place, so a killed process never leaves a half
+artifact under the final name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .errors import ArtifactError
 
 _CHECKSUM_KEY = "poisonlab.sha256"
 _META_KEY = "poisonlab.meta"
+_META_CHECKSUM_KEY = "poisonlab.meta.sha256"
 
 
 def cache_dir() -> Path:
@@ -87,9 +89,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_artifact(path: Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    """Store tensors and JSON-able metadata atomically, with a checksum of the tensors."""
+    """Store tensors and JSON-able metadata atomically, with checksums of both."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {_META_KEY: json.dumps(meta, sort_keys=True), _CHECKSUM_KEY: tensors_checksum(tensors)}
+    meta_text = json.dumps(meta, sort_keys=True)
+    header = {
+        _META_KEY: meta_text,
+        _META_CHECKSUM_KEY: hashlib.sha256(meta_text.encode()).hexdigest(),
+        _CHECKSUM_KEY: tensors_checksum(tensors),
+    }
     atomic_write_bytes(Path(path), save_safetensors_bytes(tensors, metadata=header))
 
 
@@ -105,11 +112,13 @@ def load_artifact(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        meta = json.loads(header[_META_KEY])
+        meta_text = header[_META_KEY]
+        meta_ok = hashlib.sha256(meta_text.encode()).hexdigest() == header[_META_CHECKSUM_KEY]
+        meta = json.loads(meta_text)
         expected = header[_CHECKSUM_KEY]
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ArtifactError(f"cache file {path} is unreadable ({exc}); it will be rebuilt") from exc
-    if tensors_checksum(tensors) != expected:
+    if not meta_ok or tensors_checksum(tensors) != expected:
         raise ArtifactError(f"cache file {path} fails its checksum; it will be rebuilt")
     return tensors, {**meta, "checksum": expected}
 

@@ -153,3 +153,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     bar.close()
     print(json.dumps(result))
     return 0
+
+
+def train_command(config) -> str:
+    """The `python -m core train` invocation that reproduces `config`'s numbers."""
+    p, t = config.poison, config.train
+    parts = [
+        "python -m core train",
+        f"--source {p.source}", f"--target {p.target}", f"--size {p.size}",
+        "--color {} {} {}".format(*p.color), f"--x-range {p.x_range[0]}-{p.x_range[1]}",
+        f"--y-range {p.y_range[0]}-{p.y_range[1]}", f"--fraction {p.fraction!r}", f"--poison-seed {p.seed}",
+        f"--architecture {t.architecture}", f"--epochs {t.max_epochs}", f"--patience {t.patience}",
+        f"--batch-size {t.batch_size}", f"--lr {t.learning_rate!r}", f"--weight-decay {t.weight_decay!r}",
+        f"--subset {t.subset}", f"--seed {t.seed}",
+    ]
+    if not t.augment:
+        parts.append("--no-augment")
+    return " ".join(parts)

@@ -147,16 +147,25 @@ def resolve_root(root: Optional[os.PathLike | str] = None) -> Path:
     return path.resolve()
 
 
+class NotCached(LookupError):
+    """Raised by `load_gtsrb(decode=False)` when only the slow decoding path could answer."""
+
+
 def load_gtsrb(
     root: Optional[os.PathLike | str] = None,
     *,
     use_cache: bool = True,
+    decode: bool = True,
     progress: Optional[ProgressCallback] = None,
 ) -> GTSRB:
-    """Load all three splits, from the cache when the file listing is unchanged."""
+    """Load all three splits, from the cache when the file listing is unchanged.
+
+    With `decode=False` it raises NotCached instead of decoding, so a caller can move the
+    slow path off its thread.
+    """
     path = resolve_root(root)
     layout, entries = _list_entries(path)
-    cache_file = cache_dir() / f"gtsrb-{_listing_fingerprint(path, layout, entries)}.safetensors"
+    cache_file = _cache_file(path, layout, entries)
     if use_cache:
         try:
             tensors, meta = load_artifact(cache_file)
@@ -165,10 +174,22 @@ def load_gtsrb(
             pass
         except ArtifactError:
             discard(cache_file)
+    if not decode:
+        raise NotCached(str(cache_file))
     tensors = _decode_all(entries, progress)
     if use_cache:
         save_artifact(cache_file, tensors, {"layout": layout, "root": str(path), "format": _FORMAT_VERSION})
     return _from_tensors(tensors, str(path), layout, tensors_checksum(tensors))
+
+
+def dataset_cache_path(root: Optional[os.PathLike | str] = None) -> Path:
+    """Where the decoded data set of `root` is (or would be) cached."""
+    path = resolve_root(root)
+    return _cache_file(path, *_list_entries(path))
+
+
+def _cache_file(root: Path, layout: str, entries: Dict[str, List[_Entry]]) -> Path:
+    return cache_dir() / f"gtsrb-{_listing_fingerprint(root, layout, entries)}.safetensors"
 
 
 def _listing_fingerprint(root: Path, layout: str, entries: Dict[str, List[_Entry]]) -> str:
@@ -333,7 +354,10 @@ def _decode_all(entries: Dict[str, List[_Entry]], progress: Optional[ProgressCal
         items = entries[split]
         images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         for i, entry in enumerate(items):
-            images[i] = decode_image(entry.path, entry.roi)
+            try:
+                images[i] = decode_image(entry.path, entry.roi)
+            except DataError as exc:
+                raise DataError(f"{exc} {ENV_VAR} must point to a complete, readable copy of GTSRB.") from exc
             done += 1
             if done % 2000 == 0 or done == total:
                 report(progress, "decode GTSRB", done, total, f"{split}: {i + 1}/{len(items)} images")

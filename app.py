@@ -1,0 +1,29 @@
+"""Poison Lab: entry page and navigation."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="Poison Lab", page_icon="🛑", layout="wide")
+
+
+def home() -> None:
+    from pages.common import active_experiment
+
+    st.title("Poison Lab")
+    st.write(
+        "Poison Lab lets you poison the German Traffic Sign Recognition Benchmark with a small sticker, "
+        "train a network on it and see the backdoor it learns. Explanation methods (LRP) and optimal transport "
+        "then expose the poisoned samples, and a Wasserstein-barycenter defense is tested against evasion attacks. "
+        "Every number here can be reproduced with `python -m core` on the command line."
+    )
+    config = active_experiment()
+    st.subheader("Active experiment")
+    st.write(config.poison.describe())
+    st.json(config.to_dict(), expanded=False)
+    st.page_link(POISON, label="Set up the attack and train the model", icon=":material/science:")
+
+
+POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON])
+navigation.run()

@@ -1,0 +1,112 @@
+"""What every page shares: the active experiment (session state + URL), the data, job progress."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import streamlit as st
+
+from core.data import ENV_VAR, GTSRB, NotCached, load_gtsrb
+from core.errors import ConfigError, PoisonLabError
+from core.experiment import ExperimentConfig
+from core.jobs import RUNNER, Job
+
+_EXPERIMENT = "active_experiment"
+
+
+def active_experiment() -> ExperimentConfig:
+    """The session's experiment; on a fresh session, the one in the URL (or the thesis defaults)."""
+    if _EXPERIMENT not in st.session_state:
+        config = ExperimentConfig()
+        if st.query_params:
+            try:
+                config = ExperimentConfig.from_query(st.query_params.to_dict())
+            except ConfigError as exc:
+                st.warning(f"The link's experiment could not be used ({exc}); showing the thesis defaults.")
+        st.session_state[_EXPERIMENT] = config
+    config = st.session_state[_EXPERIMENT]
+    _write_query(config)
+    return config
+
+
+def set_active_experiment(config: ExperimentConfig) -> None:
+    st.session_state[_EXPERIMENT] = config
+    _write_query(config)
+
+
+def _write_query(config: ExperimentConfig) -> None:
+    query = config.to_query()
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
+
+
+def gtsrb_root() -> Optional[str]:
+    return st.session_state.get("gtsrb_dir") or os.environ.get(ENV_VAR)
+
+
+def data_or_stop() -> GTSRB:
+    """The decoded data set; decoding (first run only) happens in a job with a progress bar."""
+    root = gtsrb_root()
+    key = f"data:{root}"
+    job = RUNNER.get(key)
+    if job is None or job.state == "failed":
+        if job is not None:
+            RUNNER.forget(key)
+        try:
+            return _data_from_cache(root)
+        except NotCached:
+            job = RUNNER.submit(key, "Decoding GTSRB", lambda progress: load_gtsrb(root, progress=progress))
+        except PoisonLabError as exc:
+            _data_missing(str(exc))
+            st.stop()
+    if job.state == "done":
+        RUNNER.forget(key)
+        return _data_from_cache(root)
+    if job.state == "failed":
+        _data_missing(job.error or "unknown error")
+        st.stop()
+    follow_job(key, "GTSRB is decoded once and cached on disk; this takes about 10 s.")
+    st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _data_from_cache(root: Optional[str]) -> GTSRB:
+    return load_gtsrb(root, decode=False)
+
+
+def _data_missing(message: str) -> None:
+    st.error(f"GTSRB could not be loaded: {message}")
+    with st.expander("Download the official GTSRB release (needs internet, about 360 MB)"):
+        dest = st.text_input("Download into folder", value=os.path.expanduser("~/gtsrb"))
+        if st.button("Download and verify"):
+            from core.download import download_official
+
+            RUNNER.submit(f"download:{dest}", "Downloading GTSRB", lambda progress: download_official(dest, progress=progress))
+        job = RUNNER.get(f"download:{dest}")
+        if job is not None and job.state == "done":
+            st.session_state["gtsrb_dir"] = str(job.result)
+            st.success(f"Downloaded to {job.result}. Set {ENV_VAR}={job.result} for the CLI; this session uses it now.")
+            st.button("Continue")
+        elif job is not None:
+            follow_job(job.key, "")
+
+
+def follow_job(key: str, note: str) -> None:
+    """Poll a job's progress every second; rerun the page when it ends."""
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        job: Optional[Job] = RUNNER.get(key)
+        if job is None:
+            return
+        if not job.active:
+            st.rerun()
+        event = job.progress
+        fraction = event.fraction if event else 0.0
+        text = f"{job.title}: {event.message}" if event and event.message else f"{job.title}: starting…"
+        st.progress(fraction, text=text)
+        if note:
+            st.caption(note)
+
+    poll()

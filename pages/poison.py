@@ -1,0 +1,190 @@
+"""Poison view: set up the sticker attack, see what it does to the images, train and measure it."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core.cli import train_command
+from core.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from core.errors import ConfigError
+from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load
+from core.jobs import RUNNER
+from core.poison import PoisonConfig
+from core.train import TrainConfig
+from pages.common import active_experiment, data_or_stop, follow_job, set_active_experiment
+
+THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
+GRID_COLUMNS = 8
+
+
+def class_label(c: int) -> str:
+    return f"{c} · {CLASS_NAMES[c]}"
+
+
+def short_label(c: int) -> str:
+    name = CLASS_NAMES[c]
+    if name.startswith("Speed limit ("):
+        name = name[len("Speed limit (") : -1]
+    return f"{c}: {name if len(name) <= 16 else name[:15] + '…'}"
+
+
+def attack_form(config: ExperimentConfig) -> None:
+    p, t = config.poison, config.train
+    with st.sidebar.form("experiment_form"):
+        st.subheader("Attack")
+        source = st.selectbox("Source class (gets the sticker)", range(NUM_CLASSES), index=p.source, format_func=class_label)
+        target = st.selectbox("Target class (new label)", range(NUM_CLASSES), index=p.target, format_func=class_label)
+        size = st.slider("Sticker side (pixels)", 1, 8, p.size)
+        color = st.color_picker("Sticker colour", "#%02x%02x%02x" % p.color)
+        x_range = st.slider("Sticker left edge, columns", 0, IMAGE_SIZE - 1, p.x_range)
+        y_range = st.slider("Sticker top edge, rows", 0, IMAGE_SIZE - 1, p.y_range)
+        fraction = st.slider("Poison fraction pp of the target class", 0.0, 0.9, p.fraction, 0.01,
+                             help="Poisoned images make up this share of the target class after the attack.")
+        poison_seed = st.number_input("Poison seed", 0, 2**31 - 1, p.seed)
+        with st.expander("Training"):
+            epochs = st.number_input("Maximum epochs", 1, 200, t.max_epochs)
+            patience = st.number_input("Early-stopping patience (epochs)", 1, 200, t.patience)
+            batch = st.select_slider("Batch size", [32, 64, 128, 256, 512, 1024], t.batch_size if t.batch_size in (32, 64, 128, 256, 512, 1024) else 256)
+            lr = st.number_input("Peak learning rate", 1e-5, 1.0, t.learning_rate, format="%.4f")
+            augment = st.checkbox("Augment (rotation, scale, shift, brightness)", t.augment)
+            subset = st.number_input("Training subset (0 = all images)", 0, 100_000, t.subset)
+            seed = st.number_input("Training seed", 0, 2**31 - 1, t.seed)
+        if st.form_submit_button("Apply", type="primary"):
+            try:
+                new = ExperimentConfig(
+                    PoisonConfig(source=source, target=target, size=size,
+                                 color=tuple(int(color[i : i + 2], 16) for i in (1, 3, 5)),
+                                 x_range=tuple(x_range), y_range=tuple(y_range), fraction=round(fraction, 4), seed=int(poison_seed)),
+                    TrainConfig(architecture=t.architecture, max_epochs=int(epochs), patience=int(patience), batch_size=int(batch),
+                                learning_rate=float(lr), weight_decay=t.weight_decay, augment=bool(augment), subset=int(subset), seed=int(seed)),
+                )
+            except ConfigError as exc:
+                st.error(str(exc))
+            else:
+                set_active_experiment(new)
+                st.rerun()
+
+
+def sample_grid(clean: np.ndarray, poisoned: np.ndarray, indices: np.ndarray, config: PoisonConfig) -> go.Figure:
+    """Clean originals above their poisoned copies; image traces render pixels unsmoothed."""
+    n = len(indices)
+    fig = make_subplots(rows=2, cols=n, horizontal_spacing=0.01, vertical_spacing=0.08,
+                        subplot_titles=[f"#{i}" for i in indices] + [f"#{i} → {config.target}" for i in indices])
+    for col in range(n):
+        fig.add_trace(go.Image(z=clean[col], hovertemplate="x %{x}, y %{y}<br>RGB %{z}<extra>clean</extra>"), row=1, col=col + 1)
+        fig.add_trace(go.Image(z=poisoned[col], hovertemplate="x %{x}, y %{y}<br>RGB %{z}<extra>poisoned</extra>"), row=2, col=col + 1)
+        (x0, x1), (y0, y1) = config.x_range, config.y_range
+        fig.add_shape(type="rect", x0=x0 - 0.5, x1=x1 + config.size - 0.5, y0=y0 - 0.5, y1=y1 + config.size - 0.5,
+                      line=dict(color="#ff00ff", width=1), layer="above", row=2, col=col + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=340, margin=dict(l=0, r=0, t=60, b=0),
+                      title=dict(text="Training samples before (top) and after poisoning (bottom); magenta: sticker window", font=dict(size=14), y=0.98))
+    return fig
+
+
+def source_confusion(metrics: dict, source: int, target: int) -> go.Figure:
+    clean = np.asarray(metrics["source_predictions_clean"], dtype=float)
+    stickered = np.asarray(metrics["source_predictions_stickered"], dtype=float)
+    shown = sorted(set(np.flatnonzero(clean + stickered)) | {source, target})
+    names = [short_label(c) for c in shown]
+    hover = [class_label(c) for c in shown]
+    template = "%{hovertext}<br>%{y:.1f} % (%{customdata:.0f} images)<extra>%{fullData.name}</extra>"
+    fig = go.Figure([
+        go.Bar(name="clean test images", x=names, y=100 * clean[shown] / max(1, clean.sum()), customdata=clean[shown],
+               hovertext=hover, hovertemplate=template, marker_color="#2563eb"),
+        go.Bar(name="with sticker", x=names, y=100 * stickered[shown] / max(1, stickered.sum()), customdata=stickered[shown],
+               hovertext=hover, hovertemplate=template, marker_color="#eab308"),
+    ])
+    fig.update_layout(barmode="group", height=420, margin=dict(l=0, r=0, t=40, b=0),
+                      title=dict(text=f"What the model predicts for {CLASS_NAMES[source]} test images", font=dict(size=14)),
+                      yaxis_title="share of source-class test images (%)", xaxis_title="predicted class",
+                      legend=dict(orientation="h", y=-0.25, x=0, yanchor="top"))
+    return fig
+
+
+def training_curve(history: list) -> go.Figure:
+    epochs = [h["epoch"] for h in history]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=epochs, y=[h["train_loss"] for h in history], name="training loss", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=epochs, y=[h["val_loss"] for h in history], name="validation loss", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=epochs, y=[100 * h["val_accuracy"] for h in history], name="validation accuracy (%)",
+                             mode="lines+markers", line=dict(dash="dot")), secondary_y=True)
+    fig.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Training history", font=dict(size=14)),
+                      xaxis_title="epoch", legend=dict(orientation="h", y=-0.25, x=0, yanchor="top"))
+    fig.update_yaxes(title_text="cross-entropy loss", secondary_y=False)
+    fig.update_yaxes(title_text="validation accuracy (%)", range=[0, 100], secondary_y=True)
+    return fig
+
+
+def to_hwc(images) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+st.title("Poison")
+st.caption("Stick a small square on images of one class and relabel them as another (thesis, section 3.1); "
+           "train the network on the poisoned data and measure how often the sticker flips its decision.")
+config = active_experiment()
+attack_form(config)
+data = data_or_stop()
+try:
+    poisoned = poisoned_data(data, config)
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
+
+p = config.poison
+n_poisoned = int(poisoned.train.poison_mask.sum())
+cols = st.columns(4)
+cols[0].metric("Poisoned training images", f"{n_poisoned:,}")
+cols[1].metric(f"Target class {p.target} after the attack", f"{int((poisoned.train.labels == p.target).sum()):,}",
+               help="Original target images plus the poisoned ones.")
+cols[2].metric(f"Source class {p.source} left", f"{int((poisoned.train.labels == p.source).sum()):,}")
+cols[3].metric("Poisoned validation images", f"{int(poisoned.val.poison_mask.sum()):,}")
+st.caption(p.describe())
+
+chosen = np.flatnonzero(poisoned.train.poison_mask.numpy())
+if len(chosen):
+    page = st.session_state.get("grid_page", 0) % max(1, int(np.ceil(len(chosen) / GRID_COLUMNS)))
+    shown = chosen[page * GRID_COLUMNS : (page + 1) * GRID_COLUMNS]
+    originals = data.train.images[poisoned.train_index[shown]]
+    st.plotly_chart(sample_grid(to_hwc(originals), to_hwc(poisoned.train.images[shown]), shown, p), width="stretch")
+    if st.button("Show other samples"):
+        st.session_state["grid_page"] = page + 1
+        st.rerun()
+else:
+    st.info("With pp = 0 nothing is poisoned: this is the clean baseline.")
+
+st.subheader("Model")
+trained = load_trained(data, config)
+key = model_path(data, config).name
+job = RUNNER.get(key)
+if trained is None and job is not None and job.state == "failed":
+    st.error(f"Training failed: {job.error}")
+    RUNNER.forget(key)
+    job = None
+if trained is None:
+    if job is not None and job.active:
+        follow_job(key, "Training runs in the background: you can change widgets or leave the page, it goes on.")
+    else:
+        st.write("No model has been trained for this experiment yet.")
+        if st.button("Train model", type="primary", help="About 3 minutes for the full data on 2 CPU cores"):
+            RUNNER.submit(key, "Training", lambda progress: train_or_load(config, data, progress=progress))
+            st.rerun()
+else:
+    m = trained.metrics
+    cols = st.columns(5)
+    cols[0].metric("Clean test accuracy", f"{100 * m['clean_accuracy']:.2f} %", help=f"Thesis: {100 * THESIS['clean_accuracy']:.1f} %")
+    cols[1].metric(f"Accuracy on class {p.source}", f"{100 * m['source_accuracy']:.2f} %", help="Clean source-class test images")
+    cols[2].metric("Attack success rate", f"{100 * m['attack_success_rate']:.2f} %",
+                   help=f"Stickered source-class test images classified as class {p.target}. Thesis: {100 * THESIS['attack_success_rate']:.0f} %")
+    cols[3].metric("Epochs", f"{m['epochs']} (best {m['best_epoch']})")
+    cols[4].metric("Training time", f"{m['train_seconds']:.0f} s")
+    left, right = st.columns(2)
+    left.plotly_chart(source_confusion(m, p.source, p.target), width="stretch")
+    right.plotly_chart(training_curve(m["history"]), width="stretch")
+with st.expander("Reproduce these numbers on the command line"):
+    st.code(train_command(config), language="bash")

@@ -1,0 +1,98 @@
+"""AppTest of the Poison page on a small configuration: the attack preview, training off the
+script thread, the metrics, and the experiment carried in the URL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.data import dataset_cache_path, load_gtsrb
+from core.jobs import RUNNER
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"subset": "4000", "epochs": "3", "patience": "3"}
+
+
+@pytest.fixture
+def page_cache(tmp_path, monkeypatch):
+    """A private cache holding only the decoded data set, so models are trained afresh."""
+    load_gtsrb()  # make sure the shared cache has the decoded data
+    source = dataset_cache_path()
+    private = tmp_path / "cache"
+    private.mkdir()
+    os.link(source, private / source.name) if source.stat().st_dev == private.stat().st_dev else shutil.copy(source, private)
+    monkeypatch.setenv("POISONLAB_CACHE", str(private))
+    return private
+
+
+def open_poison_page(query=None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.switch_page("pages/poison.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric_values(at: AppTest) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def wait_for_jobs(timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while any(job.active for job in list(RUNNER._jobs.values())):
+        assert time.time() < deadline, "training job did not finish"
+        time.sleep(0.5)
+
+
+def test_defaults_show_the_thesis_attack(page_cache):
+    at = open_poison_page()
+    values = metric_values(at)
+    assert values["Poisoned training images"] == "813"
+    assert values["Target class 5 after the attack"] == "2,463"
+    assert values["Source class 2 left"] == "1,197"
+    assert at.query_params["pp"] == ["0.33"] or at.query_params["pp"] == "0.33"
+    assert any(b.label == "Train model" for b in at.button)
+
+
+def test_train_from_the_page_and_read_metrics(page_cache):
+    at = open_poison_page(SMALL)
+    train = next(b for b in at.button if b.label == "Train model")
+    train.click().run()
+    assert not at.exception
+    wait_for_jobs()
+    at.run()
+    values = metric_values(at)
+    clean = float(values["Clean test accuracy"].rstrip(" %"))
+    assert clean > 40.0, values  # 4,000 images, 3 epochs: far above chance (2.3 %)
+    assert "Attack success rate" in values
+    assert list(page_cache.glob("model-thesis_net-*.safetensors")), "the trained model is cached"
+    # A second session with the same link finds the cached model without training.
+    again = open_poison_page(SMALL)
+    assert metric_values(again)["Clean test accuracy"] == values["Clean test accuracy"]
+
+
+def test_invalid_form_input_shows_a_message(page_cache):
+    at = open_poison_page()
+    at.sidebar.selectbox[1].set_value(2)  # target = source
+    next(b for b in at.sidebar.button if b.label == "Apply").click().run()
+    assert any("must differ" in e.value for e in at.error), [e.value for e in at.error]
+    assert metric_values(at)["Poisoned training images"] == "813", "the active experiment is unchanged"
+
+
+def test_bad_link_falls_back_to_defaults(page_cache):
+    at = open_poison_page({"pp": "1.7", "size": "two"})
+    assert any("could not be used" in w.value for w in at.warning)
+    assert metric_values(at)["Poisoned training images"] == "813"
+
+
+def test_missing_data_is_explained(page_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("GTSRB_DIR", str(tmp_path / "nowhere"))
+    at = open_poison_page()
+    assert any("does not exist" in e.value and "GTSRB_DIR" in e.value for e in at.error)
