@@ -13,7 +13,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .errors import PoisonLabError
 from .progress import Progress
@@ -54,6 +54,11 @@ class JobRunner:
     def get(self, key: str) -> Optional[Job]:
         with self._lock:
             return self._jobs.get(key)
+
+    def jobs(self) -> List[Job]:
+        """A snapshot of every job this process knows, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
 
     def forget(self, key: str) -> None:
         """Drop a finished job so that its key can be computed afresh."""

@@ -3,15 +3,12 @@ script thread, the metrics, and the experiment carried in the URL."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.data import dataset_cache_path, load_gtsrb
 from core.jobs import RUNNER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,15 +16,9 @@ SMALL = {"subset": "4000", "epochs": "3", "patience": "3"}
 
 
 @pytest.fixture
-def page_cache(tmp_path, monkeypatch):
+def page_cache(seeded_cache):
     """A private cache holding only the decoded data set, so models are trained afresh."""
-    load_gtsrb()  # make sure the shared cache has the decoded data
-    source = dataset_cache_path()
-    private = tmp_path / "cache"
-    private.mkdir()
-    os.link(source, private / source.name) if source.stat().st_dev == private.stat().st_dev else shutil.copy(source, private)
-    monkeypatch.setenv("POISONLAB_CACHE", str(private))
-    return private
+    return seeded_cache
 
 
 def open_poison_page(query=None) -> AppTest:
@@ -46,7 +37,7 @@ def metric_values(at: AppTest) -> dict:
 
 def wait_for_jobs(timeout: float = 120.0) -> None:
     deadline = time.time() + timeout
-    while any(job.active for job in list(RUNNER._jobs.values())):
+    while any(job.active for job in RUNNER.jobs()):
         assert time.time() < deadline, "training job did not finish"
         time.sleep(0.5)
 
@@ -66,7 +57,12 @@ def test_train_from_the_page_and_read_metrics(page_cache):
     train = next(b for b in at.button if b.label == "Train model")
     train.click().run()
     assert not at.exception
+    # Touching a widget reruns the script; the training job must go on regardless.
+    next(b for b in at.button if b.label == "Show other samples").click().run()
+    job = next(j for j in RUNNER.jobs() if j.title == "Training")
+    assert job.state in ("queued", "running", "done"), job.error
     wait_for_jobs()
+    assert job.state == "done", job.error
     at.run()
     values = metric_values(at)
     clean = float(values["Clean test accuracy"].rstrip(" %"))

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real GTSRB (decoded once per session, through the on-disk cache),
+private cache folders, and a small generated class-folder tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Set before core is imported anywhere, so every test and subprocess sees the same data.
+os.environ.setdefault("GTSRB_DIR", str((ROOT.parent / "shared" / "data" / "gtsrb").resolve()))
+
+from core.data import dataset_cache_path, load_gtsrb  # noqa: E402
+from trees import make_class_folder_tree  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gtsrb():
+    """The real data set; the first run of the suite decodes it into the shared cache."""
+    return load_gtsrb()
+
+
+@pytest.fixture(scope="session")
+def gtsrb_cache_file(gtsrb) -> Path:
+    """The decoded-data file in the shared cache that `gtsrb` came from."""
+    path = dataset_cache_path()
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """An empty private cache folder, used by core for the duration of one test."""
+    path = tmp_path / "cache"
+    path.mkdir()
+    monkeypatch.setenv("POISONLAB_CACHE", str(path))
+    return path
+
+
+def link_or_copy(source: Path, folder: Path) -> Path:
+    """Put `source` into `folder` without copying 160 MB when a hard link is possible.
+
+    Artifacts are only ever replaced by rename, never rewritten in place, so sharing the
+    inode cannot let a test damage the shared cache.
+    """
+    target = folder / source.name
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
+@pytest.fixture
+def seeded_cache(tmp_path, monkeypatch, gtsrb_cache_file) -> Path:
+    """A private cache that already holds the decoded real data (so nothing is re-decoded)
+    but no models, so anything trained in it is trained afresh."""
+    path = tmp_path / "seeded-cache"
+    path.mkdir()
+    link_or_copy(gtsrb_cache_file, path)
+    monkeypatch.setenv("POISONLAB_CACHE", str(path))
+    return path
+
+
+@pytest.fixture
+def class_tree(tmp_path):
+    """A generated class-folder tree and, per split folder, its (label, colour) in load order."""
+    root = tmp_path / "gtsrb"
+    return root, make_class_folder_tree(root)

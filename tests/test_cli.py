@@ -1,0 +1,170 @@
+"""`python -m core`, run as the user runs it: a subprocess with its own environment."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from core.cli import build_parser
+from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+from core.poison import PoisonConfig, poison_split
+from core.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_KEYS = {"clean_accuracy", "source_accuracy", "attack_success_rate", "epochs", "train_seconds", "n_poisoned"}
+
+# Every config field must be settable from the command line, or the app could show numbers
+# the CLI cannot reproduce.
+OPTION_OF_FIELD = {
+    "poison": {
+        "source": "--source", "target": "--target", "size": "--size", "color": "--color", "x_range": "--x-range",
+        "y_range": "--y-range", "fraction": "--fraction", "seed": "--poison-seed",
+    },
+    "train": {
+        "architecture": "--architecture", "max_epochs": "--epochs", "patience": "--patience",
+        "batch_size": "--batch-size", "learning_rate": "--lr", "weight_decay": "--weight-decay",
+        "augment": "--no-augment", "subset": "--subset", "seed": "--seed",
+    },
+}
+
+
+def run_core(*args: str, cache: Optional[Path], **env_overrides: Optional[str]) -> subprocess.CompletedProcess:
+    """`python -m core ARGS`; an override of None removes that environment variable."""
+    env = dict(os.environ)
+    env.pop("POISONLAB_CACHE", None)
+    env["COLUMNS"] = "100"
+    if cache is not None:
+        env["POISONLAB_CACHE"] = str(cache)
+    for key, value in env_overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def train_subparser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["train"]
+
+
+def test_train_help_documents_every_option():
+    result = run_core("train", "--help", cache=None)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    squeezed = "".join(text.split())
+    options = [a for a in train_subparser()._actions if a.option_strings]
+    assert len(options) > 15
+    for action in options:
+        for option in action.option_strings:
+            assert option in text, option
+        if "--help" in action.option_strings:
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, f"{action.option_strings} is undocumented"
+        assert "".join(action.help.split()) in squeezed, action.option_strings
+
+
+def test_every_config_field_has_an_option():
+    assert set(OPTION_OF_FIELD["poison"]) == {f.name for f in dataclasses.fields(PoisonConfig)}
+    assert set(OPTION_OF_FIELD["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {o for a in train_subparser()._actions for o in a.option_strings}
+    for section in OPTION_OF_FIELD.values():
+        for option in section.values():
+            assert option in options, option
+
+
+def test_train_prints_one_json_line(gtsrb, seeded_cache, gtsrb_cache_file):
+    data_file = seeded_cache / gtsrb_cache_file.name
+    result = run_core("train", "--subset", "2000", "--epochs", "2", "--quiet", cache=seeded_cache)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    metrics = json.loads(lines[0])
+    assert TRAIN_KEYS <= set(metrics)
+    assert "Traceback" not in result.stderr
+
+    config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
+    assert ExperimentConfig.from_dict(metrics["config"]) == config
+    assert metrics["epochs"] == 2 and metrics["n_train"] == 2000
+    for key in ("clean_accuracy", "source_accuracy", "attack_success_rate"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["train_seconds"] > 0
+    # With --subset the model sees only the poisoned images that fall into its subset.
+    data = poisoned_data(gtsrb, config)
+    full = poison_split(gtsrb.train, config.poison)
+    assert metrics["n_poisoned"] == int(full.poison_mask[data.train_index].sum()) == int(data.train.poison_mask.sum())
+    assert 0 < metrics["n_poisoned"] < 813
+
+    # The data were read from the seeded cache, not decoded and written again.
+    assert os.stat(data_file).st_ino == os.stat(gtsrb_cache_file).st_ino
+    models = list(seeded_cache.glob("model-*.safetensors"))
+    assert [str(p) for p in models] == [metrics["model"]]
+
+    # The app and the CLI share the cache: the same experiment in-process is the stored one.
+    shared = train_or_load(config, gtsrb)
+    assert shared.from_cache
+    assert {k: shared.metrics[k] for k in TRAIN_KEYS} == {k: metrics[k] for k in TRAIN_KEYS}
+
+    again = run_core("train", "--subset", "2000", "--epochs", "2", "--quiet", cache=seeded_cache)
+    assert again.returncode == 0, again.stderr
+    cached = json.loads(again.stdout)
+    assert cached["from_cache"] is True
+    assert {k: cached[k] for k in TRAIN_KEYS} == {k: metrics[k] for k in TRAIN_KEYS}
+
+
+def test_data_command_reports_the_real_split(gtsrb, seeded_cache):
+    result = run_core("data", "--quiet", cache=seeded_cache)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    report = json.loads(line)
+    assert report["sizes"] == {"train": 34_799, "val": 4_440, "test": 12_630}
+    assert report["layout"] == "class-folders" and report["content_id"] == gtsrb.content_id
+    assert report["train_class_counts"] == gtsrb.train.class_counts()
+    assert report["train_class_counts"][2] == 2010 and report["train_class_counts"][5] == 1650
+
+
+def test_defaults_poison_813_images(gtsrb):
+    """What the CLI reports as n_poisoned without --subset (no training needed to know it)."""
+    data = poisoned_data(gtsrb, ExperimentConfig())
+    assert int(data.train.poison_mask.sum()) == 813 and len(data.train) == 34_799
+
+
+BAD_INPUTS = {
+    "fraction above one": (["--fraction", "1.5"], {}, "0 <= pp < 1"),
+    "source out of range": (["--source", "99"], {}, "source class must be in 0"),
+    "size zero": (["--size", "0"], {}, "sticker size"),
+    "negative poison seed": (["--poison-seed", "-1"], {}, "seed"),
+    "zero epochs": (["--epochs", "0"], {}, "max_epochs"),
+    "colour out of range": (["--color", "300", "0", "0"], {}, "colour"),
+    "missing GTSRB_DIR folder": ([], {"GTSRB_DIR": "{tmp}/no-such-gtsrb"}, "{tmp}/no-such-gtsrb"),
+    "GTSRB_DIR unset": ([], {"GTSRB_DIR": None}, "GTSRB_DIR is not set"),
+    "missing --gtsrb-dir folder": (["--gtsrb-dir", "{tmp}/elsewhere"], {}, "{tmp}/elsewhere"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_one_line_error(tmp_path, case):
+    args, env, expected = BAD_INPUTS[case]
+
+    def fill(text):
+        return text.replace("{tmp}", str(tmp_path)) if text else text
+
+    cache = tmp_path / "cache"
+    result = run_core("train", "--subset", "100", "--epochs", "1", "--quiet", *map(fill, args), cache=cache,
+                      **{k: fill(v) for k, v in env.items()})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert fill(expected) in lines[0]
+    assert not cache.exists() or not any(cache.iterdir()), "nothing is written to the cache"
