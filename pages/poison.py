@@ -116,7 +116,7 @@ def training_curve(history: list) -> go.Figure:
     fig.update_layout(height=420, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Training history", font=dict(size=14)),
                       xaxis_title="epoch", legend=dict(orientation="h", y=-0.25, x=0, yanchor="top"))
     fig.update_yaxes(title_text="cross-entropy loss", secondary_y=False)
-    fig.update_yaxes(title_text="validation accuracy (%)", range=[0, 100], secondary_y=True)
+    fig.update_yaxes(title_text="validation accuracy (%)", range=[0, 100], dtick=20, showgrid=False, secondary_y=True)
     return fig
 
 
