@@ -109,6 +109,22 @@ def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:
     return {**{k: m[k] for k in keys}, "from_cache": trained.from_cache, "model": str(trained.path), "config": config.to_dict()}
 
 
+def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .data import load_gtsrb
+    from .poison import sticker_window
+    from .relevance import LRPConfig, experiment_heatmaps
+
+    from .pointcloud import check_threshold
+
+    config = experiment_from_args(args)
+    lrp = LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
+    check_threshold(args.threshold)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    heatmaps = experiment_heatmaps(config, args.class_id, lrp, data, progress=bar, use_cache=not args.no_cache)
+    summary = heatmaps.summary(sticker_window(config.poison), args.threshold)
+    return {"class": args.class_id, "rule": lrp.describe(), **summary, "lrp": lrp.__dict__}
+
+
 def _cmd_data(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import SPLITS, load_gtsrb
 
@@ -132,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 "clean test accuracy, source-class accuracy, attack success rate, epochs and wall time as one JSON line.")
     _add_experiment_options(train)
     _add_data_options(train)
+    heatmaps = commands.add_parser(
+        "heatmaps", help="LRP heatmaps of one class of the experiment's training set; prints a JSON summary",
+        description="Compute (or load) LRP heatmaps for every training image of one class, then print: count, time, "
+        "conservation gap, mean number of points at the mass threshold, and the share of relevance inside the sticker "
+        "window for poisoned versus clean samples.")
+    lrp = heatmaps.add_argument_group("LRP")
+    lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
+    lrp.add_argument("--rule", default="composite", choices=("composite", "epsilon", "gamma", "alpha1beta0"),
+                     help="composite: z^B first layer, gamma convolutions, epsilon dense layers (default)")
+    lrp.add_argument("--epsilon", type=float, default=0.25, help="epsilon of the epsilon rule (default 0.25)")
+    lrp.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
+    lrp.add_argument("--explain", default="label", choices=("label", "prediction"), help="explain the image's label (thesis) or the predicted class")
+    lrp.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
+    _add_experiment_options(heatmaps)
+    _add_data_options(heatmaps)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
     _add_data_options(data)
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
@@ -143,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
-    handler = {"train": _cmd_train, "data": _cmd_data, "download": _cmd_download}[args.command]
+    handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "data": _cmd_data, "download": _cmd_download}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:

@@ -167,3 +167,11 @@ def attack_test_set(test: Split, config: PoisonConfig) -> PoisonedSplit:
     positions = _random_positions(rng, len(idx), config)
     images = stick(test.images[idx], positions, config)
     return PoisonedSplit(images, test.labels[idx].clone(), torch.ones(len(idx), dtype=torch.bool), positions)
+
+
+def sticker_window(config: PoisonConfig, shape: Tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> torch.Tensor:
+    """Boolean (H, W) mask of every pixel a sticker can cover under `config`."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    (x0, x1), (y0, y1) = config.x_range, config.y_range
+    mask[y0 : y1 + config.size, x0 : x1 + config.size] = True
+    return mask
