@@ -22,8 +22,13 @@ def home() -> None:
     st.write(config.poison.describe())
     st.json(config.to_dict(), expanded=False)
     st.page_link(POISON, label="Set up the attack and train the model", icon=":material/science:")
+    st.page_link(HEATMAPS, label="See what the model looks at: LRP heatmaps and point clouds", icon=":material/blur_on:")
 
 
 POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
-navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON])
+HEATMAPS = st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/blur_on:", url_path="heatmaps")
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS])
+from pages.common import mark_run_by_app  # noqa: E402
+
+mark_run_by_app()
 navigation.run()

@@ -13,6 +13,29 @@ from core.experiment import ExperimentConfig
 from core.jobs import RUNNER, Job
 
 _EXPERIMENT = "active_experiment"
+_VIA_APP = "page_run_by_app"
+
+
+def mark_run_by_app() -> None:
+    """Called by app.py before it runs the selected page."""
+    st.session_state[_VIA_APP] = True
+
+
+def run_through_app() -> None:
+    """Rerun once through app.py if this page was started without it.
+
+    Streamlit decides once per server whether `pages/` is a classic multipage folder; if
+    the very first request opens a page URL, it runs that page file directly (no
+    navigation, no page config) and keeps doing so until someone opens the home page.
+    Clearing that decision and rerunning sends this and every later run through app.py,
+    whose `st.navigation` then resolves the same URL.
+    """
+    if not st.session_state.get(_VIA_APP) and not st.session_state.get("page_rerun_for_app"):
+        from streamlit.runtime.pages_manager import PagesManager
+
+        PagesManager.uses_pages_directory = False
+        st.session_state["page_rerun_for_app"] = True
+        st.rerun()
 
 
 def active_experiment() -> ExperimentConfig:

@@ -14,7 +14,7 @@ from core.experiment import ExperimentConfig, load_trained, model_path, poisoned
 from core.jobs import RUNNER
 from core.poison import PoisonConfig
 from core.train import TrainConfig
-from pages.common import active_experiment, data_or_stop, follow_job, set_active_experiment
+from pages.common import active_experiment, run_through_app, data_or_stop, follow_job, set_active_experiment
 
 THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
 GRID_COLUMNS = 8
@@ -124,6 +124,7 @@ def to_hwc(images) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()
 
 
+run_through_app()
 st.title("Poison")
 st.caption("Stick a small square on images of one class and relabel them as another (thesis, section 3.1); "
            "train the network on the poisoned data and measure how often the sticker flips its decision.")

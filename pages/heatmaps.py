@@ -1,0 +1,215 @@
+"""Heatmaps view: what the model looks at, per sample and on average, and the point clouds
+the Gromov–Wasserstein detection starts from."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core.data import CLASS_NAMES, NUM_CLASSES
+from core.errors import ConfigError
+from core.experiment import load_trained, model_path
+from core.jobs import RUNNER
+from core.pointcloud import point_cloud
+from core.poison import sticker_window
+from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
+from pages.common import active_experiment, run_through_app, data_or_stop, follow_job
+
+RULE_LABELS = {
+    "composite": "Composite: z^B first layer, γ convolutions, ε dense",
+    "epsilon": "LRP-ε",
+    "gamma": "LRP-γ",
+    "alpha1beta0": "LRP-α1β0",
+}
+SQUARE = dict(scaleanchor="x", autorange="reversed", constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+
+
+def lrp_controls(default_class: int) -> tuple[int, LRPConfig]:
+    with st.sidebar:
+        st.subheader("Explain")
+        class_id = st.selectbox("Class", range(NUM_CLASSES), index=default_class, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
+        rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key="hm_rule")
+        epsilon = st.number_input("ε (dense layers / ε rule)", 0.0, 100.0, 0.25, 0.05, format="%.3f", key="hm_eps",
+                                  disabled=rule not in ("composite", "epsilon"))
+        gamma = st.number_input("γ (convolutions / γ rule)", 0.0, 100.0, 0.25, 0.05, format="%.3f", key="hm_gamma",
+                                disabled=rule not in ("composite", "gamma"))
+        target = st.radio("Explain the logit of", ["label", "prediction"], key="hm_target", horizontal=True,
+                          format_func={"label": "the image's label", "prediction": "the predicted class"}.get)
+    try:
+        return class_id, LRPConfig(rule=rule, epsilon=epsilon, gamma=gamma, target=target)
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_heatmaps(path_name: str, _loader) -> ClassHeatmaps:
+    return _loader()
+
+
+def symmetric_range(*arrays: np.ndarray) -> float:
+    top = max(float(np.abs(a).max()) for a in arrays)
+    return top if top > 0 else 1.0
+
+
+def heatmap_trace(values: np.ndarray, bound: float, name: str, colorbar_x: float | None = None, show_scale: bool = True) -> go.Heatmap:
+    return go.Heatmap(z=values, zmid=0, zmin=-bound, zmax=bound, colorscale="RdBu_r", name=name, showscale=show_scale,
+                      colorbar=dict(title=dict(text="relevance", side="right"), x=colorbar_x, thickness=12, len=0.9),
+                      hovertemplate="row %{y}, col %{x}<br>relevance %{z:.4f}<extra>" + name + "</extra>")
+
+
+def sticker_box(fig: go.Figure, window: np.ndarray, row: int, col: int) -> None:
+    rows, cols = np.nonzero(window)
+    fig.add_shape(type="rect", x0=cols.min() - 0.5, x1=cols.max() + 0.5, y0=rows.min() - 0.5, y1=rows.max() + 0.5,
+                  line=dict(color="#ff00ff", width=1), row=row, col=col)
+
+
+def mean_heatmaps(h: ClassHeatmaps, window: np.ndarray) -> go.Figure:
+    maps = h.heatmaps.numpy()
+    mask = h.poison_mask.numpy()
+    poisoned = maps[mask].mean(0) if mask.any() else np.zeros(maps.shape[1:])
+    clean = maps[~mask].mean(0) if (~mask).any() else np.zeros(maps.shape[1:])
+    bound = symmetric_range(poisoned, clean)
+    fig = make_subplots(1, 2, subplot_titles=[f"poisoned samples ({int(mask.sum())})", f"clean samples ({int((~mask).sum())})"],
+                        horizontal_spacing=0.06)
+    fig.add_trace(heatmap_trace(poisoned, bound, "mean, poisoned"), 1, 1)
+    fig.add_trace(heatmap_trace(clean, bound, "mean, clean", show_scale=False), 1, 2)
+    for col in (1, 2):
+        sticker_box(fig, window, 1, col)
+    fig.update_xaxes(**AXIS)
+    fig.update_yaxes(**SQUARE)
+    fig.update_yaxes(scaleanchor="x2", row=1, col=2)
+    fig.update_layout(height=340, margin=dict(l=0, r=0, t=60, b=0),
+                      title=dict(text="Mean heatmap of the class (shared colour scale; magenta: sticker window)", font=dict(size=14)))
+    return fig
+
+
+def sample_figure(image: np.ndarray, heat: np.ndarray, window: np.ndarray) -> go.Figure:
+    bound = symmetric_range(heat)
+    fig = make_subplots(1, 3, subplot_titles=["image", "heatmap", "overlay"], horizontal_spacing=0.04)
+    fig.add_trace(go.Image(z=image, hovertemplate="row %{y}, col %{x}<br>RGB %{z}<extra>image</extra>"), 1, 1)
+    fig.add_trace(heatmap_trace(heat, bound, "relevance", colorbar_x=1.02), 1, 2)
+    gray = image.mean(axis=2)
+    fig.add_trace(go.Heatmap(z=gray, colorscale="gray", showscale=False, hoverinfo="skip"), 1, 3)
+    fig.add_trace(go.Heatmap(z=heat, zmid=0, zmin=-bound, zmax=bound, colorscale="RdBu_r", opacity=0.65, showscale=False,
+                             hovertemplate="row %{y}, col %{x}<br>relevance %{z:.4f}<extra>overlay</extra>"), 1, 3)
+    for col in (2, 3):
+        sticker_box(fig, window, 1, col)
+    fig.update_xaxes(**AXIS)
+    fig.update_yaxes(**SQUARE)
+    for col in (2, 3):
+        fig.update_yaxes(scaleanchor=f"x{col}", row=1, col=col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=330, margin=dict(l=0, r=40, t=40, b=0))
+    return fig
+
+
+def cloud_figure(heat: np.ndarray, thresholds: list[float]) -> go.Figure:
+    import torch
+
+    clouds = [point_cloud(torch.from_numpy(heat), t) for t in thresholds]
+    fig = make_subplots(1, len(clouds), horizontal_spacing=0.06,
+                        subplot_titles=[f"t = {t:.2f}: {len(c)} points" for t, c in zip(thresholds, clouds)])
+    for i, cloud in enumerate(clouds, start=1):
+        weights = cloud.weights.numpy()
+        coords = cloud.coords.numpy()
+        size = 3 + 20 * np.sqrt(weights / weights.max())
+        fig.add_trace(go.Scattergl(x=coords[:, 1], y=coords[:, 0], mode="markers", marker=dict(size=size, color=weights, colorscale="Viridis",
+                                   showscale=i == len(clouds), colorbar=dict(title=dict(text="weight", side="right"), thickness=12)),
+                                   customdata=weights, hovertemplate="row %{y}, col %{x}<br>weight %{customdata:.5f}<extra></extra>"), 1, i)
+        fig.update_xaxes(range=[-0.5, 31.5], row=1, col=i, **AXIS)
+        fig.update_yaxes(range=[31.5, -0.5], row=1, col=i, scaleanchor=f"x{i if i > 1 else ''}", showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(height=360, margin=dict(l=0, r=0, t=60, b=0), showlegend=False,
+                      title=dict(text="Point clouds: the most relevant pixels up to mass t, sized by weight", font=dict(size=14)))
+    return fig
+
+
+run_through_app()
+st.title("Heatmaps")
+st.caption("Layer-wise relevance propagation (LRP) shows which pixels made the model choose a class (thesis, section 5). "
+           "Poisoned samples should light up at the sticker; the point clouds keep the most relevant pixels for the "
+           "Gromov–Wasserstein detection.")
+experiment = active_experiment()
+class_id, lrp = lrp_controls(experiment.poison.target)
+data = data_or_stop()
+key = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
+
+heatmaps = None
+trained = load_trained(data, experiment)
+if trained is not None and heatmaps_path(trained.path.name, class_id, lrp).is_file():
+    from core.experiment import poisoned_data
+
+    def loader() -> ClassHeatmaps:
+        train = poisoned_data(data, experiment).train
+        return class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
+
+    heatmaps = load_heatmaps(key, loader)
+job = RUNNER.get(key)
+if heatmaps is None:
+    if job is not None and job.state == "failed":
+        st.error(f"Computing the heatmaps failed: {job.error}")
+        RUNNER.forget(key)
+    elif job is not None and job.active:
+        follow_job(key, "LRP for a class takes about a second; if the model is not trained yet, it is trained first (about 3 minutes).")
+        st.stop()
+    elif job is not None and job.state == "done":
+        RUNNER.forget(key)
+        st.rerun()
+    note = "" if trained is not None else " The model of this experiment is not trained yet: it will be trained first (about 3 minutes)."
+    st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}.{note}")
+    if st.button("Compute heatmaps", type="primary"):
+        RUNNER.submit(key, "LRP heatmaps", lambda progress: experiment_heatmaps(experiment, class_id, lrp, data, progress=progress))
+        st.rerun()
+    st.stop()
+
+window_tensor = sticker_window(experiment.poison)
+window = window_tensor.numpy()
+summary = heatmaps.summary(window_tensor, 0.99)
+cols = st.columns(5)
+cols[0].metric("Images of the class", f"{summary['count']:,}", help=f"{summary['poisoned']} poisoned, {summary['clean']} clean")
+cols[1].metric("LRP time", f"{heatmaps.seconds:.2f} s")
+cols[2].metric("Conservation gap (median)", f"{100 * summary['conservation_gap_median']:.1f} %",
+               help="(logit − total relevance) / |logit|: the share that biases and ε absorb. With zero biases and ε → 0 it is 0.")
+if summary["window_positive_share_poisoned"] is not None:
+    cols[3].metric("Positive relevance in sticker window, poisoned", f"{100 * summary['window_positive_share_poisoned']:.1f} %",
+                   help=f"The window is {100 * summary['window_share_of_image']:.1f} % of the image.")
+if summary["window_positive_share_clean"] is not None:
+    cols[4].metric("… clean", f"{100 * summary['window_positive_share_clean']:.1f} %")
+
+st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
+
+st.subheader("One sample")
+left, middle, right = st.columns([1, 1, 2])
+which = left.radio("Show", ["all", "poisoned", "clean"], horizontal=True, key="hm_filter")
+order = middle.selectbox("Sort by model confidence", ["lowest first", "highest first", "training index"], key="hm_sort")
+mask = heatmaps.poison_mask.numpy()
+candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
+if len(candidates) == 0:
+    st.info(f"This class has no {which} samples.")
+    st.stop()
+confidence = heatmaps.confidence.numpy()[candidates]
+if order == "lowest first":
+    candidates = candidates[np.argsort(confidence, kind="stable")]
+elif order == "highest first":
+    candidates = candidates[np.argsort(-confidence, kind="stable")]
+position = right.slider("Sample", 1, len(candidates), 1, key="hm_position") if len(candidates) > 1 else 1
+chosen = int(candidates[min(position, len(candidates)) - 1])
+index = int(heatmaps.indices[chosen])
+from core.experiment import poisoned_data  # noqa: E402
+
+image = poisoned_data(data, experiment).train.images[index].permute(1, 2, 0).numpy()
+heat = heatmaps.heatmaps[chosen].numpy()
+st.caption(
+    f"Training image #{index} · {'poisoned' if mask[chosen] else 'clean'} · label {class_id} · predicted "
+    f"{int(heatmaps.predicted[chosen])} ({CLASS_NAMES[int(heatmaps.predicted[chosen])]}) · confidence "
+    f"{100 * float(heatmaps.confidence[chosen]):.1f} % · explained logit {float(heatmaps.logit[chosen]):.2f} · "
+    f"total relevance {float(heat.sum()):.2f}"
+)
+st.plotly_chart(sample_figure(image, heat, window), width="stretch")
+t1, t2 = st.columns(2)
+first = t1.slider("Mass threshold t (left cloud)", 0.05, 1.0, 0.99, 0.01, key="hm_t1")
+second = t2.slider("Mass threshold t (right cloud)", 0.05, 1.0, 0.5, 0.01, key="hm_t2")
+st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")

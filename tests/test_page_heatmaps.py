@@ -1,0 +1,74 @@
+"""AppTest of the Heatmaps page on a small experiment: compute LRP off the script thread,
+then read the class summary, browse samples and move the point-cloud thresholds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+from core.jobs import RUNNER
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+
+
+def open_page(query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page("pages/heatmaps.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_for_jobs(timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while any(job.active for job in RUNNER.jobs()):
+        assert time.time() < deadline, "job did not finish"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def small_experiment(seeded_cache, gtsrb):
+    config = ExperimentConfig.from_query(SMALL)
+    train_or_load(config, gtsrb)
+    return config
+
+
+def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
+    at = open_page(SMALL)
+    compute = next(b for b in at.button if b.label == "Compute heatmaps")
+    compute.click().run()
+    wait_for_jobs()
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    train = poisoned_data(gtsrb, small_experiment).train
+    assert metrics["Images of the class"] == f"{int((train.labels == 5).sum()):,}"
+    assert float(metrics["LRP time"].rstrip(" s")) > 0
+    assert len(at.get("plotly_chart")) == 3  # mean heatmaps, one sample, point clouds
+
+    caption = [c.value for c in at.caption if c.value.startswith("Training image #")][0]
+    at.radio(key="hm_filter").set_value("poisoned").run()
+    poisoned_caption = [c.value for c in at.caption if c.value.startswith("Training image #")][0]
+    assert "· poisoned ·" in poisoned_caption
+    at.radio(key="hm_filter").set_value("clean").run()
+    assert "· clean ·" in [c.value for c in at.caption if c.value.startswith("Training image #")][0]
+    assert caption  # the first view named a sample too
+
+    at.slider(key="hm_t1").set_value(0.3).run()
+    assert not at.exception
+    fig = at.get("plotly_chart")[2].proto.spec
+    assert "t = 0.30" in fig and "t = 0.50" in fig
+
+
+def test_other_rule_needs_its_own_heatmaps(small_experiment):
+    at = open_page(SMALL)
+    at.selectbox(key="hm_rule").set_value("alpha1beta0").run()
+    assert any(b.label == "Compute heatmaps" for b in at.button)
+    assert any("LRP-alpha1beta0" in m.value for m in at.markdown)
