@@ -1,0 +1,109 @@
+"""Real-browser test: a freshly started server, opened at a page URL, in headless Chromium.
+
+It checks what AppTest cannot: that a deep link into a page on a new server gets the app's
+navigation (not Streamlit's classic `pages/` listing), and that the Plotly figures render.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+from core.relevance import LRPConfig, class_heatmaps
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium for the browser tests")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
+    cache = tmp_path_factory.mktemp("browser-cache")
+    os.link(gtsrb_cache_file, cache / gtsrb_cache_file.name)
+    env = {**os.environ, "POISONLAB_CACHE": str(cache)}
+    previous = os.environ.get("POISONLAB_CACHE")
+    os.environ["POISONLAB_CACHE"] = str(cache)
+    try:  # the small experiment's model and heatmaps, so the page has something to show
+        config = ExperimentConfig.from_query(SMALL)
+        trained = train_or_load(config, gtsrb)
+        train = poisoned_data(gtsrb, config).train
+        class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, 5, LRPConfig())
+    finally:
+        if previous is None:
+            os.environ.pop("POISONLAB_CACHE")
+        else:
+            os.environ["POISONLAB_CACHE"] = previous
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.time() < deadline, "streamlit did not start"
+            time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_deep_link_on_a_fresh_server_gets_the_app_navigation(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/heatmaps?{urlencode(SMALL)}")
+    expect(page.get_by_text("Images of the class")).to_be_visible(timeout=60_000)
+    nav = page.get_by_test_id("stSidebarNav")
+    expect(nav).to_contain_text("Heatmaps")
+    expect(nav).to_contain_text("Poison")
+    expect(nav).not_to_contain_text("common")
+    expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=30_000)
+    expect(page.locator(".js-plotly-plot").first).to_contain_text("Mean heatmap")
+    # The experiment stays in the URL, so the link can be shared.
+    assert "subset=3000" in page.url
+
+
+def test_poison_page_renders_the_samples_and_metrics(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/poison?{urlencode(SMALL)}")
+    expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Poisoned training images")).to_be_visible()
+    expect(page.locator(".js-plotly-plot").first).to_contain_text("Training samples before")
