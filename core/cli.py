@@ -112,13 +112,14 @@ def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
     from .poison import sticker_window
-    from .relevance import LRPConfig, experiment_heatmaps
+    from .relevance import LRPConfig, check_class, experiment_heatmaps
 
     from .pointcloud import check_threshold
 
     config = experiment_from_args(args)
     lrp = LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
     check_threshold(args.threshold)
+    check_class(args.class_id)  # before loading the data, which takes seconds
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     heatmaps = experiment_heatmaps(config, args.class_id, lrp, data, progress=bar, use_cache=not args.no_cache)
     summary = heatmaps.summary(sticker_window(config.poison), args.threshold)

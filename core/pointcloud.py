@@ -84,8 +84,8 @@ def point_count(mass: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def point_cloud(heatmap: torch.Tensor, threshold: float) -> PointCloud:
     """The weighted point cloud of one heatmap (H, W) at mass threshold `threshold` in (0, 1]."""
-    if heatmap.dim() != 2:
-        raise ConfigError("point_cloud takes one heatmap of shape (H, W)")
+    if not isinstance(heatmap, torch.Tensor) or heatmap.dim() != 2:
+        raise ConfigError("point_cloud takes one heatmap tensor of shape (H, W)")
     mass = normalised_mass(heatmap)
     k = int(point_count(mass, threshold))
     width = mass.shape[1]

@@ -343,6 +343,12 @@ class LRP:
     @torch.enable_grad()
     def __call__(self, x: torch.Tensor, target: Union[int, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Relevance (N, C, H, W) and logits (N, classes) for `target` (int or (N,) class ids)."""
+        if isinstance(target, numbers.Integral) or (isinstance(target, torch.Tensor) and target.dim() == 0):
+            target = torch.full((x.shape[0],), int(target), dtype=torch.long)
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != (x.shape[0],):
+            # scatter_ with fewer rows than the batch would leave the other images' relevance silently zero
+            got = f"shape {tuple(target.shape)}" if isinstance(target, torch.Tensor) else repr(target)
+            raise ConfigError(f"target must be one class id or a tensor of {x.shape[0]} class ids, got {got}")
         x = x.detach().clone().requires_grad_(True)
         h = x
         for kind, item in self.steps:
@@ -352,8 +358,6 @@ class LRP:
                 h = _CentredInstanceNorm.apply(h, item.eps)
             else:
                 h = item(h)
-        if isinstance(target, int):
-            target = torch.full((x.shape[0],), target, dtype=torch.long)
         selector = torch.zeros_like(h).scatter_(1, target.reshape(-1, 1), 1.0)
         (relevance,) = torch.autograd.grad(h, x, grad_outputs=selector)
         return relevance.detach(), h.detach()
@@ -554,6 +558,12 @@ def heatmaps_path(model_file: str, class_id: int, config: LRPConfig):
     return cache_dir() / f"heatmaps-{class_id:02d}-{config.rule}-{key}.safetensors"
 
 
+def check_class(class_id) -> int:
+    if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < NUM_CLASSES:
+        raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}")
+    return int(class_id)
+
+
 def class_heatmaps(
     model: nn.Module,
     model_file: str,
@@ -570,9 +580,7 @@ def class_heatmaps(
     `model_file` names the trained model's artifact (its hash covers data, attack and
     training), so the heatmaps are recomputed whenever any of those change.
     """
-    if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < NUM_CLASSES:
-        raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}")
-    class_id = int(class_id)
+    class_id = check_class(class_id)
     path = heatmaps_path(model_file, class_id, config)
     if use_cache:
         try:
@@ -626,6 +634,7 @@ def experiment_heatmaps(
     from .data import load_gtsrb
     from .experiment import poisoned_data, train_or_load
 
+    class_id = check_class(class_id)  # before loading data and training, which can take minutes
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
     train = poisoned_data(data, experiment).train

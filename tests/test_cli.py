@@ -15,7 +15,8 @@ import pytest
 
 from core.cli import build_parser
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
-from core.poison import PoisonConfig, poison_split
+from core.poison import PoisonConfig, poison_split, sticker_window
+from core.relevance import LRPConfig, experiment_heatmaps
 from core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +169,72 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
     assert lines[0].startswith("error: ") and "Traceback" not in result.stderr
     assert fill(expected) in lines[0]
     assert not cache.exists() or not any(cache.iterdir()), "nothing is written to the cache"
+
+
+# --- heatmaps -----------------------------------------------------------------------------------
+
+HEATMAP_KEYS = {
+    "count", "seconds", "conservation_gap_median", "mean_points", "window_mass_share_poisoned",
+    "window_mass_share_clean", "window_positive_share_poisoned", "window_positive_share_clean",
+}
+
+
+def test_heatmaps_prints_one_json_line(gtsrb, seeded_cache):
+    args = ("heatmaps", "--subset", "2000", "--epochs", "2", "--quiet")
+    result = run_core(*args, cache=seeded_cache)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    report = json.loads(lines[0])
+    assert HEATMAP_KEYS <= set(report)
+
+    config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
+    train = poisoned_data(gtsrb, config).train
+    five = train.labels == 5
+    assert report["count"] == int(five.sum()) and report["count"] > 50
+    assert report["poisoned"] == int(train.poison_mask[five].sum()) > 0
+    assert report["clean"] == report["count"] - report["poisoned"]
+    assert report["class"] == 5 and report["lrp"]["rule"] == "composite" and report["threshold"] == 0.99
+    assert report["seconds"] > 0 and 1 <= report["mean_points"] <= 32 * 32
+    for key in HEATMAP_KEYS:
+        if key.startswith("window_"):
+            assert 0.0 <= report[key] <= 1.0, key
+    assert len(list(seeded_cache.glob("model-*.safetensors"))) == 1
+    assert len(list(seeded_cache.glob("heatmaps-05-composite-*.safetensors"))) == 1
+
+    # The app reads the same artifact: in-process, nothing is recomputed and the numbers agree.
+    heatmaps = experiment_heatmaps(config, 5, LRPConfig(), gtsrb)
+    summary = heatmaps.summary(sticker_window(config.poison), 0.99)
+    assert {k: summary[k] for k in HEATMAP_KEYS} == {k: report[k] for k in HEATMAP_KEYS}
+
+    again = run_core(*args, "--threshold", "0.5", cache=seeded_cache)
+    assert again.returncode == 0, again.stderr
+    cached = json.loads(again.stdout)
+    assert cached["seconds"] == report["seconds"], "the heatmaps came from the cache"
+    assert cached["mean_points"] < report["mean_points"]
+
+
+HEATMAP_BAD_INPUTS = {
+    "threshold zero": (["--threshold", "0"], "mass threshold"),
+    "threshold above one": (["--threshold", "1.5"], "mass threshold"),
+    "unknown rule": (["--rule", "nonsense"], "invalid choice"),
+    "class 43": (["--class", "43"], "class must be in 0"),
+    "negative epsilon": (["--epsilon", "-1"], "epsilon"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEATMAP_BAD_INPUTS))
+def test_heatmaps_bad_input_is_a_one_line_error(tmp_path, case):
+    args, expected = HEATMAP_BAD_INPUTS[case]
+    cache = tmp_path / "cache"
+    result = run_core("heatmaps", "--subset", "100", "--epochs", "1", "--quiet", *args, cache=cache)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    if expected == "invalid choice":  # argparse's own message: usage, then one error line
+        assert lines[-1].startswith("python -m core heatmaps: error: ") and expected in lines[-1]
+    else:
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: ") and expected in lines[0]
+    assert not cache.exists() or not any(cache.iterdir()), "rejected before any data is loaded or model trained"
