@@ -126,6 +126,60 @@ def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
     return {"class": args.class_id, "rule": lrp.describe(), **summary, "lrp": lrp.__dict__}
 
 
+def _lrp_from_args(args: argparse.Namespace):
+    from .relevance import LRPConfig
+
+    return LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
+
+
+def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
+    import time
+
+    from .compare import THESIS_EUCLIDEAN_SPECTRAL, heatmap_spectral, spectral_summary
+    from .data import load_gtsrb
+    from .relevance import check_class
+    from .spectral import SpectralConfig
+
+    config = experiment_from_args(args)
+    lrp = _lrp_from_args(args)
+    spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
+    check_class(args.class_id)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    started = time.perf_counter()
+    heatmaps, result, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
+    out = {"class": args.class_id, "rule": lrp.describe(), "samples": len(heatmaps), "poisoned": int(heatmaps.poison_mask.sum()),
+           **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
+    if config == type(config)() and args.class_id == config.poison.target:
+        out["thesis_euclidean_spectral"] = THESIS_EUCLIDEAN_SPECTRAL
+    return out
+
+
+def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .compare import baseline_scores, heatmap_spectral
+    from .data import load_gtsrb
+    from .relevance import check_class
+    from .spectral import SpectralConfig
+
+    config = experiment_from_args(args)
+    lrp = _lrp_from_args(args)
+    check_class(args.class_id)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    methods = baseline_scores(config, args.class_id, data, seed=args.cluster_seed, progress=bar)
+    _, _, _, score = heatmap_spectral(config, args.class_id, lrp, SpectralConfig(seed=args.cluster_seed), data, progress=bar)
+    methods = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict(), **methods}
+    return {"class": args.class_id, "methods": methods}
+
+
+def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
+    lrp = parser.add_argument_group("LRP")
+    lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
+    lrp.add_argument("--rule", default="composite", choices=("composite", "epsilon", "gamma", "alpha1beta0"),
+                     help="composite: z^B first layer, gamma convolutions, epsilon dense layers (default)")
+    lrp.add_argument("--epsilon", type=float, default=0.25, help="epsilon of the epsilon rule (default 0.25)")
+    lrp.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
+    lrp.add_argument("--explain", default="label", choices=("label", "prediction"), help="explain the image's label (thesis) or the predicted class")
+
+
 def _cmd_data(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import SPLITS, load_gtsrb
 
@@ -154,16 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute (or load) LRP heatmaps for every training image of one class, then print: count, time, "
         "conservation gap, mean number of points at the mass threshold, and the share of relevance inside the sticker "
         "window for poisoned versus clean samples.")
-    lrp = heatmaps.add_argument_group("LRP")
-    lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
-    lrp.add_argument("--rule", default="composite", choices=("composite", "epsilon", "gamma", "alpha1beta0"),
-                     help="composite: z^B first layer, gamma convolutions, epsilon dense layers (default)")
-    lrp.add_argument("--epsilon", type=float, default=0.25, help="epsilon of the epsilon rule (default 0.25)")
-    lrp.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
-    lrp.add_argument("--explain", default="label", choices=("label", "prediction"), help="explain the image's label (thesis) or the predicted class")
-    lrp.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
+    _add_lrp_options(heatmaps)
+    heatmaps.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
     _add_experiment_options(heatmaps)
     _add_data_options(heatmaps)
+    spectral = commands.add_parser("spectral", help="spectral analysis of one class's heatmaps; prints eigenvalues and detection metrics as JSON",
+                                   description="kNN graph over the class's normalised LRP heatmaps, the smallest eigenvalues of its "
+                                   "normalised Laplacian, the eigengap, spectral clustering, and the smaller cluster scored as poisoned.")
+    _add_lrp_options(spectral)
+    group = spectral.add_argument_group("spectral analysis")
+    group.add_argument("--k", type=int, default=10, help="neighbours in the kNN graph (default 10, as in the thesis)")
+    group.add_argument("--eigenvalues", type=int, default=30, help="how many of the smallest eigenvalues to report (default 30)")
+    group.add_argument("--clusters", type=int, default=2, help="number of spectral clusters (default 2)")
+    group.add_argument("--cluster-seed", type=int, default=0, help="seed of k-means (default 0)")
+    _add_experiment_options(spectral)
+    _add_data_options(spectral)
+    baselines = commands.add_parser("baselines", help="activation clustering, spectral signatures and raw-image clustering on one class, next to LRP spectral clustering",
+                                    description="Score the standard detectors and the heatmap spectral clustering on the same model and class.")
+    _add_lrp_options(baselines)
+    baselines.add_argument("--cluster-seed", type=int, default=0, help="seed of ICA and k-means (default 0)")
+    _add_experiment_options(baselines)
+    _add_data_options(baselines)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
     _add_data_options(data)
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
@@ -175,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
-    handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "data": _cmd_data, "download": _cmd_download}[args.command]
+    handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines,
+               "data": _cmd_data, "download": _cmd_download}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:
