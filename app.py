@@ -23,11 +23,13 @@ def home() -> None:
     st.json(config.to_dict(), expanded=False)
     st.page_link(POISON, label="Set up the attack and train the model", icon=":material/science:")
     st.page_link(HEATMAPS, label="See what the model looks at: LRP heatmaps and point clouds", icon=":material/blur_on:")
+    st.page_link(SPECTRAL, label="Find the poisoned group: spectral analysis and baselines", icon=":material/scatter_plot:")
 
 
 POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
 HEATMAPS = st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/blur_on:", url_path="heatmaps")
-navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS])
+SPECTRAL = st.Page("pages/spectral.py", title="Spectral", icon=":material/scatter_plot:", url_path="spectral")
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL])
 from pages.common import mark_run_by_app  # noqa: E402
 
 mark_run_by_app()

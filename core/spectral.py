@@ -43,7 +43,7 @@ class SpectralConfig:
 class SpectralResult:
     eigenvalues: np.ndarray  # (m,) ascending, of L_sym
     eigengap_clusters: int  # number of groups the largest gap implies
-    embedding: np.ndarray  # (N, max(n_clusters, 2)): eigenvectors of the smallest eigenvalues
+    embedding: np.ndarray  # (N, max(n_clusters, 3)): eigenvectors of the smallest eigenvalues
     assignments: np.ndarray  # (N,) spectral clustering into n_clusters groups
     adjacency: np.ndarray  # (N, N) symmetric 0/1 kNN graph
 
@@ -120,7 +120,7 @@ def analyse(distances, config: SpectralConfig = SpectralConfig()) -> SpectralRes
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     rows = rows / np.where(norms > 0, norms, 1.0)
     assignments = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(rows)
-    embedding = vectors[:, : max(k, 2)]
+    embedding = vectors[:, : max(k, 3)]
     return SpectralResult(values[: config.n_eigenvalues], eigengap_clusters(values[: config.n_eigenvalues]),
                           embedding, assignments, adjacency)
 

@@ -107,3 +107,12 @@ def test_poison_page_renders_the_samples_and_metrics(server, browser):
     expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("Poisoned training images")).to_be_visible()
     expect(page.locator(".js-plotly-plot").first).to_contain_text("Training samples before")
+
+
+def test_spectral_page_draws_the_spectrum_and_the_embedding(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=30_000)
+    expect(page.locator(".js-plotly-plot").first).to_contain_text("Smallest eigenvalues")
+    expect(page.get_by_text("Methods on the same model and class")).to_be_visible()

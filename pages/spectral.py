@@ -1,0 +1,157 @@
+"""Spectral view: does the class split into a clean and a poisoned group? Eigenvalues, an
+embedding of the class, the clustering scored against the truth, and the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.compare import THESIS_EUCLIDEAN_SPECTRAL, baseline_scores
+from core.data import CLASS_NAMES, NUM_CLASSES
+from core.detection import flag_smaller_cluster, score_detection
+from core.errors import ConfigError
+from core.experiment import ExperimentConfig, load_trained, poisoned_data
+from core.pointcloud import normalised_mass
+from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
+from core.spectral import EMBEDDINGS, SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
+from pages.common import active_experiment, data_or_stop, run_through_app
+
+EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps"}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def spectral_analysis(heatmap_key: str, _features: np.ndarray, config: SpectralConfig):
+    return analyse(euclidean_distances(_features), config)
+
+
+@st.cache_data(show_spinner="Embedding the class (UMAP compiles on its first use: up to 30 s)…", max_entries=8)
+def embedding(heatmap_key: str, method: str, config: SpectralConfig, _features: np.ndarray, _result):
+    return embed_2d(_features, method, config.seed, _result)
+
+
+@st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
+def baselines(experiment_query: tuple, class_id: int, seed: int, _data):
+    return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
+
+
+def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
+    index = np.arange(1, len(values) + 1)
+    gaps = np.append(np.diff(values), np.nan)
+    hover = [f"λ{i} = {v:.4f}<br>gap to λ{i + 1}: {g:.4f} → {i} cluster{'s' if i > 1 else ''}" if np.isfinite(g) else f"λ{i} = {v:.4f}"
+             for i, v, g in zip(index, values, gaps)]
+    fig = go.Figure(go.Scatter(x=index, y=values, mode="lines+markers", hovertext=hover, hoverinfo="text", name="eigenvalue"))
+    fig.add_vrect(x0=gap_k + 0.1, x1=gap_k + 0.9, fillcolor="#f97316", opacity=0.25, line_width=0,
+                  annotation_text=f"largest gap: {gap_k} clusters", annotation_position="top left")
+    fig.update_layout(height=360, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Smallest eigenvalues of the normalised Laplacian L_sym", font=dict(size=14)),
+                      xaxis_title="index i", yaxis_title="eigenvalue λi", showlegend=False)
+    return fig
+
+
+def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list) -> go.Figure:
+    fig = go.Figure()
+    palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"]
+    for i, (value, name) in enumerate(names.items()):
+        members = np.flatnonzero(groups == value)
+        fig.add_trace(go.Scattergl(x=coords[members, 0], y=coords[members, 1], mode="markers", name=f"{name} ({len(members)})",
+                                   marker=dict(size=5, color=palette[i % len(palette)], opacity=0.7),
+                                   customdata=members, hovertext=[hover[m] for m in members], hoverinfo="text"))
+    fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), dragmode="lasso",
+                      title=dict(text="The class's samples (drag to select a group)", font=dict(size=14)),
+                      xaxis_title="dimension 1", yaxis_title="dimension 2", legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def confusion_chart(score) -> go.Figure:
+    z = [[score.tn, score.fp], [score.fn, score.tp]]
+    fig = go.Figure(go.Heatmap(z=z, x=["flagged clean", "flagged poisoned"], y=["truly clean", "truly poisoned"], colorscale="Blues",
+                               text=[[str(v) for v in row] for row in z], texttemplate="%{text}", showscale=False,
+                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Confusion of the spectral clustering", font=dict(size=14)))
+    return fig
+
+
+run_through_app()
+st.title("Spectral analysis")
+st.caption("Spectral relevance analysis (SpRAy; thesis sections 6.3 and 7): a k-nearest-neighbour graph over the class's "
+           "normalised heatmaps, the eigenvalues of its normalised Laplacian (a gap after the k-th hints at k groups), "
+           "and spectral clustering. The smaller cluster is flagged as poisoned and scored against the truth.")
+experiment = active_experiment()
+with st.sidebar:
+    st.subheader("Analyse")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), index=experiment.poison.target, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
+    rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="sp_rule")
+    k = st.slider("Neighbours k of the kNN graph", 2, 50, 10, key="sp_k")
+    clusters = st.slider("Number of clusters", 2, 8, 2, key="sp_clusters")
+try:
+    lrp = LRPConfig(rule=rule)
+    spectral_config = SpectralConfig(k_neighbors=k, n_clusters=clusters)
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
+data = data_or_stop()
+trained = load_trained(data, experiment)
+if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
+    st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
+    st.page_link("pages/heatmaps.py", label="Go to Heatmaps", icon=":material/blur_on:")
+    st.stop()
+train = poisoned_data(data, experiment).train
+heatmaps = class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
+key = heatmaps_path(trained.path.name, class_id, lrp).name
+features = normalised_mass(heatmaps.heatmaps).reshape(len(heatmaps), -1).numpy()
+try:
+    result = spectral_analysis(key, features, spectral_config)
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
+truth = heatmaps.poison_mask.numpy()
+flagged = flag_smaller_cluster(result.assignments)
+score = score_detection(truth, flagged, fiedler_score(result, flagged))
+
+cols = st.columns(5)
+cols[0].metric("Eigengap suggests", f"{result.eigengap_clusters} clusters")
+cols[1].metric("Accuracy", f"{100 * score.accuracy:.2f} %")
+cols[2].metric("TPR (poisoned found)", f"{100 * score.tpr:.2f} %" if np.isfinite(score.tpr) else "–")
+cols[3].metric("TNR (clean kept)", f"{100 * score.tnr:.2f} %" if np.isfinite(score.tnr) else "–")
+cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–", help="From the second eigenvector, a continuous score")
+left, right = st.columns([3, 2])
+left.plotly_chart(eigenvalue_chart(result.eigenvalues, result.eigengap_clusters), width="stretch")
+right.plotly_chart(confusion_chart(score), width="stretch")
+if experiment == ExperimentConfig() and class_id == experiment.poison.target:
+    t = THESIS_EUCLIDEAN_SPECTRAL
+    right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
+
+method = st.radio("Embedding", EMBEDDINGS, format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
+colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
+coords = embedding(key, method, spectral_config, features, result)
+indices = heatmaps.indices.numpy()
+hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
+         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
+if colour == "cluster":
+    groups = result.assignments
+    names = {c: f"cluster {c}{' (flagged)' if flagged[result.assignments == c].all() else ''}" for c in np.unique(groups)}
+else:
+    groups = truth.astype(int)
+    names = {0: "clean", 1: "poisoned"}
+event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
+selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
+if selected:
+    shown = selected[:24]
+    st.write(f"{len(selected)} selected: {int(truth[selected].sum())} poisoned, {len(selected) - int(truth[selected].sum())} clean"
+             f"{' (showing 24)' if len(selected) > 24 else ''}")
+    grid = st.columns(8)
+    for n, i in enumerate(shown):
+        image = train.images[indices[i]].permute(1, 2, 0).numpy()
+        grid[n % 8].image(np.kron(image, np.ones((4, 4, 1), dtype=np.uint8)), caption=f"#{indices[i]} {'P' if truth[i] else 'C'}")
+
+st.subheader("Methods on the same model and class")
+rows = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict()}
+if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines"):
+    rows.update(baselines(tuple(sorted(experiment.to_query().items())), class_id, spectral_config.seed, data))
+table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
+formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}}
+st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")
+st.caption("TPR: share of poisoned samples flagged; TNR: share of clean samples kept; AUC from each method's continuous score. "
+           "Reproduce with `python -m core spectral` and `python -m core baselines`.")

@@ -1,0 +1,59 @@
+"""AppTest of the Spectral page on a small experiment whose class-5 heatmaps are cached."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.experiment import ExperimentConfig, poisoned_data
+from core.relevance import LRPConfig, experiment_heatmaps
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+
+
+def open_page(query) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page("pages/spectral.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def small_heatmaps(seeded_cache, gtsrb):
+    config = ExperimentConfig.from_query(SMALL)
+    return config, experiment_heatmaps(config, 5, LRPConfig(), gtsrb)
+
+
+def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
+    config, heatmaps = small_heatmaps
+    at = open_page(SMALL)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Eigengap suggests"].endswith("clusters")
+    assert 0 <= float(metrics["Accuracy"].rstrip(" %")) <= 100
+    table = at.dataframe[0].value
+    row = table.iloc[0]
+    assert int(row["tn"] + row["fp"] + row["fn"] + row["tp"]) == len(heatmaps)
+    assert int(row["fn"] + row["tp"]) == int(heatmaps.poison_mask.sum())
+
+    at.slider(key="sp_k").set_value(15).run()
+    assert not at.exception
+    at.radio(key="sp_embedding").set_value("tsne").run()
+    assert not at.exception
+    at.radio(key="sp_colour").set_value("ground truth").run()
+    assert not at.exception
+
+    at.toggle(key="sp_baselines").set_value(True).run()
+    assert not at.exception
+    methods = list(at.dataframe[0].value.index)
+    assert methods[1:] == ["activation clustering", "spectral signatures", "raw images"]
+
+
+def test_missing_heatmaps_point_to_the_heatmaps_page(seeded_cache):
+    at = open_page(SMALL)
+    assert any("not computed yet" in i.value for i in at.info)
