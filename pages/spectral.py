@@ -15,10 +15,11 @@ from core.errors import ConfigError
 from core.experiment import ExperimentConfig, load_trained, poisoned_data
 from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
-from core.spectral import EMBEDDINGS, SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
+from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from pages.common import active_experiment, data_or_stop, run_through_app
 
-EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps"}
+EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
+                    "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -27,8 +28,11 @@ def spectral_analysis(heatmap_key: str, _features: np.ndarray, config: SpectralC
 
 
 @st.cache_data(show_spinner="Embedding the class (UMAP compiles on its first use: up to 30 s)…", max_entries=8)
-def embedding(heatmap_key: str, method: str, config: SpectralConfig, _features: np.ndarray, _result):
-    return embed_2d(_features, method, config.seed, _result)
+def embedding(heatmap_key: str, choice: str, config: SpectralConfig, _features: np.ndarray, _result):
+    """`choice` is an embedding of core.spectral, optionally applied to the spectral embedding ("-spectral")."""
+    method, _, source = choice.partition("-")
+    features = _result.embedding[:, : max(config.n_clusters, 3)] if source == "spectral" else _features
+    return embed_2d(features, method, config.seed, _result)
 
 
 @st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
@@ -123,7 +127,7 @@ if experiment == ExperimentConfig() and class_id == experiment.poison.target:
     t = THESIS_EUCLIDEAN_SPECTRAL
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
 
-method = st.radio("Embedding", EMBEDDINGS, format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
+method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
 colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
 coords = embedding(key, method, spectral_config, features, result)
 indices = heatmaps.indices.numpy()
