@@ -40,6 +40,21 @@ def baselines(experiment_query: tuple, class_id: int, seed: int, _data):
     return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
 
 
+def enlarge(rgb: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Nearest-neighbour upscaling, so that single pixels stay visible."""
+    return np.kron(rgb, np.ones((factor, factor, 1), dtype=rgb.dtype))
+
+
+def diverging_rgb(heat: np.ndarray) -> np.ndarray:
+    """Heatmap as an RGB image: white at zero, red for positive, blue for negative relevance."""
+    bound = float(np.abs(heat).max()) or 1.0
+    v = np.clip(heat / bound, -1.0, 1.0)
+    red = np.where(v < 0, 1.0 + v, 1.0)
+    blue = np.where(v > 0, 1.0 - v, 1.0)
+    green = 1.0 - np.abs(v)
+    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+
+
 def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
     index = np.arange(1, len(values) + 1)
     gaps = np.append(np.diff(values), np.nan)
@@ -142,13 +157,15 @@ else:
 event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
 selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
 if selected:
-    shown = selected[:24]
+    shown = selected[:16]
     st.write(f"{len(selected)} selected: {int(truth[selected].sum())} poisoned, {len(selected) - int(truth[selected].sum())} clean"
-             f"{' (showing 24)' if len(selected) > 24 else ''}")
+             f"{' (showing 16)' if len(selected) > 16 else ''}. Each sample: image, then its heatmap (red: for the class, blue: against).")
     grid = st.columns(8)
     for n, i in enumerate(shown):
         image = train.images[indices[i]].permute(1, 2, 0).numpy()
-        grid[n % 8].image(np.kron(image, np.ones((4, 4, 1), dtype=np.uint8)), caption=f"#{indices[i]} {'P' if truth[i] else 'C'}")
+        label = f"#{indices[i]} {'poisoned' if truth[i] else 'clean'}"
+        grid[(2 * n) % 8].image(enlarge(image), caption=label)
+        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[i].numpy())), caption="heatmap")
 
 st.subheader("Methods on the same model and class")
 rows = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict()}

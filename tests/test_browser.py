@@ -116,3 +116,20 @@ def test_spectral_page_draws_the_spectrum_and_the_embedding(server, browser):
     expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=30_000)
     expect(page.locator(".js-plotly-plot").first).to_contain_text("Smallest eigenvalues")
     expect(page.get_by_text("Methods on the same model and class")).to_be_visible()
+
+
+def test_selecting_points_shows_their_images_and_heatmaps(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    plot = page.locator(".js-plotly-plot").nth(2)
+    expect(plot).to_contain_text("drag to select", timeout=30_000)
+    plot.scroll_into_view_if_needed()
+    area = plot.locator(".nsewdrag").first.bounding_box()
+    page.mouse.move(area["x"] + 2, area["y"] + 2)
+    page.mouse.down()
+    for fx, fy in ((0.99, 0.02), (0.99, 0.99), (0.02, 0.99), (0.02, 0.03)):  # lasso around everything
+        page.mouse.move(area["x"] + area["width"] * fx, area["y"] + area["height"] * fy, steps=6)
+    page.mouse.up()
+    expect(page.get_by_text("selected:")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("heatmap").first).to_be_visible()
