@@ -3,34 +3,12 @@ then read the class summary, browse samples and move the point-cloud thresholds.
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
-from core.jobs import RUNNER
+from apptest import open_page, wait_for_jobs
 
-ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
-
-
-def open_page(query) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.switch_page("pages/heatmaps.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def wait_for_jobs(timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while any(job.active for job in RUNNER.jobs()):
-        assert time.time() < deadline, "job did not finish"
-        time.sleep(0.3)
 
 
 @pytest.fixture
@@ -41,7 +19,7 @@ def small_experiment(seeded_cache, gtsrb):
 
 
 def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
-    at = open_page(SMALL)
+    at = open_page("pages/heatmaps.py", SMALL)
     compute = next(b for b in at.button if b.label == "Compute heatmaps")
     compute.click().run()
     wait_for_jobs()
@@ -68,7 +46,7 @@ def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
 
 
 def test_other_rule_needs_its_own_heatmaps(small_experiment):
-    at = open_page(SMALL)
+    at = open_page("pages/heatmaps.py", SMALL)
     at.selectbox(key="hm_rule").set_value("alpha1beta0").run()
     assert any(b.label == "Compute heatmaps" for b in at.button)
     assert any("LRP-alpha1beta0" in m.value for m in at.markdown)

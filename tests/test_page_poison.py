@@ -3,15 +3,12 @@ script thread, the metrics, and the experiment carried in the URL."""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.jobs import RUNNER
 
-ROOT = Path(__file__).resolve().parent.parent
+from apptest import open_page, wait_for_jobs
+
 SMALL = {"subset": "4000", "epochs": "3", "patience": "3"}
 
 
@@ -21,25 +18,12 @@ def page_cache(seeded_cache):
     return seeded_cache
 
 
-def open_poison_page(query=None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    for key, value in (query or {}).items():
-        at.query_params[key] = value
-    at.switch_page("pages/poison.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+def open_poison_page(query=None):
+    return open_page("pages/poison.py", query)
 
 
-def metric_values(at: AppTest) -> dict:
+def metric_values(at) -> dict:
     return {m.label: m.value for m in at.metric}
-
-
-def wait_for_jobs(timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while any(job.active for job in RUNNER.jobs()):
-        assert time.time() < deadline, "training job did not finish"
-        time.sleep(0.5)
 
 
 def test_defaults_show_the_thesis_attack(page_cache):

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.experiment import ExperimentConfig, poisoned_data
 from core.relevance import LRPConfig, experiment_heatmaps
 
-ROOT = Path(__file__).resolve().parent.parent
+from apptest import open_page
+
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
-
-
-def open_page(query) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.switch_page("pages/spectral.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 @pytest.fixture
@@ -32,7 +20,7 @@ def small_heatmaps(seeded_cache, gtsrb):
 
 def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
     config, heatmaps = small_heatmaps
-    at = open_page(SMALL)
+    at = open_page("pages/spectral.py", SMALL)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Eigengap suggests"].endswith("clusters")
     assert 0 <= float(metrics["Accuracy"].rstrip(" %")) <= 100
@@ -56,5 +44,5 @@ def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
 
 
 def test_missing_heatmaps_point_to_the_heatmaps_page(seeded_cache):
-    at = open_page(SMALL)
+    at = open_page("pages/spectral.py", SMALL)
     assert any("not computed yet" in i.value for i in at.info)
