@@ -238,3 +238,13 @@ def test_heatmaps_bad_input_is_a_one_line_error(tmp_path, case):
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("error: ") and expected in lines[0]
     assert not cache.exists() or not any(cache.iterdir()), "rejected before any data is loaded or model trained"
+
+
+def test_spectral_and_baselines_reject_bad_input_before_any_work(tmp_path):
+    env = {**os.environ, "POISONLAB_CACHE": str(tmp_path), "POISONLAB_NO_PROGRESS": "1"}
+    for args in (["spectral", "--k", "0"], ["spectral", "--clusters", "1"], ["spectral", "--class", "43"], ["baselines", "--class", "-1"]):
+        done = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith("error:") and "Traceback" not in done.stderr, (args, done.stderr)
+        assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []

@@ -40,3 +40,20 @@ def test_default_attack_succeeds_and_lrp_sees_the_sticker(gtsrb):
     poisoned, clean = summary["window_positive_share_poisoned"], summary["window_positive_share_clean"]
     assert poisoned > 2.5 * clean, summary
     assert summary["window_mass_share_poisoned"] > 2 * summary["window_mass_share_clean"], summary
+
+
+@pytest.mark.slow
+def test_default_spectral_analysis_and_baselines(gtsrb):
+    spectral = run_cli("spectral", "--class", "5", "--rule", "epsilon")
+    assert spectral["thesis_euclidean_spectral"] == {"tn": 1650, "fp": 0, "fn": 386, "tp": 427}
+    assert spectral["tn"] + spectral["fp"] == 1650 and spectral["fn"] + spectral["tp"] == 813
+    values = spectral["eigenvalues"]
+    assert len(values) == 30 and values == sorted(values) and abs(values[0]) < 1e-8
+
+    methods = run_cli("baselines", "--class", "5")["methods"]
+    assert list(methods)[1:] == ["activation clustering", "spectral signatures", "raw images"]
+    composite = methods["LRP heatmaps, Euclidean spectral (composite)"]
+    assert composite["tpr"] > 0.9 and composite["tnr"] > 0.95, composite  # measured: 805 of 813, no false alarm
+    for name, score in methods.items():
+        assert score["tn"] + score["fp"] + score["fn"] + score["tp"] == 2463, name
+        assert 0.0 <= score["auc"] <= 1.0, name
