@@ -32,21 +32,28 @@ def penultimate_activations(model: nn.Sequential, images: torch.Tensor, batch_si
     if name not in layers:
         raise ValueError(f"{type(model).__name__} does not name a penultimate layer")
     stop = list(layers).index(name) + 1
-    head = nn.Sequential(*list(layers.values())[:stop]).eval()
+    head = nn.Sequential(*list(layers.values())[:stop])
+    modes = {module: module.training for module in model.modules()}  # the layers are shared: restore their modes
+    head.eval()
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-            out.append(head(batch))
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
+                out.append(head(batch))
+    finally:
+        for module, training in modes.items():
+            module.training = training
     return torch.cat(out).double().numpy()
 
 
 def _two_clusters(features: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     kmeans = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(features)
     flagged = flag_smaller_cluster(kmeans.labels_)
-    larger = kmeans.cluster_centers_[int(np.bincount(kmeans.labels_).argmax())]
-    return flagged, np.linalg.norm(features - larger, axis=1)
+    # the other cluster's centre (not bincount.argmax, which on a tie is the flagged cluster itself)
+    kept = kmeans.cluster_centers_[1 - int(kmeans.labels_[np.argmax(flagged)])]
+    return flagged, np.linalg.norm(features - kept, axis=1)
 
 
 def activation_clustering(activations: np.ndarray, seed: int = 0, dims: int = 10) -> Tuple[np.ndarray, np.ndarray]:

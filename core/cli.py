@@ -162,10 +162,11 @@ def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
 
     config = experiment_from_args(args)
     lrp = _lrp_from_args(args)
+    spectral = SpectralConfig(seed=args.cluster_seed)  # validates the seed before any training
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     methods = baseline_scores(config, args.class_id, data, seed=args.cluster_seed, progress=bar)
-    _, _, _, score = heatmap_spectral(config, args.class_id, lrp, SpectralConfig(seed=args.cluster_seed), data, progress=bar)
+    _, _, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
     methods = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict(), **methods}
     return {"class": args.class_id, "methods": methods}
 

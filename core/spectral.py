@@ -150,6 +150,8 @@ def embed_2d(features, method: str, seed: int = 0, result: SpectralResult | None
         vectors = result.embedding
         return vectors[:, 1:3] if vectors.shape[1] >= 3 else np.column_stack([vectors[:, 1], np.zeros(len(vectors))])
     x = np.asarray(features, dtype=float).reshape(len(features), -1)
+    if method in ("umap", "tsne") and len(x) < 6:  # t-SNE's perplexity (>= 5) must stay below the sample count
+        raise ConfigError(f"{method} needs at least 6 samples, got {len(x)}; use the spectral embedding")
     if method == "umap":
         import umap
 

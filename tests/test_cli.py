@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 
-from core.cli import build_parser
+from core.cli import build_parser, main
+from core.compare import baseline_scores, heatmap_spectral
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
 from core.poison import PoisonConfig, poison_split, sticker_window
 from core.relevance import LRPConfig, experiment_heatmaps
+from core.spectral import SpectralConfig
 from core.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,11 +243,117 @@ def test_heatmaps_bad_input_is_a_one_line_error(tmp_path, case):
     assert not cache.exists() or not any(cache.iterdir()), "rejected before any data is loaded or model trained"
 
 
-def test_spectral_and_baselines_reject_bad_input_before_any_work(tmp_path):
-    env = {**os.environ, "POISONLAB_CACHE": str(tmp_path), "POISONLAB_NO_PROGRESS": "1"}
-    for args in (["spectral", "--k", "0"], ["spectral", "--clusters", "1"], ["spectral", "--class", "43"], ["baselines", "--class", "-1"]):
-        done = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 2, (args, done.stderr)
-        assert done.stderr.startswith("error:") and "Traceback" not in done.stderr, (args, done.stderr)
-        assert done.stdout == ""
-    assert list(tmp_path.iterdir()) == []
+# --- spectral and baselines ---------------------------------------------------------------------
+
+SMALL = ("--subset", "2000", "--epochs", "2", "--quiet")
+SCORE_KEYS = {"tn", "fp", "fn", "tp", "accuracy", "tpr", "tnr", "f1", "auc"}
+LRP_METHOD = "LRP heatmaps, Euclidean spectral (composite)"
+BASELINES = ["activation clustering", "spectral signatures", "raw images"]
+
+
+def one_json_line(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_spectral_and_baselines_print_one_json_line(gtsrb, seeded_cache):
+    """Both commands on the same small experiment and cache: one model, one set of heatmaps."""
+    config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
+    train = poisoned_data(gtsrb, config).train
+    five = train.labels == 5
+    n, n_poisoned = int(five.sum()), int(train.poison_mask[five].sum())
+    assert n > 50 and 0 < n_poisoned < n
+
+    report = one_json_line(run_core("spectral", "--class", "5", *SMALL, cache=seeded_cache))
+    assert report["class"] == 5 and report["samples"] == n and report["poisoned"] == n_poisoned
+    values = report["eigenvalues"]
+    assert len(values) == 30 and values == sorted(values)
+    assert abs(values[0]) <= 1e-6 and 0.0 <= min(values) and max(values) <= 2.0
+    assert values[-1] > 0, "not all zero"
+    assert 1 <= report["eigengap_clusters"] < 30
+    assert report["tn"] + report["fp"] + report["fn"] + report["tp"] == n
+    assert report["fn"] + report["tp"] == n_poisoned and report["tn"] + report["fp"] == n - n_poisoned
+    sizes = report["cluster_sizes"]
+    assert len(sizes) == 2 and sum(sizes) == n and min(sizes) == report["fp"] + report["tp"], "the smaller cluster is flagged"
+    assert SCORE_KEYS <= set(report) and 0.0 <= report["auc"] <= 1.0
+    assert report["spectral"] == {"k_neighbors": 10, "n_eigenvalues": 30, "n_clusters": 2, "seed": 0}
+    assert "thesis_euclidean_spectral" not in report, "the thesis's figures belong to the default experiment only"
+    assert len(list(seeded_cache.glob("model-*.safetensors"))) == 1
+    assert len(list(seeded_cache.glob("heatmaps-05-composite-*.safetensors"))) == 1
+
+    # The app computes the same numbers in-process from the same cached heatmaps.
+    heatmaps, result, flagged, score = heatmap_spectral(config, 5, LRPConfig(), SpectralConfig(), gtsrb)
+    assert len(heatmaps) == n
+    assert (score.tn, score.fp, score.fn, score.tp) == (report["tn"], report["fp"], report["fn"], report["tp"])
+    assert np.allclose(result.eigenvalues, values, atol=2e-6)
+
+    other = one_json_line(run_core("spectral", "--rule", "epsilon", "--k", "5", "--eigenvalues", "12", "--clusters", "3",
+                                   "--cluster-seed", "1", *SMALL, cache=seeded_cache))
+    assert len(other["eigenvalues"]) == 12 and other["eigenvalues"] == sorted(other["eigenvalues"])
+    assert len(other["cluster_sizes"]) == 3 and sum(other["cluster_sizes"]) == n
+    assert other["tn"] + other["fp"] + other["fn"] + other["tp"] == n
+    assert other["spectral"] == {"k_neighbors": 5, "n_eigenvalues": 12, "n_clusters": 3, "seed": 1}
+    assert other["rule"].startswith("LRP-eps")
+    assert len(list(seeded_cache.glob("model-*.safetensors"))) == 1, "the model was reused"
+
+    methods = one_json_line(run_core("baselines", "--class", "5", *SMALL, cache=seeded_cache))
+    assert methods["class"] == 5
+    table = methods["methods"]
+    assert list(table) == [LRP_METHOD, *BASELINES]
+    for name, scores in table.items():
+        assert SCORE_KEYS <= set(scores), name
+        assert scores["tn"] + scores["fp"] + scores["fn"] + scores["tp"] == n, name
+        assert scores["fn"] + scores["tp"] == n_poisoned, name
+        assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["auc"] <= 1.0, name
+    for name in BASELINES:
+        assert table[name]["seconds"] >= 0
+    lrp = table[LRP_METHOD]
+    assert {k: lrp[k] for k in SCORE_KEYS} == {k: report[k] for k in SCORE_KEYS}, "the same clustering as `spectral`"
+    assert len(list(seeded_cache.glob("model-*.safetensors"))) == 1
+
+    # The page's baselines come from the same call; it is deterministic across processes.
+    in_process = baseline_scores(config, 5, gtsrb)
+    for name in BASELINES:
+        assert {k: in_process[name][k] for k in ("tn", "fp", "fn", "tp")} == {k: table[name][k] for k in ("tn", "fp", "fn", "tp")}, name
+        assert in_process[name]["auc"] == pytest.approx(table[name]["auc"], abs=1e-9), name
+
+
+SPECTRAL_BAD_INPUTS = {
+    "spectral k 0": (["spectral", "--k", "0"], "k_neighbors must be a whole number >= 1"),
+    "spectral one cluster": (["spectral", "--clusters", "1"], "n_clusters must be a whole number >= 2"),
+    "spectral one eigenvalue": (["spectral", "--eigenvalues", "1"], "n_eigenvalues"),
+    "spectral class 43": (["spectral", "--class", "43"], "class must be in 0"),
+    "spectral negative seed": (["spectral", "--cluster-seed", "-1"], "seed must be"),
+    "baselines class 43": (["baselines", "--class", "43"], "class must be in 0"),
+    "baselines class -1": (["baselines", "--class", "-1"], "class must be in 0"),
+    "baselines negative seed": (["baselines", "--cluster-seed", "-1"], "seed must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPECTRAL_BAD_INPUTS))
+def test_spectral_and_baselines_bad_input_is_a_one_line_error(tmp_cache, capsys, case):
+    """In-process through `main` (the subprocess wiring is checked below): exit status 2, one
+    `error:` line, and nothing loaded or trained."""
+    args, expected = SPECTRAL_BAD_INPUTS[case]
+    status = main([*args, "--subset", "100", "--epochs", "1", "--quiet"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert not any(tmp_cache.iterdir()), "rejected before any data is loaded or model trained"
+
+
+@pytest.mark.parametrize("args", [["spectral", "--k", "0"], ["baselines", "--cluster-seed", "-1"]], ids=["spectral", "baselines"])
+def test_spectral_and_baselines_bad_input_exit_2_from_the_command_line(tmp_path, args):
+    cache = tmp_path / "cache"
+    result = run_core(*args, "--subset", "100", "--epochs", "1", "--quiet", cache=cache)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert not cache.exists() or not any(cache.iterdir())
