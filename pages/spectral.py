@@ -17,6 +17,8 @@ from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from pages.common import active_experiment, data_or_stop, run_through_app
+from pages.hover_preview import hover_preview
+from pages.tiles import diverging_rgb, enlarge
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
@@ -38,21 +40,6 @@ def embedding(heatmap_key: str, choice: str, config: SpectralConfig, _features: 
 @st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
 def baselines(experiment_query: tuple, class_id: int, seed: int, _data):
     return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
-
-
-def enlarge(rgb: np.ndarray, factor: int = 4) -> np.ndarray:
-    """Nearest-neighbour upscaling, so that single pixels stay visible."""
-    return np.kron(rgb, np.ones((factor, factor, 1), dtype=rgb.dtype))
-
-
-def diverging_rgb(heat: np.ndarray) -> np.ndarray:
-    """Heatmap as an RGB image: white at zero, red for positive, blue for negative relevance."""
-    bound = float(np.abs(heat).max()) or 1.0
-    v = np.clip(heat / bound, -1.0, 1.0)
-    red = np.where(v < 0, 1.0 + v, 1.0)
-    blue = np.where(v > 0, 1.0 - v, 1.0)
-    green = 1.0 - np.abs(v)
-    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
 
 
 def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
@@ -77,7 +64,7 @@ def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list) ->
                                    marker=dict(size=5, color=palette[i % len(palette)], opacity=0.7),
                                    customdata=members, hovertext=[hover[m] for m in members], hoverinfo="text"))
     fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), dragmode="lasso",
-                      title=dict(text="The class's samples (drag to select a group)", font=dict(size=14)),
+                      title=dict(text="The class's samples (hover for a preview, drag to select a group)", font=dict(size=14)),
                       xaxis_title="dimension 1", yaxis_title="dimension 2", legend=dict(orientation="h", y=-0.15))
     return fig
 
@@ -155,6 +142,9 @@ else:
     groups = truth.astype(int)
     names = {0: "clean", 1: "poisoned"}
 event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
+images = train.images[indices].permute(0, 2, 3, 1).numpy()
+hover_preview("sp_scatter", {"image": (f"{key}-images", images), "heatmap": (f"{key}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
+              [h.replace(" · ", "\n", 1) for h in hover])
 selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
 if selected:
     shown = selected[:16]

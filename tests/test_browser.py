@@ -133,3 +133,33 @@ def test_selecting_points_shows_their_images_and_heatmaps(server, browser):
     page.mouse.up()
     expect(page.get_by_text("selected:")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("heatmap").first).to_be_visible()
+
+
+def test_hovering_a_point_previews_its_image_and_heatmap(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.locator("[data-testid=hover-preview][data-hooked=true]")).to_be_attached(timeout=90_000)
+    plot = page.locator(".st-key-sp_scatter .js-plotly-plot")
+    plot.scroll_into_view_if_needed()
+    x, y, index = page.evaluate("""() => {
+        const gd = document.querySelector('.st-key-sp_scatter .js-plotly-plot');
+        const layout = gd._fullLayout, trace = gd._fullData[0], box = gd.getBoundingClientRect();
+        return [box.left + layout._size.l + layout.xaxis.l2p(trace.x[0]),
+                box.top + layout._size.t + layout.yaxis.l2p(trace.y[0]), trace.customdata[0]];
+    }""")
+    preview = page.get_by_test_id("hover-preview")
+    expect(preview).to_be_hidden()
+    page.mouse.move(x - 4, y - 4)
+    page.mouse.move(x, y, steps=3)
+    expect(preview).to_be_visible(timeout=10_000)
+    shown = int(preview.get_attribute("data-index"))
+    assert shown == index or page.evaluate(  # a point drawn on top of the first one may win the hover
+        "i => document.querySelector('.st-key-sp_scatter .js-plotly-plot')._fullData.some(t => Array.from(t.customdata).includes(i))", shown)
+    expect(preview).to_contain_text("image")
+    expect(preview).to_contain_text("heatmap")
+    drawn = preview.evaluate("""el => Array.from(el.querySelectorAll('canvas')).map(c => {
+        const pixels = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let opaque = 0; for (let i = 3; i < pixels.length; i += 4) opaque += pixels[i] > 0; return opaque / (c.width * c.height); })""")
+    assert drawn == [1.0, 1.0], drawn  # both tiles painted from the sprite sheets
+    page.mouse.move(5, 5)
+    expect(preview).to_be_hidden(timeout=10_000)
