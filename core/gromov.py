@@ -1,0 +1,341 @@
+"""Entropic Gromov–Wasserstein between heatmap point clouds, batched over a whole class.
+
+Thesis section 6.5 (after Peyré, Cuturi and Solomon 2016): for structure matrices C (n×n,
+the cloud) and C̄ (m×m, a barycenter) with weights p and q, the square-loss GW objective is
+E(T) = Σ (C_ik − C̄_jl)² T_ij T_kl, and entropic GW minimises E(T) − ε H(T) over couplings
+of p and q by mirror descent with step 1/ε (thesis proposition 6.5.37; POT's
+`entropic_gromov_wasserstein`, solver "PGD"):
+
+    T ← argmin_{T ∈ Π(p, q)} ⟨2 L(T), T⟩ − ε H(T),   L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄,
+
+and GW is E(T) = ⟨L(T), T⟩ at the end. What makes it fast here:
+
+- Every cloud is a subset of the same 32×32 pixel grid, and its structure matrix is the
+  grid's distance matrix D restricted to the cloud and divided by the cloud's largest
+  distance. So C T for every cloud at once is one matrix product of the plans, padded with
+  zeros onto the grid, with D. C² p is exact from three moments of the weights, because
+  squared distances have rank 4.
+- The inner entropic transport problem has only m (= 10) target points, so it is solved in
+  its semi-dual: the plan is T_aj = p_a softmax_j((g_j − M_aj)/ε) and the m potentials g
+  follow from a few damped Newton steps, in the log domain, stable at ε = 5e-4 where POT's
+  plain-domain Sinkhorn fails. Potentials and plans are warm-started across mirror steps,
+  barycenter updates and k-means iterations.
+- Pairs that have converged leave the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from .errors import ConfigError
+from .pointcloud import check_threshold, normalised_mass, point_count
+
+GRID_SIZE = 32
+
+
+def grid_coordinates(size: int = GRID_SIZE) -> torch.Tensor:
+    """(size², 2) float64 (row, column) of every pixel, row-major like a flattened heatmap."""
+    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=1).double()
+
+
+def grid_distances(size: int = GRID_SIZE) -> torch.Tensor:
+    """(size², size²) float64 Euclidean distances between the pixels of the grid."""
+    xy = grid_coordinates(size)
+    return torch.cdist(xy, xy)
+
+
+@dataclass(frozen=True, eq=False)
+class GridClouds:
+    """The point clouds of many heatmaps, each as weights on the shared pixel grid.
+
+    `weights[i]` is cloud i's mass (zero outside the cloud, sums to 1) and `scale[i]` the
+    inverse of its largest distance, so cloud i's structure matrix is scale[i] · D restricted
+    to its support, exactly as `core.pointcloud.point_cloud` builds it.
+    """
+
+    weights: torch.Tensor  # float64 (B, size²)
+    scale: torch.Tensor  # float64 (B,)
+    size: int = GRID_SIZE
+
+    def __len__(self) -> int:
+        return int(self.weights.shape[0])
+
+    @classmethod
+    def from_heatmaps(cls, heatmaps: torch.Tensor, threshold: float) -> "GridClouds":
+        threshold = check_threshold(threshold)
+        mass = normalised_mass(heatmaps)
+        mass = mass.unsqueeze(0) if mass.dim() == 2 else mass
+        count, size = len(mass), mass.shape[-1]
+        if mass.shape[-2] != size:
+            raise ConfigError(f"heatmaps must be square, got {tuple(mass.shape[-2:])}")
+        flat = mass.flatten(1)
+        kept = point_count(mass, threshold).reshape(count)
+        order = flat.sort(dim=1, descending=True, stable=True).indices
+        ranks = torch.arange(flat.shape[1]).expand(count, -1)
+        support = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, ranks < kept[:, None])
+        weights = torch.where(support, flat, torch.zeros_like(flat))
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        largest = _largest_distance(support.reshape(count, size, size))
+        scale = torch.where(largest > 0, 1.0 / largest.clamp(min=1e-300), torch.zeros_like(largest))
+        return cls(weights, scale, size)
+
+    def support(self, i: int) -> torch.Tensor:
+        """Grid indices of cloud i's points, most massive first (the order of point_cloud)."""
+        w = self.weights[i]
+        order = w.sort(descending=True, stable=True).indices
+        return order[: int((w > 0).sum())]
+
+    def structure(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cloud i as (structure matrix (n, n), weights (n,)) in float64, e.g. for POT."""
+        idx = self.support(i)
+        xy = grid_coordinates(self.size)[idx]
+        return torch.cdist(xy, xy) * self.scale[i], self.weights[i, idx]
+
+
+def _largest_distance(support: torch.Tensor) -> torch.Tensor:
+    """Largest pairwise distance within each (B, H, W) pixel set.
+
+    The farthest pair lies on the convex hull, and every hull vertex is the leftmost or the
+    rightmost pixel of its row, so 2H candidates per set suffice.
+    """
+    count, height, width = support.shape
+    any_in_row = support.any(dim=2)
+    columns = torch.arange(width).expand(count, height, width)
+    left = torch.where(support, columns, width).amin(dim=2)
+    right = torch.where(support, columns, -1).amax(dim=2)
+    rows = torch.arange(height).expand(count, height)
+    xy = torch.cat([torch.stack([rows, left], -1), torch.stack([rows, right], -1)], dim=1).double()
+    valid = torch.cat([any_in_row, any_in_row], dim=1)
+    d = torch.cdist(xy, xy)
+    d = d.masked_fill(~(valid[:, :, None] & valid[:, None, :]), -1.0)
+    return d.flatten(1).amax(dim=1).clamp(min=0.0)
+
+
+def random_structure(size: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    """A barycenter's starting structure, as POT draws it: distances between `size` standard
+    normal points in the plane, divided by the largest."""
+    import numpy as np
+
+    xy = np.random.default_rng(seed).standard_normal((size, 2))
+    d = torch.cdist(torch.from_numpy(xy), torch.from_numpy(xy))
+    return (d / d.max()).to(dtype)
+
+
+@dataclass
+class Plans:
+    """Solutions for a batch of (cloud, barycenter) pairs, reusable as warm starts."""
+
+    plans: torch.Tensor  # (P, m, size²): T[j, a] = mass from barycenter point j to grid point a
+    potentials: torch.Tensor  # (P, m): the semi-dual potentials g of the last transport problem
+    values: torch.Tensor  # (P,) float64 GW objective E(T)
+    iterations: torch.Tensor  # (P,) mirror steps taken
+
+
+class GridGW:
+    """Entropic GW between the clouds of a GridClouds and small barycenters, in batches of pairs.
+
+    `outer_tol` stops a pair's mirror descent when the Frobenius change of its plan, relative
+    to the plan's norm, falls below it (POT's criterion, made relative); `marginal_tol` bounds the barycenter-side marginal error of
+    each inner transport problem.
+    """
+
+    def __init__(self, clouds: GridClouds, epsilon: float, *, dtype: torch.dtype = torch.float32,
+                 outer_tol: Optional[float] = None, max_outer: int = 500, marginal_tol: Optional[float] = None,
+                 newton_steps: int = 1, chunk: int = 64) -> None:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon <= 0:
+            raise ConfigError(f"epsilon must be a positive number, got {epsilon!r}")
+        self.clouds = clouds
+        self.epsilon = float(epsilon)
+        self.dtype = dtype
+        self.max_outer = max_outer
+        single = dtype == torch.float32
+        # float32 resolves potentials of size 2·max(L)/ε ≈ 10³ to about 1e-4, so its marginals to about 1e-5.
+        self.marginal_tol = marginal_tol if marginal_tol is not None else (1e-5 if single else 1e-10)
+        self.newton_steps = newton_steps
+        self.outer_tol = outer_tol if outer_tol is not None else (3e-4 if single else 1e-8)
+        self.max_newton = 50
+        self.chunk = chunk
+        self._ridge = 1e-6 if single else 1e-10
+        self._slack = 1e-5 if single else 1e-12
+        self.distances = grid_distances(clouds.size).to(dtype)
+        xy = grid_coordinates(clouds.size)
+        squared = (xy * xy).sum(dim=1)
+        w, s = clouds.weights, clouds.scale
+        # (C² p)_a = s² Σ_b p_b |x_a − x_b|² = s² (|x_a|² + Σ_b p_b |x_b|² − 2 x_a · Σ_b p_b x_b): exact.
+        moments = squared[None, :] + (w @ squared)[:, None] - 2.0 * (w @ xy) @ xy.T
+        self.cloud_term = ((s * s)[:, None] * moments).to(dtype)
+        self.weights = w.to(dtype)
+        self.log_weights = torch.log(self.weights)  # −inf outside a cloud: no mass goes there
+
+    def cloud_product(self, plans: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
+        """C T for each pair, as (P, m, size²): one product with the grid's distance matrix."""
+        count, m, n = plans.shape
+        product = (plans.reshape(count * m, n) @ self.distances).reshape(count, m, n)
+        return product.mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
+
+    def linearised_loss(self, plans: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns), for uniform q."""
+        m = bary.shape[-1]
+        bary_term = (bary * bary).sum(dim=-1) / m  # (C̄² q)_j with q uniform
+        loss = torch.baddbmm(self.cloud_term[cloud][:, None, :] + bary_term[:, :, None], bary, self.cloud_product(plans, cloud), alpha=-2.0)
+        return loss
+
+    def solve(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans] = None,
+              max_outer: Optional[int] = None) -> Plans:
+        """GW between cloud[i] and barycenter structure bary[i] (m×m, uniform weights) for every i.
+
+        Without `warm`, starts from the product coupling p qᵀ like POT. Pairs are solved in
+        chunks small enough for the working arrays to stay in the processor's cache.
+        """
+        cloud = torch.as_tensor(cloud, dtype=torch.long)
+        parts = []
+        for start in range(0, len(cloud), self.chunk):
+            part = slice(start, start + self.chunk)
+            chunk_warm = None if warm is None else Plans(warm.plans[part], warm.potentials[part], warm.values[part], warm.iterations[part])
+            parts.append(self._solve_chunk(cloud[part], bary[part], chunk_warm, max_outer))
+        if len(parts) == 1:
+            return parts[0]
+        return Plans(*(torch.cat([getattr(r, f) for r in parts]) for f in ("plans", "potentials", "values", "iterations")))
+
+    def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int]) -> Plans:
+        bary = bary.to(self.dtype)
+        count, m = len(cloud), bary.shape[-1]
+        q = torch.full((m,), 1.0 / m, dtype=self.dtype)
+        if warm is None:
+            plans = self.weights[cloud][:, None, :] * q[None, :, None]
+            potentials = torch.zeros(count, m, dtype=self.dtype)
+        else:
+            plans, potentials = warm.plans.to(self.dtype).clone(), warm.potentials.to(self.dtype).clone()
+        iterations = torch.zeros(count, dtype=torch.long)
+        trust = torch.ones(count, dtype=self.dtype)
+        active = torch.arange(count)
+        limit = self.max_outer if max_outer is None else max_outer
+        for _ in range(limit):
+            if len(active) == 0:
+                break
+            c = cloud[active]
+            cost = self.linearised_loss(plans[active], c, bary[active]).mul_(2.0 / self.epsilon)
+            step_trust = trust[active]
+            new_plans, new_potentials, error = self._transport(cost, c, q, potentials[active], self.newton_steps, step_trust)
+            trust[active] = step_trust
+            change = (new_plans - plans[active]).flatten(1).norm(dim=1) / new_plans.flatten(1).norm(dim=1)
+            plans[active] = new_plans
+            potentials[active] = new_potentials
+            iterations[active] += 1
+            active = active[(change > self.outer_tol) | (error > self.marginal_tol)]
+        loss = self.linearised_loss(plans, cloud, bary)
+        values = (loss.double() * plans.double()).flatten(1).sum(dim=1)
+        return Plans(plans, potentials, values, iterations)
+
+    def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
+                   steps: int, trust: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Entropic OT from uniform q (m points) to each cloud's weights, cost already divided by ε.
+
+        Semi-dual in h = g/ε: T_ja = p_a softmax_j(h_j − K_ja), concave objective
+        Φ(h) = q·h − Σ_a p_a logsumexp_j(h_j − K_ja), raised by Newton steps with
+        backtracking: `steps` of them, or more while a marginal is off by more than 1e-3
+        (warm-started inside a mirror descent, one or two steps usually suffice). Returns the
+        plans, the potentials g and each pair's largest marginal error. `trust` holds each
+        pair's first trial step length and is updated in place.
+        """
+        p = self.weights[cloud]
+        h = potentials / self.epsilon
+        m = scaled_cost.shape[1]
+        # 11ᵀ/m fixes the constant shift; a small ridge keeps columns that lost all mass solvable.
+        regulariser = torch.full((m, m), 1.0 / m, dtype=self.dtype) + torch.eye(m, dtype=self.dtype) * self._ridge
+
+        def evaluate(h_: torch.Tensor, k_: torch.Tensor, p_: torch.Tensor):
+            """exp(h − K − top) (P, m, N), its column sums s (P, 1, N) and Φ(h)."""
+            shifted = h_[:, :, None] - k_
+            top = shifted.amax(dim=1, keepdim=True)
+            expo = shifted.sub_(top).exp_()
+            total = expo.sum(dim=1, keepdim=True)
+            objective = (h_ * q).sum(dim=1) - (p_ * (total.log()[:, 0, :] + top[:, 0, :])).sum(dim=1)
+            return expo, total, objective
+
+        expo, total, objective = evaluate(h, scaled_cost, p)
+        error = torch.empty(len(h), dtype=self.dtype)
+        pending_pairs = torch.arange(len(h))
+        for taken in range(self.max_newton + 1):
+            ratio = p[pending_pairs] / total[pending_pairs, 0, :]  # p_a / s_a: plan = expo · ratio
+            e = expo[pending_pairs]
+            marginal = torch.bmm(e, ratio[:, :, None])[:, :, 0]
+            gradient = q - marginal
+            error[pending_pairs] = gradient.abs().amax(dim=1)
+            # Beyond `steps`, only far-off problems go on: the mirror descent tolerates small errors.
+            unfinished = (error[pending_pairs] > self.marginal_tol) & ((taken < steps) | (error[pending_pairs] > 1e-3))
+            if taken == self.max_newton or not bool(unfinished.any()):
+                break
+            pending_pairs, e, ratio, gradient, marginal = (pending_pairs[unfinished], e[unfinished], ratio[unfinished],
+                                                          gradient[unfinished], marginal[unfinished])
+            weighted = e * (ratio / total[pending_pairs, 0, :]).sqrt_()[:, None, :]  # √p_a · softmax column a
+            hessian = torch.diag_embed(marginal) - torch.bmm(weighted, weighted.transpose(1, 2)) + regulariser
+            step = torch.linalg.solve(hessian, gradient)
+            slope = (gradient * step).sum(dim=1)
+            scale = trust[pending_pairs].clone()
+            trying = torch.arange(len(pending_pairs))
+            for _halving in range(30):
+                rows = pending_pairs[trying]
+                trial = h[rows] + scale[trying, None] * step[trying]
+                t_expo, t_total, t_objective = evaluate(trial, scaled_cost[rows], p[rows])
+                ok = t_objective >= objective[rows] + 1e-4 * scale[trying] * slope[trying] - self._slack * objective[rows].abs()
+                accepted = rows[ok]
+                h[accepted] = trial[ok]
+                # Steps that succeed at once may grow again; otherwise start where this one succeeded.
+                trust[accepted] = torch.where(scale[trying[ok]] >= trust[accepted], (2 * scale[trying[ok]]).clamp(max=1.0), scale[trying[ok]])
+                expo[accepted], total[accepted], objective[accepted] = t_expo[ok], t_total[ok], t_objective[ok]
+                trying = trying[~ok]
+                if len(trying) == 0:
+                    break
+                scale[trying] *= 0.5
+        plans = expo.mul_(p[:, None, :] / total)
+        return plans, h * self.epsilon, error
+
+    def structure_update(self, plans: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
+        """The square-loss barycenter update (POT's `update_square_loss`, uniform weights λ and q):
+        C̄ = mean_s T_sᵀ C_s T_s / (q qᵀ), from each member's plan (m, size²)."""
+        m = plans.shape[1]
+        total = torch.zeros(m, m, dtype=torch.float64)
+        for start in range(0, len(cloud), self.chunk):
+            part = slice(start, start + self.chunk)
+            product = self.cloud_product(plans[part], cloud[part])
+            total += torch.bmm(plans[part], product.transpose(1, 2)).double().sum(dim=0)
+        structure = total / len(cloud) * (m * m)
+        return (structure + structure.T) / 2
+
+    def barycenter(self, members: torch.Tensor, start: torch.Tensor, warm: Optional[Plans] = None, *,
+                   max_updates: int = 30, tol: float = 1e-4, inner_steps: int = 2,
+                   fresh_updates: int = 0) -> Tuple[torch.Tensor, Plans, int]:
+        """Entropic GW barycenter (uniform weights) of the member clouds, from structure `start`.
+
+        Block coordinate descent on Σ_s GW_ε(C̄, C_s): a few warm-started mirror steps for every
+        member's plan, then the closed-form structure update, until the structure's relative
+        change falls below `tol`. POT solves every member's plan to convergence between updates;
+        the fixed point is the same, reached with far fewer mirror steps. From a random start,
+        warm-started plans get stuck in poor local optima, so the first `fresh_updates` updates
+        solve every plan to convergence from p qᵀ, as POT does. Returns the structure, the
+        members' plans against it and the number of updates.
+        """
+        members = torch.as_tensor(members, dtype=torch.long)
+        if len(members) == 0:
+            raise ConfigError("a barycenter needs at least one member cloud")
+        structure = start.double()
+        plans = warm
+        updates = 0
+        for updates in range(1, max_updates + 1):
+            fresh = updates <= fresh_updates
+            plans = self.solve(members, structure.expand(len(members), -1, -1), warm=None if fresh else plans,
+                               max_outer=None if fresh else inner_steps)
+            new = self.structure_update(plans.plans, members)
+            change = float((new - structure).norm() / structure.norm().clamp(min=1e-12))
+            structure = new
+            if change < tol:
+                break
+        plans = self.solve(members, structure.expand(len(members), -1, -1), warm=plans)
+        return structure, plans, updates

@@ -1,0 +1,249 @@
+"""Gromov–Wasserstein k-means (thesis section 6.5, table 2): find the poisoned group of a class.
+
+Every heatmap becomes a weighted point cloud; k-means with k = 2 runs in the space of
+metric-measure spaces: k-means++ seeding with entropic GW distances, assignment to the
+nearest barycenter, entropic GW barycenters (10 points, uniform weights) as the new centres,
+until the assignment repeats. The smaller cluster is flagged as poisoned.
+
+Two solvers run the same algorithm with the same random draws: the batched grid solver of
+`core.gromov` (the default), and POT called one pair at a time, as the thesis did (the
+reference in `bench/gromov.py` and the tests).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .detection import DetectionScore, flag_smaller_cluster, score_detection
+from .errors import ConfigError
+from .gromov import GridClouds, GridGW, Plans, random_structure
+from .pointcloud import check_threshold
+from .progress import ProgressCallback, report
+
+
+@dataclass(frozen=True)
+class GWConfig:
+    """Thesis defaults: threshold 0.99, ε = 5e-4 for seeding and updates, barycenters of 10 points."""
+
+    threshold: float = 0.99
+    epsilon: float = 5e-4
+    epsilon_init: float = 5e-4
+    barycenter_size: int = 10
+    max_iter: int = 10
+    seed: int = 0
+    barycenter_updates: int = 30
+    barycenter_tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        for name in ("epsilon", "epsilon_init", "barycenter_tol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0 < value <= 10:
+                raise ConfigError(f"{name} must be a number in (0, 10], got {value!r}")
+        for name, low, high in (("barycenter_size", 2, 100), ("max_iter", 1, 100), ("seed", 0, 2**32 - 1),
+                                ("barycenter_updates", 1, 1000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+
+
+@dataclass
+class GWIteration:
+    assignments: np.ndarray  # (N,) cluster 0/1
+    counts: Optional[Dict[str, int]]  # tn, fp, fn, tp of flagging the smaller cluster, if the truth is known
+    seconds: float
+    barycenter_updates: List[int] = field(default_factory=list)
+
+
+@dataclass
+class GWResult:
+    config: GWConfig
+    iterations: List[GWIteration]  # iteration 0: assignment to the k-means++ seeds
+    distances: np.ndarray  # (N, 2) GW distances to the final centres
+    barycenters: np.ndarray  # (2, m, m) final centres
+    seeds: List[int]
+    seconds: float
+    converged: bool
+
+    @property
+    def assignments(self) -> np.ndarray:
+        return self.iterations[-1].assignments
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return flag_smaller_cluster(self.assignments)
+
+    @property
+    def suspicion(self) -> np.ndarray:
+        """Continuous score for ROC-AUC: how much closer a sample is to the flagged cluster's centre."""
+        small = int(np.bincount(self.assignments, minlength=2).argmin())
+        return self.distances[:, 1 - small] - self.distances[:, small]
+
+    def score(self, truth) -> DetectionScore:
+        return score_detection(truth, self.flagged, self.suspicion)
+
+
+def _counts(truth: Optional[np.ndarray], assignments: np.ndarray) -> Optional[Dict[str, int]]:
+    if truth is None:
+        return None
+    s = score_detection(truth, flag_smaller_cluster(assignments))
+    return {"tn": s.tn, "fp": s.fp, "fn": s.fn, "tp": s.tp}
+
+
+class GridSolver:
+    """The batched solver, keeping every (cloud, centre) plan as the next solve's warm start."""
+
+    def __init__(self, clouds: GridClouds, config: GWConfig) -> None:
+        self.clouds = clouds
+        self.config = config
+        self.solvers = {eps: GridGW(clouds, eps) for eps in {config.epsilon, config.epsilon_init}}
+        self.plans: Dict[int, Optional[Plans]] = {0: None, 1: None}
+
+    def distances(self, centre: np.ndarray, slot: int, epsilon: float) -> np.ndarray:
+        n = len(self.clouds)
+        everyone = torch.arange(n)
+        result = self.solvers[epsilon].solve(everyone, torch.from_numpy(centre).expand(n, -1, -1), warm=self.plans[slot])
+        self.plans[slot] = result
+        return result.values.numpy()
+
+    def barycenter(self, members: np.ndarray, start: np.ndarray, slot: int, epsilon: float, fresh: bool) -> tuple:
+        solver = self.solvers[epsilon]
+        idx = torch.from_numpy(members)
+        warm = None
+        if not fresh and self.plans[slot] is not None:
+            p = self.plans[slot]
+            warm = Plans(p.plans[idx], p.potentials[idx], p.values[idx], p.iterations[idx])
+        structure, _, updates = solver.barycenter(idx, torch.from_numpy(start), warm, max_updates=self.config.barycenter_updates,
+                                                  tol=self.config.barycenter_tol, fresh_updates=3 if fresh else 0)
+        return structure.numpy(), updates
+
+    def forget(self, slot: int) -> None:
+        self.plans[slot] = None
+
+
+class PotSolver:
+    """POT one pair at a time (`entropic_gromov_wasserstein2`, `entropic_gromov_barycenters`)."""
+
+    def __init__(self, clouds: GridClouds, config: GWConfig, subset: Optional[np.ndarray] = None) -> None:
+        self.config = config
+        self.structures = [tuple(t.numpy() for t in clouds.structure(i)) for i in range(len(clouds))]
+
+    def distances(self, centre: np.ndarray, slot: int, epsilon: float) -> np.ndarray:
+        import warnings
+
+        import ot
+
+        q = ot.unif(len(centre))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.array([ot.gromov.entropic_gromov_wasserstein2(c, centre, p, q, epsilon=epsilon) for c, p in self.structures])
+
+    def barycenter(self, members: np.ndarray, start: np.ndarray, slot: int, epsilon: float, fresh: bool) -> tuple:
+        import warnings
+
+        import ot
+
+        m = len(start)
+        cs = [self.structures[i][0] for i in members]
+        ps = [self.structures[i][1] for i in members]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure, log = ot.gromov.entropic_gromov_barycenters(
+                m, cs, ps, ot.unif(m), [1.0 / len(cs)] * len(cs), epsilon=epsilon, init_C=start,
+                max_iter=self.config.barycenter_updates, tol=self.config.barycenter_tol * np.linalg.norm(start), log=True)
+        return structure, len(log["err"])
+
+    def forget(self, slot: int) -> None:
+        pass
+
+
+def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, solver: str = "grid",
+              progress: Optional[ProgressCallback] = None) -> GWResult:
+    """k-means (k = 2) of the clouds with entropic GW distances and GW barycenters as centres.
+
+    Seeding (k-means++): a random first seed; the second drawn with probability proportional
+    to the GW distance to the first (GW is already a squared discrepancy); each seed's centre
+    is the barycenter of that one cloud, started from a random structure. A cluster that
+    empties is re-seeded the same way from the samples' distances to the other centre.
+    """
+    if not isinstance(config, GWConfig):
+        raise ConfigError("config must be a GWConfig")
+    n = len(clouds)
+    if n < 2:
+        raise ConfigError(f"k-means needs at least 2 samples, got {n}")
+    truth = None if truth is None else np.asarray(truth, dtype=bool)
+    if truth is not None and truth.shape != (n,):
+        raise ConfigError(f"truth must have one flag per sample ({n}), got shape {truth.shape}")
+    backend = {"grid": GridSolver, "pot": PotSolver}.get(solver)
+    if backend is None:
+        raise ConfigError(f"solver must be 'grid' or 'pot', got {solver!r}")
+    engine = backend(clouds, config)
+    rng = np.random.default_rng(config.seed)
+    m = config.barycenter_size
+    started = time.perf_counter()
+    steps = 2 + config.max_iter
+    report(progress, "GW k-means", 0, steps, "seeding: first centre")
+
+    def seed_centre(index: int, slot: int) -> np.ndarray:
+        start = random_structure(m, int(rng.integers(2**31))).numpy()
+        engine.forget(slot)
+        centre, _ = engine.barycenter(np.array([index]), start, slot, config.epsilon_init, fresh=True)
+        return centre
+
+    def draw(weights: np.ndarray) -> int:
+        w = np.clip(np.nan_to_num(weights, nan=0.0), 0.0, None)
+        return int(rng.choice(n, p=w / w.sum())) if w.sum() > 0 else int(rng.integers(n))
+
+    seeds = [int(rng.integers(n))]
+    centres = [seed_centre(seeds[0], 0), None]
+    distances = np.zeros((n, 2))
+    distances[:, 0] = engine.distances(centres[0], 0, config.epsilon_init)
+    report(progress, "GW k-means", 1, steps, "seeding: second centre")
+    seeds.append(draw(distances[:, 0]))
+    centres[1] = seed_centre(seeds[1], 1)
+    distances[:, 1] = engine.distances(centres[1], 1, config.epsilon_init)
+    assignments = distances.argmin(axis=1)
+    iterations = [GWIteration(assignments, _counts(truth, assignments), round(time.perf_counter() - started, 3))]
+    report(progress, "GW k-means", 2, steps, "iteration 0", info=iterations[-1].counts or {})
+    converged = False
+    for it in range(1, config.max_iter + 1):
+        tick = time.perf_counter()
+        updates = []
+        for k in (0, 1):
+            members = np.flatnonzero(assignments == k)
+            if len(members) == 0:  # re-seed from the samples farthest from the other centre
+                index = draw(distances[:, 1 - k])
+                seeds.append(index)
+                centres[k] = seed_centre(index, k)
+                updates.append(0)
+            else:
+                centres[k], count = engine.barycenter(members, centres[k], k, config.epsilon, fresh=False)
+                updates.append(count)
+        for k in (0, 1):
+            distances[:, k] = engine.distances(centres[k], k, config.epsilon)
+        new = distances.argmin(axis=1)
+        iterations.append(GWIteration(new, _counts(truth, new), round(time.perf_counter() - tick, 3), updates))
+        report(progress, "GW k-means", 2 + it, steps, f"iteration {it}", info=iterations[-1].counts or {})
+        if np.array_equal(new, assignments):
+            converged = True
+            break
+        assignments = new
+    return GWResult(config, iterations, distances.copy(), np.stack(centres), seeds, round(time.perf_counter() - started, 3), converged)
+
+
+def result_summary(result: GWResult, truth=None) -> Dict[str, object]:
+    """The JSON the CLI prints and the page shows."""
+    out = {"config": asdict(result.config), "seconds": result.seconds, "converged": result.converged, "seeds": result.seeds,
+           "iterations": [{"iteration": i, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates, **(it.counts or {})}
+                          for i, it in enumerate(result.iterations)],
+           "cluster_sizes": np.bincount(result.assignments, minlength=2).tolist()}
+    if truth is not None:
+        out["score"] = result.score(truth).as_dict()
+    return out
