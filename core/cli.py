@@ -171,6 +171,27 @@ def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
     return {"class": args.class_id, "methods": methods}
 
 
+def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .compare import THESIS_GROMOV_WASSERSTEIN
+    from .data import load_gtsrb
+    from .gw_kmeans import THESIS_GW_RATES, GWConfig, experiment_gw, result_summary
+    from .relevance import check_class
+
+    config = experiment_from_args(args)
+    lrp = _lrp_from_args(args)
+    gw = GWConfig(threshold=args.threshold, epsilon=args.eps, epsilon_init=args.eps_init if args.eps_init is not None else args.eps,
+                  barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed)
+    check_class(args.class_id)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    heatmaps, result = experiment_gw(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
+    truth = heatmaps.poison_mask.numpy()
+    out = {"method": "gw", "class": args.class_id, "rule": lrp.describe(), "samples": len(heatmaps), "poisoned": int(truth.sum()),
+           **result_summary(result, truth)}
+    if config == type(config)() and args.class_id == config.poison.target and gw.threshold == 0.99:
+        out["thesis"] = {**THESIS_GW_RATES, "iteration_3": THESIS_GROMOV_WASSERSTEIN}
+    return out
+
+
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
     lrp = parser.add_argument_group("LRP")
     lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
@@ -230,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--cluster-seed", type=int, default=0, help="seed of ICA and k-means (default 0)")
     _add_experiment_options(baselines)
     _add_data_options(baselines)
+    detect = commands.add_parser("detect", help="Gromov-Wasserstein k-means on one class's heatmap point clouds; prints per-iteration counts and metrics as JSON",
+                                 description="k-means (k = 2) of the class's heatmap point clouds with entropic Gromov-Wasserstein distances "
+                                 "and barycenters (thesis section 6.5); the smaller cluster is flagged as poisoned. Cached in cache/.")
+    detect.add_argument("--method", default="gw", choices=("gw",), help="detection method (default gw)")
+    _add_lrp_options(detect)
+    group = detect.add_argument_group("Gromov-Wasserstein k-means (defaults: the thesis's)")
+    group.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
+    group.add_argument("--eps", type=float, default=5e-4, help="entropic regularisation for barycenters and assignments (default 5e-4)")
+    group.add_argument("--eps-init", type=float, default=None, help="entropic regularisation for k-means++ seeding (default: --eps)")
+    group.add_argument("--barycenter-size", type=int, default=10, help="support points of each barycenter (default 10)")
+    group.add_argument("--max-iter", type=int, default=10, help="k-means iterations at most (default 10)")
+    group.add_argument("--cluster-seed", type=int, default=0, help="seed of the k-means++ seeding (default 0)")
+    _add_experiment_options(detect)
+    _add_data_options(detect)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
     _add_data_options(data)
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
@@ -241,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
-    handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines,
+    handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
                "data": _cmd_data, "download": _cmd_download}[args.command]
     try:
         result = handler(args, bar)

@@ -247,3 +247,62 @@ def result_summary(result: GWResult, truth=None) -> Dict[str, object]:
     if truth is not None:
         out["score"] = result.score(truth).as_dict()
     return out
+
+
+THESIS_GW_RATES = {"accuracy": 0.9817, "tpr": 0.9698, "tnr": 0.9891}  # thesis table 2, s = 2, pp = 0.33
+_ARTIFACT_VERSION = 1
+
+
+def detection_path(heatmaps_file: str, config: GWConfig):
+    from .cache import cache_dir, config_hash
+
+    return cache_dir() / f"gw-{config_hash(_ARTIFACT_VERSION, heatmaps_file, asdict(config))}.safetensors"
+
+
+def _save(path, result: GWResult) -> None:
+    from .cache import save_artifact
+
+    tensors = {"assignments": torch.from_numpy(np.stack([it.assignments for it in result.iterations]).astype(np.int8)),
+               "distances": torch.from_numpy(result.distances), "barycenters": torch.from_numpy(result.barycenters)}
+    meta = {"config": asdict(result.config), "seeds": result.seeds, "seconds": result.seconds, "converged": result.converged,
+            "iterations": [{"counts": it.counts, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates} for it in result.iterations]}
+    save_artifact(path, tensors, meta)
+
+
+def _load(path, config: GWConfig) -> GWResult:
+    from .cache import load_artifact
+
+    tensors, meta = load_artifact(path)
+    assignments = tensors["assignments"].long().numpy()
+    iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"]) for a, it in zip(assignments, meta["iterations"])]
+    return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"], meta["seconds"], meta["converged"])
+
+
+def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, progress: Optional[ProgressCallback] = None,
+                  use_cache: bool = True):
+    """GW k-means on the heatmaps of `class_id` in `experiment`, cached per (heatmaps, config).
+
+    Returns the class's heatmaps and the result; the truth is the heatmaps' poison mask.
+    """
+    from .cache import discard
+    from .data import load_gtsrb
+    from .errors import ArtifactError
+    from .experiment import model_path
+    from .relevance import check_class, experiment_heatmaps, heatmaps_path
+
+    if not isinstance(config, GWConfig):
+        raise ConfigError("config must be a GWConfig")
+    class_id = check_class(class_id)
+    data = data if data is not None else load_gtsrb(progress=progress)
+    heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress, use_cache=use_cache)
+    path = detection_path(heatmaps_path(model_path(data, experiment).name, class_id, lrp).name, config)
+    if use_cache and path.is_file():
+        try:
+            return heatmaps, _load(path, config)
+        except (ArtifactError, KeyError, TypeError, ValueError):
+            discard(path)
+    clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, config.threshold)
+    result = gw_kmeans(clouds, config, truth=heatmaps.poison_mask.numpy(), progress=progress)
+    if use_cache:
+        _save(path, result)
+    return heatmaps, result
