@@ -1,0 +1,177 @@
+"""Entropic Gromov–Wasserstein on the pixel grid, checked against POT and against the
+properties GW must have; GW k-means on clouds with a known answer."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from core.errors import ConfigError
+from core.gromov import GridClouds, GridGW, random_structure
+from core.gw_kmeans import GWConfig, gw_kmeans
+from core.pointcloud import point_cloud
+
+
+def sparse_heatmaps(count: int, points: int, seed: int) -> torch.Tensor:
+    """Heatmaps with `points` positive pixels each (the rest 0, so threshold 1 keeps exactly those)."""
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.zeros(count, 32, 32)
+    for i in range(count):
+        where = torch.randperm(1024, generator=g)[:points]
+        maps[i].view(-1)[where] = torch.rand(points, generator=g) + 0.5
+    return maps
+
+
+def pot_value(clouds: GridClouds, i: int, structure: torch.Tensor, eps: float) -> float:
+    c, p = clouds.structure(i)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(ot.gromov.entropic_gromov_wasserstein2(c.numpy(), structure.numpy(), p.numpy(), ot.unif(len(structure)), epsilon=eps))
+
+
+def test_grid_clouds_are_the_point_clouds_of_core_pointcloud():
+    heatmaps = torch.randn(5, 32, 32)
+    for threshold in (0.3, 0.99, 1.0):
+        clouds = GridClouds.from_heatmaps(heatmaps, threshold)
+        for i in range(5):
+            structure, weights = clouds.structure(i)
+            reference = point_cloud(heatmaps[i], threshold)
+            torch.testing.assert_close(structure, reference.structure)
+            torch.testing.assert_close(weights, reference.weights)
+            assert torch.equal(clouds.support(i), reference.coords[:, 0] * 32 + reference.coords[:, 1])
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.01])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
+def test_gw_values_match_pot_on_random_clouds(eps, dtype, tolerance):
+    clouds = GridClouds.from_heatmaps(sparse_heatmaps(6, 40, seed=1), 1.0)
+    structure = random_structure(10, seed=3)
+    ours = GridGW(clouds, eps, dtype=dtype).solve(torch.arange(6), structure.expand(6, -1, -1)).values.numpy()
+    reference = np.array([pot_value(clouds, i, structure, eps) for i in range(6)])
+    np.testing.assert_allclose(ours, reference, rtol=tolerance)
+
+
+def test_small_epsilon_stays_finite_and_consistent():
+    """At ε = 5e-4 POT's plain-domain Sinkhorn fails; ours stays finite, its plans keep their
+    marginals, and float32 agrees with float64."""
+    clouds = GridClouds.from_heatmaps(torch.randn(4, 32, 32), 0.99)
+    structure = random_structure(10, seed=0).expand(4, -1, -1)
+    single = GridGW(clouds, 5e-4).solve(torch.arange(4), structure)
+    double = GridGW(clouds, 5e-4, dtype=torch.float64).solve(torch.arange(4), structure)
+    assert torch.isfinite(single.values).all() and (single.values > 0).all()
+    np.testing.assert_allclose(single.values.numpy(), double.values.numpy(), rtol=5e-3)
+    torch.testing.assert_close(double.plans.sum(dim=1), clouds.weights, atol=1e-9, rtol=0)
+    torch.testing.assert_close(double.plans.sum(dim=2), torch.full((4, 10), 0.1, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def uniform_cloud_heatmap(pixels) -> torch.Tensor:
+    heat = torch.zeros(32, 32)
+    for r, c in pixels:
+        heat[r, c] = 1.0
+    return heat
+
+
+SHAPE = [(3, 4), (3, 9), (5, 20), (8, 6), (12, 15), (14, 2), (20, 25), (22, 11), (27, 30), (30, 3)]
+
+
+def test_gw_of_a_cloud_with_itself_is_near_zero():
+    clouds = GridClouds.from_heatmaps(torch.stack([uniform_cloud_heatmap(SHAPE), torch.randn(32, 32)]), 1.0)
+    own, _ = clouds.structure(0)
+    values = GridGW(clouds, 5e-4, dtype=torch.float64).solve(torch.tensor([0, 1]), own.expand(2, -1, -1)).values
+    assert values[0] < 1e-4 < values[1] / 100
+
+
+def test_gw_is_invariant_to_rotating_the_cloud_and_permuting_the_barycenter():
+    heat = torch.randn(32, 32)
+    clouds = GridClouds.from_heatmaps(torch.stack([heat, torch.rot90(heat, 1), heat.T, torch.flip(heat, [1])]), 0.9)
+    structure = random_structure(10, seed=5)
+    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    shuffled = structure[permutation][:, permutation]
+    solver = GridGW(clouds, 0.01, dtype=torch.float64)
+    values = solver.solve(torch.arange(4), structure.expand(4, -1, -1)).values
+    np.testing.assert_allclose(values.numpy(), values[0].item(), rtol=1e-6)
+    permuted = solver.solve(torch.arange(4), shuffled.expand(4, -1, -1)).values
+    np.testing.assert_allclose(permuted.numpy(), values.numpy(), rtol=1e-6)
+
+
+def test_barycenter_of_identical_clouds_is_that_cloud():
+    clouds = GridClouds.from_heatmaps(uniform_cloud_heatmap(SHAPE).expand(4, -1, -1), 1.0)
+    own, _ = clouds.structure(0)
+    solver = GridGW(clouds, 5e-3, dtype=torch.float64)
+    structure, _, _ = solver.barycenter(torch.arange(4), random_structure(10, seed=2), max_updates=100, tol=1e-8, fresh_updates=3)
+    # The same metric space up to the order of its points: equal sorted distances, GW to it near 0.
+    np.testing.assert_allclose(np.sort(structure.numpy().ravel()), np.sort(own.numpy().ravel()), atol=2e-2)
+    check = GridGW(clouds, 5e-4, dtype=torch.float64).solve(torch.tensor([0]), structure[None]).values
+    assert check.item() < 1e-3
+
+
+def test_barycenter_matches_pot_at_large_epsilon():
+    clouds = GridClouds.from_heatmaps(sparse_heatmaps(5, 30, seed=4), 1.0)
+    start = random_structure(10, seed=1)
+    ours, _, _ = GridGW(clouds, 0.1, dtype=torch.float64).barycenter(torch.arange(5), start, max_updates=200, tol=1e-9)
+    cs = [clouds.structure(i)[0].numpy() for i in range(5)]
+    ps = [clouds.structure(i)[1].numpy() for i in range(5)]
+    reference = ot.gromov.entropic_gromov_barycenters(10, cs, ps, ot.unif(10), [0.2] * 5, epsilon=0.1, init_C=start.numpy(), max_iter=200, tol=1e-10)
+    np.testing.assert_allclose(ours.numpy(), reference, atol=1e-6)
+
+
+def two_shapes(count_a: int, count_b: int, seed: int) -> tuple:
+    """A line of 12 pixels versus a compact 4×4 block, each at random places with faint noise."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for i in range(count_a + count_b):
+        heat = torch.from_numpy(rng.random((32, 32)) * 0.01).float()
+        r, c = rng.integers(0, 16, size=2)
+        if i < count_a:
+            heat[r, c:c + 12] += 1.0
+        else:
+            heat[r:r + 4, c:c + 4] += 1.0
+        maps.append(heat)
+    truth = np.arange(count_a + count_b) >= count_a
+    return torch.stack(maps), truth
+
+
+def test_kmeans_separates_two_shapes_and_flags_the_smaller_group():
+    heatmaps, truth = two_shapes(14, 6, seed=0)
+    clouds = GridClouds.from_heatmaps(heatmaps, 0.9)
+    result = gw_kmeans(clouds, GWConfig(threshold=0.9, epsilon=5e-3, epsilon_init=5e-3, max_iter=5), truth=truth)
+    score = result.score(truth)
+    assert (score.tn, score.fp, score.fn, score.tp) == (14, 0, 0, 6)
+    assert score.auc == 1.0
+    assert result.iterations[-1].counts == {"tn": 14, "fp": 0, "fn": 0, "tp": 6}
+    assert result.converged and len(result.iterations) >= 2
+
+
+def test_grid_and_pot_solvers_agree_on_the_assignments():
+    heatmaps, truth = two_shapes(8, 5, seed=1)
+    clouds = GridClouds.from_heatmaps(heatmaps, 0.9)
+    config = GWConfig(threshold=0.9, epsilon=0.01, epsilon_init=0.01, max_iter=4, seed=3)
+    grid = gw_kmeans(clouds, config, truth=truth)
+    pot = gw_kmeans(clouds, config, truth=truth, solver="pot")
+    assert grid.seeds[:2] == pot.seeds[:2]
+    np.testing.assert_array_equal(grid.assignments, pot.assignments)
+    np.testing.assert_allclose(grid.distances, pot.distances, rtol=2e-2)
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 0), ("threshold", 1.5), ("epsilon", 0.0), ("epsilon", float("nan")),
+                                          ("epsilon_init", -1e-3), ("barycenter_size", 1), ("max_iter", 0), ("seed", -1),
+                                          ("barycenter_size", 2.5), ("epsilon", True)])
+def test_bad_settings_are_refused(field, value):
+    with pytest.raises(ConfigError):
+        GWConfig(**{field: value})
+
+
+def test_bad_calls_are_refused():
+    clouds = GridClouds.from_heatmaps(torch.randn(3, 32, 32), 0.9)
+    with pytest.raises(ConfigError):
+        GridGW(clouds, 0.0)
+    with pytest.raises(ConfigError):
+        gw_kmeans(clouds, GWConfig(), solver="nonsense")
+    with pytest.raises(ConfigError):
+        gw_kmeans(clouds, GWConfig(), truth=[True, False])
+    with pytest.raises(ConfigError):
+        GridGW(clouds, 0.1).barycenter(torch.tensor([], dtype=torch.long), random_structure(10, 0))
