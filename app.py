@@ -24,12 +24,14 @@ def home() -> None:
     st.page_link(POISON, label="Set up the attack and train the model", icon=":material/science:")
     st.page_link(HEATMAPS, label="See what the model looks at: LRP heatmaps and point clouds", icon=":material/blur_on:")
     st.page_link(SPECTRAL, label="Find the poisoned group: spectral analysis and baselines", icon=":material/scatter_plot:")
+    st.page_link(DETECT, label="Find it with optimal transport: Gromov–Wasserstein k-means", icon=":material/hub:")
 
 
 POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
 HEATMAPS = st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/blur_on:", url_path="heatmaps")
 SPECTRAL = st.Page("pages/spectral.py", title="Spectral", icon=":material/scatter_plot:", url_path="spectral")
-navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL])
+DETECT = st.Page("pages/detect.py", title="GW detection", icon=":material/hub:", url_path="detect")
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL, DETECT])
 from pages.common import mark_run_by_app  # noqa: E402
 
 mark_run_by_app()

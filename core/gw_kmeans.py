@@ -249,6 +249,19 @@ def result_summary(result: GWResult, truth=None) -> Dict[str, object]:
     return out
 
 
+def mds_embedding(structure, seed: int = 0) -> np.ndarray:
+    """A barycenter, which is only a distance matrix, drawn in the plane by metric MDS (thesis figure 5)."""
+    from sklearn.manifold import MDS
+
+    d = np.asarray(structure, dtype=float)
+    if d.ndim != 2 or d.shape[0] != d.shape[1] or not np.isfinite(d).all():
+        raise ConfigError("a barycenter structure must be a finite square matrix")
+    d = np.clip((d + d.T) / 2, 0.0, None)
+    np.fill_diagonal(d, 0.0)
+    mds = MDS(n_components=2, metric="precomputed", metric_mds=True, n_init=4, init="random", random_state=seed)
+    return mds.fit_transform(d)
+
+
 THESIS_GW_RATES = {"accuracy": 0.9817, "tpr": 0.9698, "tnr": 0.9891}  # thesis table 2, s = 2, pp = 0.33
 _ARTIFACT_VERSION = 1
 

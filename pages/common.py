@@ -64,6 +64,14 @@ def _write_query(config: ExperimentConfig) -> None:
         st.query_params.from_dict(query)
 
 
+@st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
+def cached_baselines(experiment_query: tuple, class_id: int, seed: int, _data):
+    """Activation clustering, spectral signatures and raw-image clustering, shared by the detection pages."""
+    from core.compare import baseline_scores
+
+    return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
+
+
 def gtsrb_root() -> Optional[str]:
     return st.session_state.get("gtsrb_dir") or os.environ.get(ENV_VAR)
 

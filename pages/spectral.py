@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.compare import THESIS_EUCLIDEAN_SPECTRAL, baseline_scores
+from core.compare import THESIS_EUCLIDEAN_SPECTRAL
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.detection import flag_smaller_cluster, score_detection
 from core.errors import ConfigError
@@ -16,7 +16,7 @@ from core.experiment import ExperimentConfig, load_trained, poisoned_data
 from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
-from pages.common import active_experiment, data_or_stop, run_through_app
+from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
 
@@ -35,11 +35,6 @@ def embedding(heatmap_key: str, choice: str, config: SpectralConfig, _features: 
     method, _, source = choice.partition("-")
     features = _result.embedding[:, : max(config.n_clusters, 3)] if source == "spectral" else _features
     return embed_2d(features, method, config.seed, _result)
-
-
-@st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
-def baselines(experiment_query: tuple, class_id: int, seed: int, _data):
-    return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
 
 
 def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
@@ -160,7 +155,7 @@ if selected:
 st.subheader("Methods on the same model and class")
 rows = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict()}
 if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines"):
-    rows.update(baselines(tuple(sorted(experiment.to_query().items())), class_id, spectral_config.seed, data))
+    rows.update(cached_baselines(tuple(sorted(experiment.to_query().items())), class_id, spectral_config.seed, data))
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}}
 st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")

@@ -1,0 +1,182 @@
+"""GW detection view: k-means over the class's heatmap point clouds with Gromov–Wasserstein
+distances and barycenters (thesis section 6.5); its iterations, barycenters and scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core.cli import train_command
+from core.compare import heatmap_spectral
+from core.data import CLASS_NAMES, NUM_CLASSES
+from core.errors import ConfigError
+from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data
+from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment_gw, mds_embedding
+from core.jobs import RUNNER
+from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
+from core.spectral import SpectralConfig
+from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
+from pages.hover_preview import hover_preview
+from pages.tiles import diverging_rgb
+
+EPSILONS = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def load_result(path_name: str, _loader):
+    return _loader()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def barycenter_coordinates(path_name: str, _structures: np.ndarray) -> list:
+    return [mds_embedding(s) for s in _structures]
+
+
+def iteration_table(result, truth: np.ndarray) -> pd.DataFrame:
+    rows = []
+    for i, it in enumerate(result.iterations):
+        c = it.counts or {}
+        tn, fp, fn, tp = c.get("tn"), c.get("fp"), c.get("fn"), c.get("tp")
+        rows.append({"iteration": i, "tn": tn, "fp": fp, "fn": fn, "tp": tp,
+                     "accuracy": (tn + tp) / len(truth), "tpr": tp / max(tp + fn, 1), "tnr": tn / max(tn + fp, 1),
+                     "seconds": it.seconds, "barycenter updates": ", ".join(map(str, it.barycenter_updates)) or "–"})
+    return pd.DataFrame(rows).set_index("iteration")
+
+
+def barycenter_figure(coordinates: list, flagged_slot: int) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"Centre {k}{' (flagged cluster)' if k == flagged_slot else ''}" for k in (0, 1)])
+    for k, xy in enumerate(coordinates):
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[str(i) for i in range(len(xy))], textposition="top center",
+                                 marker=dict(size=12, color="#dc2626" if k == flagged_slot else "#2563eb"), name=f"centre {k}",
+                                 hovertemplate="point %{text}<extra></extra>"), 1, k + 1)
+        fig.update_xaxes(scaleanchor=f"y{k + 1 if k else ''}", row=1, col=k + 1)
+    fig.update_layout(height=360, margin=dict(l=0, r=0, t=60, b=0), showlegend=False,
+                      title=dict(text="The two barycenters, drawn by metric MDS (thesis figure 5)", font=dict(size=14)))
+    return fig
+
+
+def distance_figure(distances: np.ndarray, truth: np.ndarray, hover: list) -> go.Figure:
+    fig = go.Figure()
+    for value, name, colour in ((False, "clean", "#2563eb"), (True, "poisoned", "#dc2626")):
+        members = np.flatnonzero(truth == value)
+        fig.add_trace(go.Scattergl(x=distances[members, 0], y=distances[members, 1], mode="markers", name=f"{name} ({len(members)})",
+                                   marker=dict(size=5, color=colour, opacity=0.7), customdata=members,
+                                   hovertext=[hover[m] for m in members], hoverinfo="text"))
+    low, high = float(distances.min()), float(distances.max())
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(color="#64748b", dash="dot"), name="equal distance", hoverinfo="skip"))
+    fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="GW distance to centre 0", yaxis_title="GW distance to centre 1",
+                      title=dict(text="Each sample's distances to the two barycenters (hover for a preview)", font=dict(size=14)),
+                      legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def confusion_figure(score) -> go.Figure:
+    z = [[score.tn, score.fp], [score.fn, score.tp]]
+    fig = go.Figure(go.Heatmap(z=z, x=["flagged clean", "flagged poisoned"], y=["truly clean", "truly poisoned"], colorscale="Reds",
+                               text=[[str(v) for v in row] for row in z], texttemplate="%{text}", showscale=False,
+                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Confusion of GW k-means", font=dict(size=14)))
+    return fig
+
+
+run_through_app()
+st.title("Gromov–Wasserstein detection")
+st.caption("Each heatmap becomes a weighted point cloud (its most relevant pixels up to the mass threshold). k-means with two "
+           "clusters runs on these metric-measure spaces: entropic Gromov–Wasserstein distances to the centres, GW barycenters "
+           "of 10 points as the centres, k-means++ seeding. The smaller cluster is flagged as poisoned (thesis section 6.5).")
+experiment = active_experiment()
+with st.sidebar:
+    st.subheader("Detect")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), index=experiment.poison.target, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
+    rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="gw_rule")
+    threshold = st.select_slider("Mass threshold t", [0.5, 0.9, 0.95, 0.99], value=0.99, key="gw_threshold")
+    epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, value=5e-4, format_func=lambda e: f"{e:g}", key="gw_eps")
+    max_iter = st.slider("k-means iterations at most", 1, 20, 10, key="gw_iter")
+    seed = st.number_input("Seed of the k-means++ seeding", 0, 10_000, 0, key="gw_seed")
+try:
+    lrp = LRPConfig(rule=rule)
+    config = GWConfig(threshold=threshold, epsilon=epsilon, epsilon_init=epsilon, max_iter=max_iter, seed=int(seed))
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
+data = data_or_stop()
+trained = load_trained(data, experiment)
+if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
+    st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
+    st.page_link("pages/heatmaps.py", label="Go to Heatmaps", icon=":material/blur_on:")
+    st.stop()
+heatmaps_file = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
+path = detection_path(heatmaps_file, config)
+key = path.name
+job = RUNNER.get(key)
+if not path.is_file():
+    if job is not None and job.state == "failed":
+        st.error(f"GW k-means failed: {job.error}")
+        RUNNER.forget(key)
+    elif job is not None and job.active:
+        follow_job(key, "GW k-means runs in the background: switching pages or changing controls does not stop it.")
+        st.stop()
+    elif job is not None and job.state == "done":
+        RUNNER.forget(key)
+        st.rerun()
+    st.write(f"GW k-means has not run yet for class {class_id} with these settings. On the whole default class "
+             "(2,463 clouds of about 1,000 points) it takes a few minutes on two cores; smaller thresholds are no faster, "
+             "because every cloud lives on the same 32×32 grid.")
+    if st.button("Run GW k-means", type="primary"):
+        RUNNER.submit(key, "GW k-means", lambda progress: experiment_gw(experiment, class_id, lrp, config, data, progress=progress))
+        st.rerun()
+    st.stop()
+
+train = poisoned_data(data, experiment).train
+heatmaps = class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
+_, result = load_result(key, lambda: experiment_gw(experiment, class_id, lrp, config, data))
+truth = heatmaps.poison_mask.numpy()
+score = result.score(truth)
+flagged = result.flagged
+flagged_slot = int(np.bincount(result.assignments, minlength=2).argmin())
+
+cols = st.columns(5)
+default = experiment == ExperimentConfig() and class_id == experiment.poison.target and threshold == 0.99
+thesis = THESIS_GW_RATES if default else {}
+cols[0].metric("Accuracy", f"{100 * score.accuracy:.2f} %", help=f"Thesis: {100 * thesis['accuracy']:.2f} %" if thesis else None)
+cols[1].metric("TPR (poisoned found)", f"{100 * score.tpr:.2f} %" if np.isfinite(score.tpr) else "–",
+               help=f"Thesis: {100 * thesis['tpr']:.2f} %" if thesis else None)
+cols[2].metric("TNR (clean kept)", f"{100 * score.tnr:.2f} %" if np.isfinite(score.tnr) else "–",
+               help=f"Thesis: {100 * thesis['tnr']:.2f} %" if thesis else None)
+cols[3].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–", help="From the difference of the two GW distances")
+cols[4].metric("Time", f"{result.seconds:.0f} s", help=f"{len(result.iterations) - 1} iterations; converged: {result.converged}")
+if thesis:
+    st.caption(f"Thesis, same setting (table 2): accuracy {100 * thesis['accuracy']:.2f} %, TPR {100 * thesis['tpr']:.2f} %, TNR {100 * thesis['tnr']:.2f} %.")
+
+left, right = st.columns([3, 2])
+left.subheader("Iterations")
+left.dataframe(iteration_table(result, truth).style.format({"accuracy": "{:.4f}", "tpr": "{:.4f}", "tnr": "{:.4f}", "seconds": "{:.1f}"}, na_rep="–"),
+               width="stretch")
+right.plotly_chart(confusion_figure(score), width="stretch")
+st.plotly_chart(barycenter_figure(barycenter_coordinates(key, result.barycenters), flagged_slot), width="stretch")
+
+indices = heatmaps.indices.numpy()
+hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}{' (flagged)' if flagged[i] else ''}"
+         for i in range(len(truth))]
+st.plotly_chart(distance_figure(result.distances, truth, hover), width="stretch", key="gw_scatter")
+images = train.images[indices].permute(0, 2, 3, 1).numpy()
+hover_preview("gw_scatter", {"image": (f"{heatmaps_file}-images", images), "heatmap": (f"{heatmaps_file}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
+              [h.replace(" · ", "\n", 1) for h in hover])
+
+st.subheader("Compared with the other methods on the same class")
+_, _, _, spectral_score = heatmap_spectral(experiment, class_id, lrp, SpectralConfig(), data)
+rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.rule})": spectral_score.as_dict()}
+if st.toggle("Add activation clustering (a few seconds)", key="gw_baselines"):
+    rows["activation clustering"] = cached_baselines(tuple(sorted(experiment.to_query().items())), class_id, 0, data)["activation clustering"]
+table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
+st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}},
+                                na_rep="–"), width="stretch")
+command = train_command(experiment).replace(
+    "python -m core train", f"python -m core detect --method gw --class {class_id} --rule {rule} --threshold {threshold} --eps {epsilon:g} "
+    f"--max-iter {max_iter} --cluster-seed {int(seed)}")
+st.caption("Reproduce these numbers on the command line:")
+st.code(command, language="bash")
