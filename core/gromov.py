@@ -132,9 +132,25 @@ class Plans:
     """Solutions for a batch of (cloud, barycenter) pairs, reusable as warm starts."""
 
     plans: torch.Tensor  # (P, m, size²): T[j, a] = mass from barycenter point j to grid point a
+    products: torch.Tensor  # (P, m, size²): C T, which does not depend on the barycenter
     potentials: torch.Tensor  # (P, m): the semi-dual potentials g of the last transport problem
     values: torch.Tensor  # (P,) float64 GW objective E(T)
     iterations: torch.Tensor  # (P,) mirror steps taken
+
+    FIELDS = ("plans", "products", "potentials", "values", "iterations")
+
+    def select(self, index) -> "Plans":
+        return Plans(*(getattr(self, f)[index] for f in self.FIELDS))
+
+    @staticmethod
+    def concat(parts) -> "Plans":
+        parts = list(parts)
+        return parts[0] if len(parts) == 1 else Plans(*(torch.cat([getattr(r, f) for r in parts]) for f in Plans.FIELDS))
+
+    def update(self, index, other: "Plans") -> None:
+        """Overwrite the pairs at `index` with `other`'s."""
+        for f in self.FIELDS:
+            getattr(self, f)[index] = getattr(other, f)
 
 
 class GridGW:
@@ -179,12 +195,11 @@ class GridGW:
         product = (plans.reshape(count * m, n) @ self.distances).reshape(count, m, n)
         return product.mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
 
-    def linearised_loss(self, plans: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
-        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns), for uniform q."""
+    def linearised_loss(self, products: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T, for uniform q."""
         m = bary.shape[-1]
         bary_term = (bary * bary).sum(dim=-1) / m  # (C̄² q)_j with q uniform
-        loss = torch.baddbmm(self.cloud_term[cloud][:, None, :] + bary_term[:, :, None], bary, self.cloud_product(plans, cloud), alpha=-2.0)
-        return loss
+        return torch.baddbmm(self.cloud_term[cloud][:, None, :] + bary_term[:, :, None], bary, products, alpha=-2.0)
 
     def solve(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans] = None,
               max_outer: Optional[int] = None) -> Plans:
@@ -197,11 +212,8 @@ class GridGW:
         parts = []
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
-            chunk_warm = None if warm is None else Plans(warm.plans[part], warm.potentials[part], warm.values[part], warm.iterations[part])
-            parts.append(self._solve_chunk(cloud[part], bary[part], chunk_warm, max_outer))
-        if len(parts) == 1:
-            return parts[0]
-        return Plans(*(torch.cat([getattr(r, f) for r in parts]) for f in ("plans", "potentials", "values", "iterations")))
+            parts.append(self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer))
+        return Plans.concat(parts)
 
     def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int]) -> Plans:
         bary = bary.to(self.dtype)
@@ -209,9 +221,11 @@ class GridGW:
         q = torch.full((m,), 1.0 / m, dtype=self.dtype)
         if warm is None:
             plans = self.weights[cloud][:, None, :] * q[None, :, None]
+            products = self.cloud_product(self.weights[cloud][:, None, :], cloud) * q[None, :, None]  # C p qᵀ
             potentials = torch.zeros(count, m, dtype=self.dtype)
         else:
-            plans, potentials = warm.plans.to(self.dtype).clone(), warm.potentials.to(self.dtype).clone()
+            plans, products, potentials = (warm.plans.to(self.dtype).clone(), warm.products.to(self.dtype).clone(),
+                                           warm.potentials.to(self.dtype).clone())
         iterations = torch.zeros(count, dtype=torch.long)
         trust = torch.ones(count, dtype=self.dtype)
         active = torch.arange(count)
@@ -220,18 +234,19 @@ class GridGW:
             if len(active) == 0:
                 break
             c = cloud[active]
-            cost = self.linearised_loss(plans[active], c, bary[active]).mul_(2.0 / self.epsilon)
+            cost = self.linearised_loss(products[active], c, bary[active]).mul_(2.0 / self.epsilon)
             step_trust = trust[active]
             new_plans, new_potentials, error = self._transport(cost, c, q, potentials[active], self.newton_steps, step_trust)
             trust[active] = step_trust
             change = (new_plans - plans[active]).flatten(1).norm(dim=1) / new_plans.flatten(1).norm(dim=1)
             plans[active] = new_plans
+            products[active] = self.cloud_product(new_plans, c)
             potentials[active] = new_potentials
             iterations[active] += 1
             active = active[(change > self.outer_tol) | (error > self.marginal_tol)]
-        loss = self.linearised_loss(plans, cloud, bary)
+        loss = self.linearised_loss(products, cloud, bary)
         values = (loss.double() * plans.double()).flatten(1).sum(dim=1)
-        return Plans(plans, potentials, values, iterations)
+        return Plans(plans, products, potentials, values, iterations)
 
     def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
                    steps: int, trust: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -297,16 +312,16 @@ class GridGW:
         plans = expo.mul_(p[:, None, :] / total)
         return plans, h * self.epsilon, error
 
-    def structure_update(self, plans: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def structure_update(solution: Plans) -> torch.Tensor:
         """The square-loss barycenter update (POT's `update_square_loss`, uniform weights λ and q):
-        C̄ = mean_s T_sᵀ C_s T_s / (q qᵀ), from each member's plan (m, size²)."""
-        m = plans.shape[1]
+        C̄ = mean_s T_s C_s T_sᵀ / (q qᵀ), from each member's plan and its product C T."""
+        m = solution.plans.shape[1]
         total = torch.zeros(m, m, dtype=torch.float64)
-        for start in range(0, len(cloud), self.chunk):
-            part = slice(start, start + self.chunk)
-            product = self.cloud_product(plans[part], cloud[part])
-            total += torch.bmm(plans[part], product.transpose(1, 2)).double().sum(dim=0)
-        structure = total / len(cloud) * (m * m)
+        for start in range(0, len(solution.plans), 256):
+            part = slice(start, start + 256)
+            total += torch.bmm(solution.plans[part], solution.products[part].transpose(1, 2)).double().sum(dim=0)
+        structure = total / len(solution.plans) * (m * m)
         return (structure + structure.T) / 2
 
     def barycenter(self, members: torch.Tensor, start: torch.Tensor, warm: Optional[Plans] = None, *,
@@ -320,7 +335,8 @@ class GridGW:
         the fixed point is the same, reached with far fewer mirror steps. From a random start,
         warm-started plans get stuck in poor local optima, so the first `fresh_updates` updates
         solve every plan to convergence from p qᵀ, as POT does. Returns the structure, the
-        members' plans against it and the number of updates.
+        members' plans (against the structure before the last update: warm starts for the next
+        solve) and the number of updates.
         """
         members = torch.as_tensor(members, dtype=torch.long)
         if len(members) == 0:
@@ -332,10 +348,9 @@ class GridGW:
             fresh = updates <= fresh_updates
             plans = self.solve(members, structure.expand(len(members), -1, -1), warm=None if fresh else plans,
                                max_outer=None if fresh else inner_steps)
-            new = self.structure_update(plans.plans, members)
+            new = self.structure_update(plans)
             change = float((new - structure).norm() / structure.norm().clamp(min=1e-12))
             structure = new
             if change < tol:
                 break
-        plans = self.solve(members, structure.expand(len(members), -1, -1), warm=plans)
         return structure, plans, updates

@@ -116,12 +116,12 @@ class GridSolver:
     def barycenter(self, members: np.ndarray, start: np.ndarray, slot: int, epsilon: float, fresh: bool) -> tuple:
         solver = self.solvers[epsilon]
         idx = torch.from_numpy(members)
-        warm = None
-        if not fresh and self.plans[slot] is not None:
-            p = self.plans[slot]
-            warm = Plans(p.plans[idx], p.potentials[idx], p.values[idx], p.iterations[idx])
-        structure, _, updates = solver.barycenter(idx, torch.from_numpy(start), warm, max_updates=self.config.barycenter_updates,
-                                                  tol=self.config.barycenter_tol, fresh_updates=3 if fresh else 0)
+        stored = None if fresh else self.plans[slot]
+        structure, plans, updates = solver.barycenter(idx, torch.from_numpy(start), None if stored is None else stored.select(idx),
+                                                      max_updates=self.config.barycenter_updates, tol=self.config.barycenter_tol,
+                                                      fresh_updates=3 if fresh else 0)
+        if stored is not None:
+            stored.update(idx, plans)  # the members' plans are the best start for the next distances
         return structure.numpy(), updates
 
     def forget(self, slot: int) -> None:
