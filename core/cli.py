@@ -144,10 +144,24 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
     lrp = _lrp_from_args(args)
     spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
     check_class(args.class_id)
+    if args.distance == "gw":
+        from .compare import GWDistanceConfig, gw_distances
+        from .detection import flag_smaller_cluster, score_detection
+        from .spectral import analyse, fiedler_score
+
+        gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     started = time.perf_counter()
+    if args.distance == "gw":
+        heatmaps, subset, distances = gw_distances(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
+        result = analyse(distances, spectral)
+        flagged = flag_smaller_cluster(result.assignments)
+        truth = heatmaps.poison_mask.numpy()[subset]
+        score = score_detection(truth, flagged, fiedler_score(result, flagged))
+        return {"class": args.class_id, "rule": lrp.describe(), "distance": "gw", "gw": gw.__dict__, "samples": len(subset),
+                "poisoned": int(truth.sum()), **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
     heatmaps, result, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
-    out = {"class": args.class_id, "rule": lrp.describe(), "samples": len(heatmaps), "poisoned": int(heatmaps.poison_mask.sum()),
+    out = {"class": args.class_id, "rule": lrp.describe(), "distance": "euclidean", "samples": len(heatmaps), "poisoned": int(heatmaps.poison_mask.sum()),
            **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
     if config == type(config)() and args.class_id == config.poison.target:
         out["thesis_euclidean_spectral"] = THESIS_EUCLIDEAN_SPECTRAL
@@ -242,7 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--k", type=int, default=10, help="neighbours in the kNN graph (default 10, as in the thesis)")
     group.add_argument("--eigenvalues", type=int, default=30, help="how many of the smallest eigenvalues to report (default 30)")
     group.add_argument("--clusters", type=int, default=2, help="number of spectral clusters (default 2)")
-    group.add_argument("--cluster-seed", type=int, default=0, help="seed of k-means (default 0)")
+    group.add_argument("--cluster-seed", type=int, default=0, help="seed of k-means and of the GW subset (default 0)")
+    group.add_argument("--distance", default="euclidean", choices=("euclidean", "gw"),
+                       help="distances between heatmaps: Euclidean (all samples) or Gromov-Wasserstein between point clouds (a random subset)")
+    group.add_argument("--gw-samples", type=int, default=200, help="with --distance gw: samples in the subset (default 200)")
+    group.add_argument("--threshold", type=float, default=0.99, help="with --distance gw: mass threshold of the clouds (default 0.99)")
+    group.add_argument("--gw-eps", type=float, default=0.01, help="with --distance gw: entropic regularisation (default 0.01)")
+    group.add_argument("--gw-pool", type=int, default=4, help="with --distance gw: sum heatmaps over pool x pool blocks first (default 4: 8x8 clouds)")
     _add_experiment_options(spectral)
     _add_data_options(spectral)
     baselines = commands.add_parser("baselines", help="activation clustering, spectral signatures and raw-image clustering on one class, next to LRP spectral clustering",

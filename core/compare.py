@@ -6,13 +6,17 @@ kept here so that the CLI and the page print them next to ours.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 
 from .baselines import activation_clustering, penultimate_activations, raw_image_clustering, spectral_signatures
 from .detection import DetectionScore, flag_smaller_cluster, score_detection
+from .errors import ConfigError
 from .pointcloud import normalised_mass
 from .progress import ProgressCallback, report
 from .relevance import LRPConfig, check_class, experiment_heatmaps
@@ -31,6 +35,73 @@ def heatmap_spectral(experiment, class_id: int, lrp: LRPConfig, spectral: Spectr
     flagged = flag_smaller_cluster(result.assignments)
     score = score_detection(heatmaps.poison_mask.numpy(), flagged, fiedler_score(result, flagged))
     return heatmaps, result, flagged, score
+
+
+@dataclass(frozen=True)
+class GWDistanceConfig:
+    """Pairwise GW distances for the spectral view: a random subset of the class (each pair
+    costs a GW solve), heatmaps pooled to a coarser grid, ε where the inner problems are easy."""
+
+    samples: int = 200
+    threshold: float = 0.99
+    epsilon: float = 0.01
+    pool: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .pointcloud import check_threshold
+
+        check_threshold(self.threshold)
+        for name, low, high in (("samples", 3, 2000), ("seed", 0, 2**32 - 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+        if self.pool not in (1, 2, 4, 8):
+            raise ConfigError(f"pool must be 1, 2, 4 or 8, got {self.pool!r}")
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, numbers.Real) or not math.isfinite(self.epsilon) or not 0 < self.epsilon <= 10:
+            raise ConfigError(f"epsilon must be a number in (0, 10], got {self.epsilon!r}")
+
+
+def gw_distances_path(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data):
+    from .cache import cache_dir, config_hash
+    from .experiment import model_path
+    from .relevance import heatmaps_path
+
+    name = heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name
+    return cache_dir() / f"gwdist-{config_hash(1, name, config)}.safetensors"
+
+
+def gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data=None,
+                 progress: Optional[ProgressCallback] = None, use_cache: bool = True):
+    """Pairwise GW distances between the heatmap clouds of a random subset of the class,
+    cached per (heatmaps, config). Returns the heatmaps, the subset (positions in the class)
+    and the distance matrix."""
+    import torch
+
+    from .cache import discard, load_artifact, save_artifact
+    from .data import load_gtsrb
+    from .errors import ArtifactError
+    from .experiment import model_path
+    from .gromov import pairwise_gw
+    from .relevance import heatmaps_path
+
+    class_id = check_class(class_id)
+    data = data if data is not None else load_gtsrb(progress=progress)
+    heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress)
+    path = gw_distances_path(experiment, class_id, lrp, config, data)
+    name = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
+    if use_cache and path.is_file():
+        try:
+            tensors, _ = load_artifact(path)
+            return heatmaps, tensors["subset"].numpy(), tensors["distances"].numpy()
+        except (ArtifactError, KeyError):
+            discard(path)
+    count = min(config.samples, len(heatmaps))
+    subset = np.sort(np.random.default_rng(config.seed).choice(len(heatmaps), count, replace=False))
+    distances = pairwise_gw(heatmaps.heatmaps[torch.from_numpy(subset)], config.threshold, config.epsilon, config.pool, progress=progress)
+    if use_cache:
+        save_artifact(path, {"subset": torch.from_numpy(subset), "distances": distances}, {"config": config.__dict__, "heatmaps": name})
+    return heatmaps, subset, distances.numpy()
 
 
 def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,

@@ -195,15 +195,15 @@ class GridGW:
         product = (plans.reshape(count * m, n) @ self.distances).reshape(count, m, n)
         return product.mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
 
-    def linearised_loss(self, products: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
-        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T, for uniform q."""
-        m = bary.shape[-1]
-        bary_term = (bary * bary).sum(dim=-1) / m  # (C̄² q)_j with q uniform
+    def linearised_loss(self, products: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T."""
+        bary_term = torch.bmm(bary * bary, q[:, :, None])[:, :, 0]  # (C̄² q)_j
         return torch.baddbmm(self.cloud_term[cloud][:, None, :] + bary_term[:, :, None], bary, products, alpha=-2.0)
 
     def solve(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans] = None,
-              max_outer: Optional[int] = None) -> Plans:
-        """GW between cloud[i] and barycenter structure bary[i] (m×m, uniform weights) for every i.
+              max_outer: Optional[int] = None, weights: Optional[torch.Tensor] = None) -> Plans:
+        """GW between cloud[i] and structure bary[i] (m×m) with weights weights[i] (default
+        uniform; zero weights mark padding, which receives no mass) for every i.
 
         Without `warm`, starts from the product coupling p qᵀ like POT. Pairs are solved in
         chunks small enough for the working arrays to stay in the processor's cache.
@@ -212,16 +212,19 @@ class GridGW:
         parts = []
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
-            parts.append(self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer))
+            parts.append(self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer,
+                                           None if weights is None else weights[part]))
         return Plans.concat(parts)
 
-    def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int]) -> Plans:
+    def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int],
+                     weights: Optional[torch.Tensor]) -> Plans:
         bary = bary.to(self.dtype)
         count, m = len(cloud), bary.shape[-1]
-        q = torch.full((m,), 1.0 / m, dtype=self.dtype)
+        q = torch.full((count, m), 1.0 / m, dtype=self.dtype) if weights is None else weights.to(self.dtype)
+        padding = q <= 0
         if warm is None:
-            plans = self.weights[cloud][:, None, :] * q[None, :, None]
-            products = self.cloud_product(self.weights[cloud][:, None, :], cloud) * q[None, :, None]  # C p qᵀ
+            plans = self.weights[cloud][:, None, :] * q[:, :, None]
+            products = self.cloud_product(self.weights[cloud][:, None, :], cloud) * q[:, :, None]  # C p qᵀ
             potentials = torch.zeros(count, m, dtype=self.dtype)
         else:
             plans, products, potentials = (warm.plans.to(self.dtype).clone(), warm.products.to(self.dtype).clone(),
@@ -234,9 +237,10 @@ class GridGW:
             if len(active) == 0:
                 break
             c = cloud[active]
-            cost = self.linearised_loss(products[active], c, bary[active]).mul_(2.0 / self.epsilon)
+            cost = self.linearised_loss(products[active], c, bary[active], q[active]).mul_(2.0 / self.epsilon)
+            cost.masked_fill_(padding[active][:, :, None], 1e30)
             step_trust = trust[active]
-            new_plans, new_potentials, error = self._transport(cost, c, q, potentials[active], self.newton_steps, step_trust)
+            new_plans, new_potentials, error = self._transport(cost, c, q[active], potentials[active], self.newton_steps, step_trust)
             trust[active] = step_trust
             change = (new_plans - plans[active]).flatten(1).norm(dim=1) / new_plans.flatten(1).norm(dim=1)
             plans[active] = new_plans
@@ -244,13 +248,13 @@ class GridGW:
             potentials[active] = new_potentials
             iterations[active] += 1
             active = active[(change > self.outer_tol) | (error > self.marginal_tol)]
-        loss = self.linearised_loss(products, cloud, bary)
+        loss = self.linearised_loss(products, cloud, bary, q)
         values = (loss.double() * plans.double()).flatten(1).sum(dim=1)
         return Plans(plans, products, potentials, values, iterations)
 
     def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
                    steps: int, trust: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Entropic OT from uniform q (m points) to each cloud's weights, cost already divided by ε.
+        """Entropic OT from weights q (P, m) to each cloud's weights, cost already divided by ε.
 
         Semi-dual in h = g/ε: T_ja = p_a softmax_j(h_j − K_ja), concave objective
         Φ(h) = q·h − Σ_a p_a logsumexp_j(h_j − K_ja), raised by Newton steps with
@@ -265,23 +269,23 @@ class GridGW:
         # 11ᵀ/m fixes the constant shift; a small ridge keeps columns that lost all mass solvable.
         regulariser = torch.full((m, m), 1.0 / m, dtype=self.dtype) + torch.eye(m, dtype=self.dtype) * self._ridge
 
-        def evaluate(h_: torch.Tensor, k_: torch.Tensor, p_: torch.Tensor):
+        def evaluate(h_: torch.Tensor, k_: torch.Tensor, p_: torch.Tensor, q_: torch.Tensor):
             """exp(h − K − top) (P, m, N), its column sums s (P, 1, N) and Φ(h)."""
             shifted = h_[:, :, None] - k_
             top = shifted.amax(dim=1, keepdim=True)
             expo = shifted.sub_(top).exp_()
             total = expo.sum(dim=1, keepdim=True)
-            objective = (h_ * q).sum(dim=1) - (p_ * (total.log()[:, 0, :] + top[:, 0, :])).sum(dim=1)
+            objective = (h_ * q_).sum(dim=1) - (p_ * (total.log()[:, 0, :] + top[:, 0, :])).sum(dim=1)
             return expo, total, objective
 
-        expo, total, objective = evaluate(h, scaled_cost, p)
+        expo, total, objective = evaluate(h, scaled_cost, p, q)
         error = torch.empty(len(h), dtype=self.dtype)
         pending_pairs = torch.arange(len(h))
         for taken in range(self.max_newton + 1):
             ratio = p[pending_pairs] / total[pending_pairs, 0, :]  # p_a / s_a: plan = expo · ratio
             e = expo[pending_pairs]
             marginal = torch.bmm(e, ratio[:, :, None])[:, :, 0]
-            gradient = q - marginal
+            gradient = q[pending_pairs] - marginal
             error[pending_pairs] = gradient.abs().amax(dim=1)
             # Beyond `steps`, only far-off problems go on: the mirror descent tolerates small errors.
             unfinished = (error[pending_pairs] > self.marginal_tol) & ((taken < steps) | (error[pending_pairs] > 1e-3))
@@ -298,7 +302,7 @@ class GridGW:
             for _halving in range(30):
                 rows = pending_pairs[trying]
                 trial = h[rows] + scale[trying, None] * step[trying]
-                t_expo, t_total, t_objective = evaluate(trial, scaled_cost[rows], p[rows])
+                t_expo, t_total, t_objective = evaluate(trial, scaled_cost[rows], p[rows], q[rows])
                 ok = t_objective >= objective[rows] + 1e-4 * scale[trying] * slope[trying] - self._slack * objective[rows].abs()
                 accepted = rows[ok]
                 h[accepted] = trial[ok]
@@ -354,3 +358,49 @@ class GridGW:
             if change < tol:
                 break
         return structure, plans, updates
+
+
+def pool_heatmaps(heatmaps: torch.Tensor, pool: int) -> torch.Tensor:
+    """Relevance summed over pool×pool blocks (relevance is additive): a coarser grid."""
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1 or heatmaps.shape[-1] % pool:
+        raise ConfigError(f"pool must be a whole number dividing {heatmaps.shape[-1]}, got {pool!r}")
+    if pool == 1:
+        return heatmaps
+    return torch.nn.functional.avg_pool2d(heatmaps.double()[:, None], pool)[:, 0] * (pool * pool)
+
+
+def pairwise_gw(heatmaps: torch.Tensor, threshold: float = 0.99, epsilon: float = 5e-4, pool: int = 4,
+                progress=None) -> torch.Tensor:
+    """Entropic GW between every pair of heatmap clouds (n, n), symmetric with a zero diagonal.
+
+    Clouds of the full 32×32 grid have about 1,000 points, so a cloud-to-cloud plan costs a
+    million entries: `pool` sums the heatmaps over pool×pool blocks first (4: an 8×8 grid of
+    at most 64 points). Each pair (i < j) is solved once, cloud j as the target with its
+    own weights, all pairs in one batch of the grid solver.
+    """
+    from .progress import report
+
+    pooled = pool_heatmaps(heatmaps, pool)
+    clouds = GridClouds.from_heatmaps(pooled, threshold)
+    n = len(clouds)
+    if n < 2:
+        raise ConfigError(f"pairwise GW needs at least 2 heatmaps, got {n}")
+    structures = [clouds.structure(i) for i in range(n)]
+    m = max(len(w) for _, w in structures)
+    targets = torch.zeros(n, m, m, dtype=torch.float64)
+    weights = torch.zeros(n, m, dtype=torch.float64)
+    for j, (c, w) in enumerate(structures):
+        targets[j, : len(w), : len(w)] = c
+        weights[j, : len(w)] = w
+    first, second = torch.triu_indices(n, n, offset=1)
+    solver = GridGW(clouds, epsilon, chunk=max(64, (1 << 20) // (m * clouds.size ** 2)))
+    values = torch.empty(len(first), dtype=torch.float64)
+    block = 4096
+    for start in range(0, len(first), block):
+        part = slice(start, start + block)
+        values[part] = solver.solve(first[part], targets[second[part]], weights=weights[second[part]]).values
+        report(progress, "pairwise GW", min(start + block, len(first)), len(first), f"{min(start + block, len(first)):,} of {len(first):,} pairs")
+    distances = torch.zeros(n, n, dtype=torch.float64)
+    distances[first, second] = values.clamp(min=0.0)
+    distances[second, first] = values.clamp(min=0.0)
+    return distances

@@ -8,7 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.compare import THESIS_EUCLIDEAN_SPECTRAL
+from core.compare import THESIS_EUCLIDEAN_SPECTRAL, GWDistanceConfig, gw_distances, gw_distances_path
+from core.jobs import RUNNER
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.detection import flag_smaller_cluster, score_detection
 from core.errors import ConfigError
@@ -16,7 +17,7 @@ from core.experiment import ExperimentConfig, load_trained, poisoned_data
 from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app
+from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
 
@@ -25,8 +26,13 @@ EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def spectral_analysis(heatmap_key: str, _features: np.ndarray, config: SpectralConfig):
-    return analyse(euclidean_distances(_features), config)
+def spectral_analysis(distance_key: str, _features: np.ndarray, config: SpectralConfig, _distances=None):
+    return analyse(euclidean_distances(_features) if _distances is None else _distances, config)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def cached_gw_distances(path_name: str, _loader):
+    return _loader()
 
 
 @st.cache_data(show_spinner="Embedding the class (UMAP compiles on its first use: up to 30 s)…", max_entries=8)
@@ -86,6 +92,10 @@ with st.sidebar:
     rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="sp_rule")
     k = st.slider("Neighbours k of the kNN graph", 2, 50, 10, key="sp_k")
     clusters = st.slider("Number of clusters", 2, 8, 2, key="sp_clusters")
+    distance_kind = st.radio("Distances between heatmaps", ["euclidean", "gw"], key="sp_distance",
+                             format_func={"euclidean": "Euclidean (every sample)", "gw": "Gromov–Wasserstein (random subset)"}.get,
+                             help="GW compares the heatmaps' point clouds up to rotation and translation; every pair is a GW problem, "
+                                  "so it runs on a random subset of the class, on heatmaps pooled to an 8×8 grid.")
 try:
     lrp = LRPConfig(rule=rule)
     spectral_config = SpectralConfig(k_neighbors=k, n_clusters=clusters)
@@ -101,13 +111,39 @@ if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_fil
 train = poisoned_data(data, experiment).train
 heatmaps = class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
 key = heatmaps_path(trained.path.name, class_id, lrp).name
-features = normalised_mass(heatmaps.heatmaps).reshape(len(heatmaps), -1).numpy()
+members = np.arange(len(heatmaps))
+distances = None
+distance_key = key
+if distance_kind == "gw":
+    gw_config = GWDistanceConfig(seed=spectral_config.seed)
+    gw_path = gw_distances_path(experiment, class_id, lrp, gw_config, data)
+    job = RUNNER.get(gw_path.name)
+    if not gw_path.is_file():
+        if job is not None and job.active:
+            follow_job(gw_path.name, "Pairwise GW runs in the background: switching pages or changing controls does not stop it.")
+            st.stop()
+        if job is not None:
+            if job.state == "failed":
+                st.error(f"Pairwise GW failed: {job.error}")
+            RUNNER.forget(gw_path.name)
+        pairs = gw_config.samples * (gw_config.samples - 1) // 2
+        st.write(f"Gromov–Wasserstein distances between {gw_config.samples} random samples of the class ({pairs:,} pairs, "
+                 f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: about a minute.")
+        if st.button("Compute GW distances", type="primary"):
+            RUNNER.submit(gw_path.name, "Pairwise GW", lambda progress: gw_distances(experiment, class_id, lrp, gw_config, data, progress=progress))
+            st.rerun()
+        st.stop()
+    _, members, distances = cached_gw_distances(gw_path.name, lambda: gw_distances(experiment, class_id, lrp, gw_config, data))
+    distance_key = gw_path.name
+    st.caption(f"Gromov–Wasserstein distances between {len(members)} random samples of the class "
+               f"(`python -m core spectral --distance gw --gw-samples {gw_config.samples} --cluster-seed {gw_config.seed}`).")
+features = normalised_mass(heatmaps.heatmaps[members]).reshape(len(members), -1).numpy()
 try:
-    result = spectral_analysis(key, features, spectral_config)
+    result = spectral_analysis(distance_key, features, spectral_config, distances)
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()
-truth = heatmaps.poison_mask.numpy()
+truth = heatmaps.poison_mask.numpy()[members]
 flagged = flag_smaller_cluster(result.assignments)
 score = score_detection(truth, flagged, fiedler_score(result, flagged))
 
@@ -120,16 +156,16 @@ cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–"
 left, right = st.columns([3, 2])
 left.plotly_chart(eigenvalue_chart(result.eigenvalues, result.eigengap_clusters), width="stretch")
 right.plotly_chart(confusion_chart(score), width="stretch")
-if experiment == ExperimentConfig() and class_id == experiment.poison.target:
+if experiment == ExperimentConfig() and class_id == experiment.poison.target and distance_kind == "euclidean":
     t = THESIS_EUCLIDEAN_SPECTRAL
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
 
 method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
 colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
-coords = embedding(key, method, spectral_config, features, result)
-indices = heatmaps.indices.numpy()
+coords = embedding(distance_key, method, spectral_config, features, result)
+indices = heatmaps.indices.numpy()[members]
 hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
-         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
+         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[members[i]]):.1f} %" for i in range(len(truth))]
 if colour == "cluster":
     groups = result.assignments
     names = {c: f"cluster {c}{' (flagged)' if flagged[result.assignments == c].all() else ''}" for c in np.unique(groups)}
@@ -138,7 +174,8 @@ else:
     names = {0: "clean", 1: "poisoned"}
 event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
 images = train.images[indices].permute(0, 2, 3, 1).numpy()
-hover_preview("sp_scatter", {"image": (f"{key}-images", images), "heatmap": (f"{key}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
+hover_preview("sp_scatter", {"image": (f"{distance_key}-images", images),
+                             "heatmap": (f"{distance_key}-heatmaps", diverging_rgb(heatmaps.heatmaps[members].numpy()))},
               [h.replace(" · ", "\n", 1) for h in hover])
 selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
 if selected:
@@ -150,10 +187,12 @@ if selected:
         image = train.images[indices[i]].permute(1, 2, 0).numpy()
         label = f"#{indices[i]} {'poisoned' if truth[i] else 'clean'}"
         grid[(2 * n) % 8].image(enlarge(image), caption=label)
-        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[i].numpy())), caption="heatmap")
+        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[members[i]].numpy())), caption="heatmap")
 
 st.subheader("Methods on the same model and class")
-rows = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict()}
+rows = {f"LRP heatmaps, {'Euclidean' if distance_kind == 'euclidean' else 'GW'} spectral ({lrp.rule})": score.as_dict()}
+if distance_kind == "gw":
+    st.caption(f"The GW row is scored on its {len(members)} samples; the baselines below on the whole class.")
 if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines"):
     rows.update(cached_baselines(tuple(sorted(experiment.to_query().items())), class_id, spectral_config.seed, data))
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]

@@ -331,6 +331,18 @@ SPECTRAL_BAD_INPUTS = {
     "baselines class 43": (["baselines", "--class", "43"], "class must be in 0"),
     "baselines class -1": (["baselines", "--class", "-1"], "class must be in 0"),
     "baselines negative seed": (["baselines", "--cluster-seed", "-1"], "seed must be"),
+    "spectral gw two samples": (["spectral", "--distance", "gw", "--gw-samples", "2"], "samples must be"),
+    "spectral gw pool 3": (["spectral", "--distance", "gw", "--gw-pool", "3"], "pool must be"),
+    "spectral gw eps 0": (["spectral", "--distance", "gw", "--gw-eps", "0"], "epsilon must be"),
+    "spectral gw threshold 0": (["spectral", "--distance", "gw", "--threshold", "0"], "mass threshold"),
+    "detect eps 0": (["detect", "--eps", "0"], "epsilon must be"),
+    "detect eps nan": (["detect", "--eps", "nan"], "epsilon must be"),
+    "detect eps-init negative": (["detect", "--eps-init", "-1"], "epsilon_init must be"),
+    "detect threshold 1.5": (["detect", "--threshold", "1.5"], "mass threshold"),
+    "detect one-point barycenters": (["detect", "--barycenter-size", "1"], "barycenter_size"),
+    "detect no iterations": (["detect", "--max-iter", "0"], "max_iter"),
+    "detect class 43": (["detect", "--class", "43"], "class must be in 0"),
+    "detect negative seed": (["detect", "--cluster-seed", "-1"], "seed must be"),
 }
 
 
@@ -348,7 +360,8 @@ def test_spectral_and_baselines_bad_input_is_a_one_line_error(tmp_cache, capsys,
     assert not any(tmp_cache.iterdir()), "rejected before any data is loaded or model trained"
 
 
-@pytest.mark.parametrize("args", [["spectral", "--k", "0"], ["baselines", "--cluster-seed", "-1"]], ids=["spectral", "baselines"])
+@pytest.mark.parametrize("args", [["spectral", "--k", "0"], ["baselines", "--cluster-seed", "-1"], ["detect", "--eps", "0"]],
+                         ids=["spectral", "baselines", "detect"])
 def test_spectral_and_baselines_bad_input_exit_2_from_the_command_line(tmp_path, args):
     cache = tmp_path / "cache"
     result = run_core(*args, "--subset", "100", "--epochs", "1", "--quiet", cache=cache)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from core.errors import ConfigError
-from core.gromov import GridClouds, GridGW, random_structure
+from core.compare import GWDistanceConfig
+from core.gromov import GridClouds, GridGW, pairwise_gw, pool_heatmaps, random_structure
 from core.gw_kmeans import GWConfig, gw_kmeans
 from core.pointcloud import point_cloud
 
@@ -175,3 +176,31 @@ def test_bad_calls_are_refused():
         gw_kmeans(clouds, GWConfig(), truth=[True, False])
     with pytest.raises(ConfigError):
         GridGW(clouds, 0.1).barycenter(torch.tensor([], dtype=torch.long), random_structure(10, 0))
+
+
+def test_pairwise_gw_matches_pot_and_is_a_symmetric_dissimilarity():
+    heatmaps = torch.randn(5, 32, 32)
+    distances = pairwise_gw(heatmaps, threshold=0.9, epsilon=0.01, pool=4).numpy()
+    clouds = GridClouds.from_heatmaps(pool_heatmaps(heatmaps, 4), 0.9)
+    assert clouds.size == 8
+    np.testing.assert_array_equal(distances, distances.T)
+    np.testing.assert_array_equal(np.diag(distances), 0.0)
+    for i, j in ((0, 1), (1, 4), (2, 3)):
+        (ci, pi), (cj, pj) = clouds.structure(i), clouds.structure(j)
+        reference = ot.gromov.entropic_gromov_wasserstein2(ci.numpy(), cj.numpy(), pi.numpy(), pj.numpy(), epsilon=0.01)
+        assert distances[i, j] == pytest.approx(reference, rel=1e-3)
+
+
+def test_pooling_keeps_the_relevance_of_each_block():
+    heatmaps = torch.randn(2, 32, 32)
+    pooled = pool_heatmaps(heatmaps, 4)
+    assert pooled.shape == (2, 8, 8)
+    torch.testing.assert_close(pooled[1, 2, 3], heatmaps[1, 8:12, 12:16].sum().double())
+    with pytest.raises(ConfigError):
+        pool_heatmaps(heatmaps, 3)
+
+
+@pytest.mark.parametrize("field, value", [("samples", 2), ("pool", 3), ("epsilon", 0), ("threshold", 2.0), ("seed", -1)])
+def test_bad_gw_distance_settings_are_refused(field, value):
+    with pytest.raises(ConfigError):
+        GWDistanceConfig(**{field: value})

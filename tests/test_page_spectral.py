@@ -7,7 +7,7 @@ import pytest
 from core.experiment import ExperimentConfig, poisoned_data
 from core.relevance import LRPConfig, experiment_heatmaps
 
-from apptest import open_page
+from apptest import open_page, wait_for_jobs
 
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
 
@@ -46,3 +46,19 @@ def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
 def test_missing_heatmaps_point_to_the_heatmaps_page(seeded_cache):
     at = open_page("pages/spectral.py", SMALL)
     assert any("not computed yet" in i.value for i in at.info)
+
+
+def test_gw_distances_are_computed_in_the_background_and_analysed(small_heatmaps):
+    config, heatmaps = small_heatmaps
+    at = open_page("pages/spectral.py", SMALL)
+    at.radio(key="sp_distance").set_value("gw").run()
+    assert any("not computed yet" in m.value for m in at.markdown)
+    at.button[0].click().run()
+    wait_for_jobs(timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    row = at.dataframe[0].value.iloc[0]
+    assert at.dataframe[0].value.index[0].startswith("LRP heatmaps, GW spectral")
+    assert int(row["tn"] + row["fp"] + row["fn"] + row["tp"]) == min(200, len(heatmaps))
+    at.radio(key="sp_embedding").set_value("tsne").run()
+    assert not at.exception
