@@ -18,11 +18,13 @@ from urllib.parse import urlencode
 import pytest
 
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+from core.gw_kmeans import GWConfig, experiment_gw
 from core.relevance import LRPConfig, class_heatmaps
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+GW_QUICK = GWConfig(threshold=0.5, epsilon=0.05, epsilon_init=0.05, max_iter=2)
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -50,6 +52,8 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
         trained = train_or_load(config, gtsrb)
         train = poisoned_data(gtsrb, config).train
         class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, 5, LRPConfig())
+        # A quick GW k-means result (the page's defaults would take a minute on this class).
+        experiment_gw(config, 5, LRPConfig(), GW_QUICK, gtsrb)
     finally:
         if previous is None:
             os.environ.pop("POISONLAB_CACHE")
@@ -163,3 +167,30 @@ def test_hovering_a_point_previews_its_image_and_heatmap(server, browser):
     assert drawn == [1.0, 1.0], drawn  # both tiles painted from the sprite sheets
     page.mouse.move(5, 5)
     expect(preview).to_be_hidden(timeout=10_000)
+
+
+def test_gw_detection_page_draws_barycenters_and_previews_samples(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(f"{server}/detect?{urlencode(SMALL)}")
+    expect(page.get_by_text("Mass threshold t")).to_be_visible(timeout=60_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    # Select the cached quick setting: t = 0.5, ε = 0.05, two iterations.
+    for label, value in (("Mass threshold t", "0.5"), ("Entropic ε (seeding and updates)", "0.05")):
+        slider = sidebar.get_by_role("slider", name=label)
+        slider.focus()
+        for _ in range(8):
+            if slider.get_attribute("aria-valuetext") == value:
+                break
+            page.keyboard.press("ArrowLeft" if label.startswith("Mass") else "ArrowRight")
+            page.wait_for_timeout(400)
+        assert slider.get_attribute("aria-valuetext") == value
+    iterations = sidebar.get_by_role("slider", name="k-means iterations at most")
+    iterations.focus()
+    for _ in range(12):  # down to 1, then up to 2
+        page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")
+    expect(iterations).to_have_attribute("aria-valuetext", "2")
+    expect(page.get_by_text("The two barycenters, drawn by metric MDS")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Compared with the other methods on the same class")).to_be_visible()
+    expect(page.locator("[data-testid=hover-preview][data-hooked=true]")).to_be_attached(timeout=60_000)
+    assert page.get_by_test_id("stException").count() == 0
