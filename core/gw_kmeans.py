@@ -39,7 +39,7 @@ class GWConfig:
     max_iter: int = 10
     seed: int = 0
     barycenter_updates: int = 30
-    barycenter_tol: float = 1e-4
+    barycenter_tol: float = 1e-3
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -171,7 +171,9 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
     Seeding (k-means++): a random first seed; the second drawn with probability proportional
     to the GW distance to the first (GW is already a squared discrepancy); each seed's centre
     is the barycenter of that one cloud, started from a random structure. A cluster that
-    empties is re-seeded the same way from the samples' distances to the other centre.
+    empties is re-seeded the same way from the samples' distances to the other centre. It
+    stops when an assignment repeats any earlier one: numerical ties can make a few samples
+    swap back and forth forever, and a cycle will not end by itself.
     """
     if not isinstance(config, GWConfig):
         raise ConfigError("config must be a GWConfig")
@@ -213,6 +215,7 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
     iterations = [GWIteration(assignments, _counts(truth, assignments), round(time.perf_counter() - started, 3))]
     report(progress, "GW k-means", 2, steps, "iteration 0", info=iterations[-1].counts or {})
     converged = False
+    seen = {assignments.tobytes()}
     for it in range(1, config.max_iter + 1):
         tick = time.perf_counter()
         updates = []
@@ -231,9 +234,10 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
         new = distances.argmin(axis=1)
         iterations.append(GWIteration(new, _counts(truth, new), round(time.perf_counter() - tick, 3), updates))
         report(progress, "GW k-means", 2 + it, steps, f"iteration {it}", info=iterations[-1].counts or {})
-        if np.array_equal(new, assignments):
+        if new.tobytes() in seen:  # the assignment repeats (or cycles back to an earlier one)
             converged = True
             break
+        seen.add(new.tobytes())
         assignments = new
     return GWResult(config, iterations, distances.copy(), np.stack(centres), seeds, round(time.perf_counter() - started, 3), converged)
 

@@ -73,3 +73,26 @@ def test_default_spectral_analysis_and_baselines(gtsrb):
         assert 0.0 <= score["auc"] <= 1.0, name
         if name != "LRP heatmaps, Euclidean spectral (composite)":
             assert lrp["accuracy"] > score["accuracy"] + 0.05, (name, score)  # measured: 0.997 vs at most 0.84
+
+
+@pytest.mark.slow
+def test_default_gw_kmeans(gtsrb):
+    """GW k-means on class 5 of the default experiment at the thesis's settings (t = 0.99,
+    ε = 5e-4, 10-point barycenters). Measured on this machine: converged after 8 iterations in
+    156 s, (tn, fp, fn, tp) = 1532, 118, 181, 632: accuracy 87.9 %, TPR 77.7 %, TNR 92.8 %,
+    AUC 0.943 (the thesis: 98.17 / 96.98 / 98.91 %)."""
+    result = run_cli("detect", "--method", "gw", "--class", "5")
+    assert result["thesis"]["accuracy"] == 0.9817 and result["thesis"]["iteration_3"] == {"tn": 1621, "fp": 29, "fn": 27, "tp": 786}
+    assert (result["samples"], result["poisoned"]) == (2463, 813)
+    config = result["config"]
+    assert (config["threshold"], config["epsilon"], config["epsilon_init"], config["barycenter_size"]) == (0.99, 5e-4, 5e-4, 10)
+    for it in result["iterations"]:
+        assert it["tn"] + it["fp"] == 1650 and it["fn"] + it["tp"] == 813, it
+    assert result["converged"] and len(result["iterations"]) <= 11
+    score = result["score"]
+    assert {k: score[k] for k in ("tn", "fp", "fn", "tp")} == {k: result["iterations"][-1][k] for k in ("tn", "fp", "fn", "tp")}
+    assert score["tpr"] > 0.7 and score["tnr"] > 0.9 and score["auc"] > 0.9, score
+    first = result["iterations"][0]
+    assert score["accuracy"] > (first["tn"] + first["tp"]) / 2463, "the k-means iterations improve on the seeds' assignment"
+    again = run_cli("detect", "--method", "gw", "--class", "5")
+    assert again["score"] == score and again["seconds"] == result["seconds"], "the second call loads the cached result"
