@@ -194,7 +194,7 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
     config = experiment_from_args(args)
     lrp = _lrp_from_args(args)
     gw = GWConfig(threshold=args.threshold, epsilon=args.eps, epsilon_init=args.eps_init if args.eps_init is not None else args.eps,
-                  barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed)
+                  barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed, warm_start=not args.no_warm_start)
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     heatmaps, result = experiment_gw(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--barycenter-size", type=int, default=10, help="support points of each barycenter (default 10)")
     group.add_argument("--max-iter", type=int, default=10, help="k-means iterations at most (default 10)")
     group.add_argument("--cluster-seed", type=int, default=0, help="seed of the k-means++ seeding (default 0)")
+    group.add_argument("--no-warm-start", action="store_true",
+                       help="start every GW solve from the product coupling, as POT does (slower; default: warm starts)")
     _add_experiment_options(detect)
     _add_data_options(detect)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")

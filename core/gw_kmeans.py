@@ -40,6 +40,7 @@ class GWConfig:
     seed: int = 0
     barycenter_updates: int = 30
     barycenter_tol: float = 1e-3
+    warm_start: bool = True  # False: every GW solve starts from p qᵀ, as POT does (slower)
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -52,6 +53,8 @@ class GWConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
                 raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ConfigError(f"warm_start must be true or false, got {self.warm_start!r}")
 
 
 @dataclass
@@ -109,17 +112,19 @@ class GridSolver:
     def distances(self, centre: np.ndarray, slot: int, epsilon: float) -> np.ndarray:
         n = len(self.clouds)
         everyone = torch.arange(n)
-        result = self.solvers[epsilon].solve(everyone, torch.from_numpy(centre).expand(n, -1, -1), warm=self.plans[slot])
+        warm = self.plans[slot] if self.config.warm_start else None
+        result = self.solvers[epsilon].solve(everyone, torch.from_numpy(centre).expand(n, -1, -1), warm=warm)
         self.plans[slot] = result
         return result.values.numpy()
 
     def barycenter(self, members: np.ndarray, start: np.ndarray, slot: int, epsilon: float, fresh: bool) -> tuple:
         solver = self.solvers[epsilon]
         idx = torch.from_numpy(members)
-        stored = None if fresh else self.plans[slot]
+        stored = None if fresh or not self.config.warm_start else self.plans[slot]
+        fresh_updates = (3 if fresh else 0) if self.config.warm_start else self.config.barycenter_updates
         structure, plans, updates = solver.barycenter(idx, torch.from_numpy(start), None if stored is None else stored.select(idx),
                                                       max_updates=self.config.barycenter_updates, tol=self.config.barycenter_tol,
-                                                      fresh_updates=3 if fresh else 0)
+                                                      fresh_updates=fresh_updates)
         if stored is not None:
             stored.update(idx, plans)  # the members' plans are the best start for the next distances
         return structure.numpy(), updates

@@ -154,10 +154,11 @@ def test_kmeans_separates_two_shapes_and_flags_the_smaller_group():
     assert result.converged and len(result.iterations) >= 2
 
 
-def test_grid_and_pot_solvers_agree_on_the_assignments():
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_grid_and_pot_solvers_agree_on_the_assignments(warm_start):
     heatmaps, truth = two_shapes(8, 5, seed=1)
     clouds = GridClouds.from_heatmaps(heatmaps, 0.9)
-    config = GWConfig(threshold=0.9, epsilon=0.01, epsilon_init=0.01, max_iter=4, seed=3)
+    config = GWConfig(threshold=0.9, epsilon=0.01, epsilon_init=0.01, max_iter=4, seed=3, warm_start=warm_start)
     grid = gw_kmeans(clouds, config, truth=truth)
     pot = gw_kmeans(clouds, config, truth=truth, solver="pot")
     assert grid.seeds[:2] == pot.seeds[:2]
@@ -167,7 +168,7 @@ def test_grid_and_pot_solvers_agree_on_the_assignments():
 
 @pytest.mark.parametrize("field, value", [("threshold", 0), ("threshold", 1.5), ("epsilon", 0.0), ("epsilon", float("nan")),
                                           ("epsilon_init", -1e-3), ("barycenter_size", 1), ("max_iter", 0), ("seed", -1),
-                                          ("barycenter_size", 2.5), ("epsilon", True)])
+                                          ("barycenter_size", 2.5), ("epsilon", True), ("warm_start", "yes")])
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ConfigError):
         GWConfig(**{field: value})
