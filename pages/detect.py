@@ -18,6 +18,7 @@ from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment
 from core.jobs import RUNNER
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig
+from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb
@@ -70,16 +71,6 @@ def distance_figure(distances: np.ndarray, truth: np.ndarray, hover: list) -> go
     fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), xaxis_title="GW distance to centre 0", yaxis_title="GW distance to centre 1",
                       title=dict(text="Each sample's distances to the two barycenters (hover for a preview)", font=dict(size=14)),
                       legend=dict(orientation="h", y=-0.15))
-    return fig
-
-
-def confusion_figure(score) -> go.Figure:
-    z = [[score.tn, score.fp], [score.fn, score.tp]]
-    fig = go.Figure(go.Heatmap(z=z, x=["flagged clean", "flagged poisoned"], y=["truly clean", "truly poisoned"], colorscale="Reds",
-                               text=[[str(v) for v in row] for row in z], texttemplate="%{text}", showscale=False,
-                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Confusion of GW k-means", font=dict(size=14)))
     return fig
 
 
@@ -156,7 +147,7 @@ left, right = st.columns([3, 2])
 left.subheader("Iterations")
 left.dataframe(iteration_table(result, truth).style.format({"accuracy": "{:.4f}", "tpr": "{:.4f}", "tnr": "{:.4f}", "seconds": "{:.1f}"}, na_rep="–"),
                width="stretch")
-right.plotly_chart(confusion_figure(score), width="stretch")
+right.plotly_chart(confusion_chart(score, "Confusion of GW k-means", "Reds"), width="stretch")
 st.plotly_chart(barycenter_figure(barycenter_coordinates(key, result.barycenters), flagged_slot), width="stretch")
 
 indices = heatmaps.indices.numpy()

@@ -17,6 +17,7 @@ from core.experiment import ExperimentConfig, load_trained, poisoned_data
 from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
+from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
@@ -67,16 +68,6 @@ def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list) ->
     fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), dragmode="lasso",
                       title=dict(text="The class's samples (hover for a preview, drag to select a group)", font=dict(size=14)),
                       xaxis_title="dimension 1", yaxis_title="dimension 2", legend=dict(orientation="h", y=-0.15))
-    return fig
-
-
-def confusion_chart(score) -> go.Figure:
-    z = [[score.tn, score.fp], [score.fn, score.tp]]
-    fig = go.Figure(go.Heatmap(z=z, x=["flagged clean", "flagged poisoned"], y=["truly clean", "truly poisoned"], colorscale="Blues",
-                               text=[[str(v) for v in row] for row in z], texttemplate="%{text}", showscale=False,
-                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(height=300, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Confusion of the spectral clustering", font=dict(size=14)))
     return fig
 
 
@@ -155,7 +146,7 @@ cols[3].metric("TNR (clean kept)", f"{100 * score.tnr:.2f} %" if np.isfinite(sco
 cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–", help="From the second eigenvector, a continuous score")
 left, right = st.columns([3, 2])
 left.plotly_chart(eigenvalue_chart(result.eigenvalues, result.eigengap_clusters), width="stretch")
-right.plotly_chart(confusion_chart(score), width="stretch")
+right.plotly_chart(confusion_chart(score, "Confusion of the spectral clustering"), width="stretch")
 if experiment == ExperimentConfig() and class_id == experiment.poison.target and distance_kind == "euclidean":
     t = THESIS_EUCLIDEAN_SPECTRAL
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
