@@ -1,7 +1,7 @@
 """Benchmark: GW k-means on the default experiment's class 5 (2,463 heatmap clouds), our
 batched grid solver against POT called one pair at a time, measured in the same run.
 
-    GTSRB_DIR=../shared/data/gtsrb python bench/gromov.py [--pairs 4] [--agreement 24] [--skip-class]
+    GTSRB_DIR=../shared/data/gtsrb python bench/gromov.py [--pairs 4] [--agreement 30] [--seeds 2] [--skip-class]
 
 Prints, in one run:
 1. seconds for the whole class at the thesis's settings (threshold 0.99, ε = 5e-4,
@@ -10,8 +10,9 @@ Prints, in one run:
    barycenter) on a sample of the same clouds, against our time per pair in a batch of the
    whole class, and the ratio;
 3. the relative difference of GW values against POT at ε = 0.01 on a sample;
-4. the share of identical final assignments of GW k-means with the grid solver and with
-   the POT loop, same seeds, on a subset of the class (threshold 0.5 and ε = 0.01, where POT
+4. the share of samples that GW k-means flags identically with the grid solver and with
+   the POT loop (the smaller cluster, so the arbitrary cluster numbers do not matter), same
+   seeds, on a subset of the class (threshold 0.5 and ε = 0.01, where POT
    converges and the POT loop finishes in minutes): with every solve started from p qᵀ as
    POT does, and with the default warm starts (which may settle in other local optima).
 """
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="clouds timed with the POT loop at ε = 5e-4 (default 4)")
     parser.add_argument("--values", type=int, default=12, help="clouds compared with POT at ε = 0.01 (default 12)")
     parser.add_argument("--agreement", type=int, default=24, help="clouds in the k-means agreement subset (default 24)")
+    parser.add_argument("--seeds", type=int, default=2, help="k-means seeds in the agreement check (default 2)")
     parser.add_argument("--skip-class", action="store_true", help="skip the whole-class k-means (part 1)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -97,7 +99,7 @@ def main() -> None:
     small = GridClouds.from_heatmaps(heatmaps.heatmaps[subset], 0.5)
     agree = {True: 0, False: 0}
     total = 0
-    for seed in (0, 1):
+    for seed in range(args.seeds):
         config = GWConfig(threshold=0.5, epsilon=0.01, epsilon_init=0.01, max_iter=5, seed=seed, barycenter_updates=20)
         started = time.perf_counter()
         pot = gw_kmeans(small, config, truth=truth[subset], solver="pot")
@@ -107,12 +109,12 @@ def main() -> None:
             started = time.perf_counter()
             grid = gw_kmeans(small, replace(config, warm_start=warm), truth=truth[subset])
             seconds = time.perf_counter() - started
-            same = int((grid.assignments == pot.assignments).sum())
+            same = int((grid.flagged == pot.flagged).sum())  # cluster numbers are arbitrary; the flagged group is not
             agree[warm] += same
-            print(f"   seed {seed}, {'warm starts (default)' if warm else 'POT-style starts'}: identical final assignments "
+            print(f"   seed {seed}, {'warm starts (default)' if warm else 'POT-style starts'}: identical flagged samples "
                   f"{same}/{len(subset)}; grid {seconds:.1f} s, POT loop {pot_seconds:.1f} s")
-    print(f"4. k-means agreement with the POT loop ({len(subset)} clouds, t = 0.5, ε = 0.01, seeds 0 and 1): "
-          f"{100 * agree[False] / total:.1f} % identical with POT-style starts (--no-warm-start), "
+    print(f"4. k-means agreement with the POT loop ({len(subset)} clouds, t = 0.5, ε = 0.01, {args.seeds} seeds): "
+          f"{100 * agree[False] / total:.1f} % of samples flagged identically with POT-style starts (--no-warm-start), "
           f"{100 * agree[True] / total:.1f} % with warm starts (the default)")
 
 

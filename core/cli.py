@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-iter", type=int, default=10, help="k-means iterations at most (default 10)")
     group.add_argument("--cluster-seed", type=int, default=0, help="seed of the k-means++ seeding (default 0)")
     group.add_argument("--no-warm-start", action="store_true",
-                       help="start every GW solve from the product coupling, as POT does (slower; default: warm starts)")
+                       help="start every GW solve from the product coupling in float64, as POT does (much slower; default: warm starts)")
     _add_experiment_options(detect)
     _add_data_options(detect)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")

@@ -76,6 +76,40 @@ def test_small_epsilon_stays_finite_and_consistent():
     torch.testing.assert_close(double.plans.sum(dim=2), torch.full((8, 10), 0.1, dtype=torch.float64), atol=1e-9, rtol=0)
 
 
+def test_bfloat16_change_product_is_close_to_the_exact_product():
+    clouds = GridClouds.from_heatmaps(torch.randn(4, 32, 32), 0.99)
+    solver = GridGW(clouds, 5e-4)
+    cloud = torch.arange(4)
+    first = solver.solve(cloud, random_structure(10, seed=0).expand(4, -1, -1), max_outer=3)
+    second = solver.solve(cloud, random_structure(10, seed=0).expand(4, -1, -1), warm=first, max_outer=1)
+    change = second.plans - first.plans
+    assert change.abs().max() > 0
+    reference = (change.double().reshape(-1, 1024) @ solver.distances.double()).reshape(change.shape)
+    reference *= clouds.scale[cloud][:, None, None]
+    cheap = solver.change_product(change, cloud).double()
+    assert ((cheap - reference).abs().max() / reference.abs().max()) < 1e-2
+
+
+def test_shortcuts_at_small_epsilon_keep_the_values():
+    """The objective-based stop and the bfloat16 change products against the plain solver
+    (POT's stopping rule only, exact products), from cold and warm starts."""
+    clouds = GridClouds.from_heatmaps(torch.randn(12, 32, 32), 0.99)
+    cloud = torch.arange(12)
+    structures = [random_structure(10, seed=s).expand(12, -1, -1) for s in (0, 1)]
+    fast = GridGW(clouds, 5e-4)
+    plain = GridGW(clouds, 5e-4, value_tol=0.0, cheap_change=0.0, outer_tol=1e-5)
+    assert fast.value_tol > 0 and fast.cheap_change > 0
+    cold_fast, cold_plain = fast.solve(cloud, structures[0]), plain.solve(cloud, structures[0])
+    warm_fast = fast.solve(cloud, structures[1], warm=cold_fast)
+    warm_plain = plain.solve(cloud, structures[1], warm=cold_plain)
+    for ours, reference in ((cold_fast, cold_plain), (warm_fast, warm_plain)):
+        difference = (ours.values - reference.values).abs() / reference.values
+        assert difference.median() < 1e-4 and difference.max() < 2e-3, difference
+        # What is returned carries the exact C T of the returned plans: warm starts stay exact.
+        torch.testing.assert_close(ours.products, fast.cloud_product(ours.plans, cloud), rtol=0, atol=1e-6)
+    assert cold_fast.iterations.sum() < cold_plain.iterations.sum()
+
+
 def uniform_cloud_heatmap(pixels) -> torch.Tensor:
     heat = torch.zeros(32, 32)
     for r, c in pixels:
