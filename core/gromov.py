@@ -158,6 +158,11 @@ class Plans:
         parts = list(parts)
         return parts[0] if len(parts) == 1 else Plans(*(torch.cat([getattr(r, f) for r in parts]) for f in Plans.FIELDS))
 
+    def write(self, part: slice, other: "Plans") -> None:
+        """Copy `other` into the pairs `part`, in place."""
+        for f in self.FIELDS:
+            getattr(self, f)[part].copy_(getattr(other, f))
+
     def update(self, index, other: "Plans") -> None:
         """Overwrite the pairs at `index` with `other`'s."""
         for f in self.FIELDS:
@@ -229,25 +234,31 @@ class GridGW:
 
     def solve(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans] = None,
               max_outer: Optional[int] = None, weights: Optional[torch.Tensor] = None,
-              absolute_tol: Optional[float] = None) -> Plans:
+              absolute_tol: Optional[float] = None, out: Optional[Plans] = None, exact_last: bool = True) -> Plans:
         """GW between cloud[i] and structure bary[i] (m×m) with weights weights[i] (default
         uniform; zero weights mark padding, which receives no mass) for every i.
 
         Without `warm`, starts from the product coupling p qᵀ like POT. With `absolute_tol`, a
         pair stops only when the Frobenius norm of its plan's change falls below it (POT's
-        rule as it stands). Pairs are solved in
+        rule as it stands). With `out` (which may be `warm`), the results are written into its
+        arrays, sparing the allocation of new ones. With `exact_last` false, even the last step
+        may update C T in bfloat16 (for callers that refresh it later). Pairs are solved in
         chunks of `chunk` (128 measured fastest here: larger batches, few megabytes each).
         """
         cloud = torch.as_tensor(cloud, dtype=torch.long)
         parts = []
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
-            parts.append(self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer,
-                                           None if weights is None else weights[part], absolute_tol))
-        return Plans.concat(parts)
+            result = self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer,
+                                       None if weights is None else weights[part], absolute_tol, exact_last)
+            if out is None:
+                parts.append(result)
+            else:
+                out.write(part, result)
+        return Plans.concat(parts) if out is None else out
 
     def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int],
-                     weights: Optional[torch.Tensor], absolute_tol: Optional[float]) -> Plans:
+                     weights: Optional[torch.Tensor], absolute_tol: Optional[float], exact_last: bool) -> Plans:
         bary = bary.to(self.dtype)
         count, m = len(cloud), bary.shape[-1]
         q = torch.full((count, m), 1.0 / m, dtype=self.dtype) if weights is None else weights.to(self.dtype)
@@ -289,8 +300,11 @@ class GridGW:
             going = ~settled | (error > self.marginal_tol)
             last_value = _put(last_value, active, value)
             # Small steps of pairs that go on update C T by the product of the change, in bfloat16;
-            # a pair's last step always gets the exact product, so what is returned is exact.
-            cheap = going & (change < self.cheap_change) if taken + 1 < limit else torch.zeros_like(going)
+            # a pair's last step gets the exact product (unless `exact_last` is false).
+            if exact_last:
+                cheap = going & (change < self.cheap_change) if taken + 1 < limit else torch.zeros_like(going)
+            else:
+                cheap = change < self.cheap_change
             if bool(cheap.any()):
                 new_products = torch.empty_like(new_plans)
                 small, large = cheap.nonzero()[:, 0], (~cheap).nonzero()[:, 0]
@@ -311,7 +325,7 @@ class GridGW:
             if not bool(going.all()):
                 active = _compose(active, going.nonzero()[:, 0])
         loss = self.linearised_loss(products, cloud, bary, q)
-        values = (loss.double() * plans.double()).flatten(1).sum(dim=1)
+        values = (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)
         return Plans(plans, products, potentials, values, iterations)
 
     def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
@@ -432,14 +446,22 @@ class GridGW:
             if fresh:  # as POT's entropic_gromov_barycenters: at most max_updates steps, absolute tolerance 1e-4
                 plans = self.solve(members, structure.expand(len(members), -1, -1), max_outer=max_updates,
                                    absolute_tol=POT_BARYCENTER_PLAN_TOL)
-            else:
-                plans = self.solve(members, structure.expand(len(members), -1, -1), warm=plans, max_outer=inner_steps)
+            else:  # the caller's warm start is read, never overwritten; C T is made exact after the loop
+                plans = self.solve(members, structure.expand(len(members), -1, -1), warm=plans, max_outer=inner_steps,
+                                   out=plans if plans is not warm else None, exact_last=False)
             new = self.structure_update(plans)
             change = float((new - structure).norm() / structure.norm().clamp(min=1e-12))
             structure = new
             if change < tol:
                 break
+        self.refresh_products(plans, members)
         return structure, plans, updates
+
+    def refresh_products(self, plans: Plans, cloud: torch.Tensor) -> None:
+        """Recompute every pair's C T exactly, in place (after bfloat16 updates)."""
+        for start in range(0, len(cloud), self.chunk):
+            part = slice(start, start + self.chunk)
+            plans.products[part] = self.cloud_product(plans.plans[part], cloud[part])
 
 
 def _take(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:

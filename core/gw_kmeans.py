@@ -116,7 +116,8 @@ class GridSolver:
         n = len(self.clouds)
         everyone = torch.arange(n)
         warm = self.plans[slot] if self.config.warm_start else None
-        result = self.solvers[epsilon].solve(everyone, torch.from_numpy(centre).expand(n, -1, -1), warm=warm)
+        # The stored plans are replaced by the result: it may be written over them.
+        result = self.solvers[epsilon].solve(everyone, torch.from_numpy(centre).expand(n, -1, -1), warm=warm, out=warm)
         self.plans[slot] = result
         return result.values.numpy()
 
