@@ -110,6 +110,19 @@ def test_shortcuts_at_small_epsilon_keep_the_values():
     assert cold_fast.iterations.sum() < cold_plain.iterations.sum()
 
 
+def test_barycenter_returns_exact_products_and_leaves_the_warm_start_alone():
+    clouds = GridClouds.from_heatmaps(torch.randn(6, 32, 32), 0.99)
+    members = torch.arange(6)
+    solver = GridGW(clouds, 5e-4)
+    start = random_structure(10, seed=2)
+    warm = solver.solve(members, start.expand(6, -1, -1))
+    kept = warm.plans.clone()
+    structure, plans, updates = solver.barycenter(members, start, warm, max_updates=5, tol=1e-9)
+    assert updates == 5 and torch.equal(warm.plans, kept)
+    torch.testing.assert_close(plans.products, solver.cloud_product(plans.plans, members), rtol=0, atol=1e-6)
+    torch.testing.assert_close(structure, structure.T)
+
+
 def uniform_cloud_heatmap(pixels) -> torch.Tensor:
     heat = torch.zeros(32, 32)
     for r, c in pixels:
