@@ -123,6 +123,23 @@ def _data_missing(message: str) -> None:
             follow_job(job.key, "")
 
 
+def settle_job(key: str, label: str, note: str) -> None:
+    """For an artifact that is not on disk yet: report its job's failure, or follow the running
+    job (the script stops here), or rerun once a finished job's artifact can be read."""
+    job = RUNNER.get(key)
+    if job is None:
+        return
+    if job.state == "failed":
+        st.error(f"{label} failed: {job.error}")
+        RUNNER.forget(key)
+    elif job.active:
+        follow_job(key, note)
+        st.stop()
+    else:
+        RUNNER.forget(key)
+        st.rerun()
+
+
 def follow_job(key: str, note: str) -> None:
     """Poll a job's progress every second; rerun the page when it ends."""
 

@@ -19,7 +19,7 @@ from core.jobs import RUNNER
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig
 from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
+from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb
 
@@ -103,19 +103,10 @@ if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_fil
 heatmaps_file = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
 path = detection_path(heatmaps_file, config)
 key = path.name
-job = RUNNER.get(key)
 if not path.is_file():
-    if job is not None and job.state == "failed":
-        st.error(f"GW k-means failed: {job.error}")
-        RUNNER.forget(key)
-    elif job is not None and job.active:
-        follow_job(key, "GW k-means runs in the background: switching pages or changing controls does not stop it.")
-        st.stop()
-    elif job is not None and job.state == "done":
-        RUNNER.forget(key)
-        st.rerun()
+    settle_job(key, "GW k-means", "GW k-means runs in the background: switching pages or changing controls does not stop it.")
     st.write(f"GW k-means has not run yet for class {class_id} with these settings. On the whole default class "
-             "(2,463 clouds of about 1,000 points) it takes a few minutes on two cores; smaller thresholds are no faster, "
+             "(2,463 clouds of about 1,000 points) it takes about a minute on two cores; smaller thresholds are no faster, "
              "because every cloud lives on the same 32×32 grid.")
     if st.button("Run GW k-means", type="primary"):
         RUNNER.submit(key, "GW k-means", lambda progress: experiment_gw(experiment, class_id, lrp, config, data, progress=progress))

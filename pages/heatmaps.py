@@ -15,7 +15,7 @@ from core.jobs import RUNNER
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
 from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
-from pages.common import active_experiment, run_through_app, data_or_stop, follow_job
+from pages.common import active_experiment, run_through_app, data_or_stop, settle_job
 
 RULE_LABELS = {
     "composite": "Composite: z^B first layer, γ convolutions, ε dense",
@@ -147,17 +147,9 @@ if trained is not None and heatmaps_path(trained.path.name, class_id, lrp).is_fi
         return class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
 
     heatmaps = load_heatmaps(key, loader)
-job = RUNNER.get(key)
 if heatmaps is None:
-    if job is not None and job.state == "failed":
-        st.error(f"Computing the heatmaps failed: {job.error}")
-        RUNNER.forget(key)
-    elif job is not None and job.active:
-        follow_job(key, "LRP for a class takes about a second; if the model is not trained yet, it is trained first (about 3 minutes).")
-        st.stop()
-    elif job is not None and job.state == "done":
-        RUNNER.forget(key)
-        st.rerun()
+    settle_job(key, "Computing the heatmaps",
+               "LRP for a class takes about a second; if the model is not trained yet, it is trained first (about 3 minutes).")
     note = "" if trained is not None else " The model of this experiment is not trained yet: it will be trained first (about 3 minutes)."
     st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}.{note}")
     if st.button("Compute heatmaps", type="primary"):

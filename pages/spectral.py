@@ -18,7 +18,7 @@ from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, follow_job, run_through_app
+from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
 
@@ -108,15 +108,8 @@ distance_key = key
 if distance_kind == "gw":
     gw_config = GWDistanceConfig(seed=spectral_config.seed)
     gw_path = gw_distances_path(experiment, class_id, lrp, gw_config, data)
-    job = RUNNER.get(gw_path.name)
     if not gw_path.is_file():
-        if job is not None and job.active:
-            follow_job(gw_path.name, "Pairwise GW runs in the background: switching pages or changing controls does not stop it.")
-            st.stop()
-        if job is not None:
-            if job.state == "failed":
-                st.error(f"Pairwise GW failed: {job.error}")
-            RUNNER.forget(gw_path.name)
+        settle_job(gw_path.name, "Pairwise GW", "Pairwise GW runs in the background: switching pages or changing controls does not stop it.")
         pairs = gw_config.samples * (gw_config.samples - 1) // 2
         st.write(f"Gromov–Wasserstein distances between {gw_config.samples} random samples of the class ({pairs:,} pairs, "
                  f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: about a minute.")

@@ -79,7 +79,7 @@ def test_default_spectral_analysis_and_baselines(gtsrb):
 def test_default_gw_kmeans(gtsrb):
     """GW k-means on class 5 of the default experiment at the thesis's settings (t = 0.99,
     ε = 5e-4, 10-point barycenters). Measured on this machine: converged after 8 iterations in
-    56–62 s, (tn, fp, fn, tp) = 1532, 118, 181, 632: accuracy 87.9 %, TPR 77.7 %, TNR 92.8 %,
+    50 s, (tn, fp, fn, tp) = 1532, 118, 181, 632: accuracy 87.9 %, TPR 77.7 %, TNR 92.8 %,
     AUC 0.943 (the thesis: 98.17 / 96.98 / 98.91 %)."""
     result = run_cli("detect", "--method", "gw", "--class", "5")
     assert result["thesis"]["accuracy"] == 0.9817 and result["thesis"]["iteration_3"] == {"tn": 1621, "fp": 29, "fn": 27, "tp": 786}
