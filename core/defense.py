@@ -26,8 +26,11 @@ convex conjugate of its J. Choices where the paper is silent (all visible in Def
   stays 0.
 - The Gibbs kernel factorises, exp(−(|di| + |dj|)/γ') = exp(−|di|/γ')·exp(−|dj|/γ'), so K X
   is B X B with one banded 32×32 matrix B: two small matrix products per channel.
-- All potentials start at 1 as in the paper; the computation runs in float64, with each
-  α_k divided by its largest entry (G_k does not change when u_k moves by a constant).
+- All potentials start at 1 as in the paper; each α_k is divided by its largest entry (G_k
+  does not change when u_k moves by a constant). The default precision is float32, ten times
+  faster here than float64: within one map, u/γ spreads over about 30 at 300 iterations and
+  70 at 1,000, inside float32's range; arguments below −80 are clamped (pixels without
+  mass), and float64 is an option.
 - Iterations: a fixed number (`iterations`), optionally stopped early once the barycenter
   moves by less than `tol` (relative, per image) in an iteration.
 - Rotations turn about the image centre with bilinear interpolation; the translation moves
@@ -64,6 +67,7 @@ class DefenseConfig:
     tol: float = 0.0
     shift: int = 3
     cost_unit: float = 1.0 / 32  # a pixel step costs this much: offsets in units of the image side
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.marginals not in MARGINAL_SETS:
@@ -78,6 +82,8 @@ class DefenseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
                 raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+        if self.precision not in ("float32", "float64"):
+            raise ConfigError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.window % 2 == 0:
             raise ConfigError(f"window must be odd (a centred stencil), got {self.window}")
 
@@ -100,7 +106,8 @@ class BandedKernel:
         self.band = banded_kernel(size, config.window, config.gamma, config.cost_unit)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.band, x), self.band)
+        band = self.band.to(x.dtype)
+        return torch.matmul(torch.matmul(band, x), band)
 
 
 class UnfoldKernel:
@@ -117,7 +124,7 @@ class UnfoldKernel:
         shape = x.shape
         flat = x.reshape(-1, 1, shape[-2], shape[-1])
         patches = F.unfold(flat, self.window, padding=self.window // 2)  # (M, 49, H·W)
-        return (patches * self.weights[None, :, None]).sum(dim=1).reshape(shape)
+        return (patches * self.weights.to(x.dtype)[None, :, None]).sum(dim=1).reshape(shape)
 
 
 def _rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -158,8 +165,11 @@ def regularized_barycenter(marginals: torch.Tensor, target: torch.Tensor, config
     """Algorithm 1 on probability vectors: marginals (B, N, C, H, W) and the regularisation
     target x̂ (B, C, H, W), each (image, channel) summing to 1. Returns p (B, C, H, W), each
     channel summing to 1, and the number of iterations run."""
-    q = marginals.double()
-    x_hat = target.double()
+    dtype = torch.float32 if config.precision == "float32" else torch.float64
+    q = marginals.to(dtype)
+    x_hat = target.to(dtype)
+    floor = -80.0 if dtype == torch.float32 else -700.0
+    tiny = torch.finfo(dtype).tiny
     count = q.shape[1]
     apply = kernel if kernel is not None else BandedKernel(q.shape[-1], config)
     gamma, tau, theta = config.gamma, config.tau, config.theta
@@ -172,8 +182,8 @@ def regularized_barycenter(marginals: torch.Tensor, target: torch.Tensor, config
         u_last = -count * v_ - u_.sum(dim=1)  # −v/β_N − Σ β_k/β_N u_k with β = 1/N
         potentials = torch.cat([u_, u_last[:, None]], dim=1)
         top = potentials.flatten(-2).amax(dim=-1)[..., None, None]
-        alpha = torch.exp((potentials - top) / gamma)
-        return alpha * apply(q / apply(alpha).clamp(min=1e-300))
+        alpha = torch.exp(((potentials - top) / gamma).clamp(min=floor))
+        return alpha * apply(q / apply(alpha).clamp(min=tiny))
 
     for done in range(1, config.iterations + 1):
         g = gradients(u, v)
@@ -205,4 +215,4 @@ def purify(images: torch.Tensor, config: DefenseConfig = DefenseConfig(),
     q, _ = _as_distributions(copies)
     x_hat, mass = _as_distributions(images.double())
     p, _ = regularized_barycenter(q, x_hat, config, kernel)
-    return (p * mass).clamp(0.0, 1.0).float()
+    return (p.double() * mass).clamp(0.0, 1.0).float()
