@@ -1,0 +1,131 @@
+"""Evasion attacks on a classifier, from the adversarial-robustness-toolbox (ART).
+
+The barycentric defense paper attacks its models with Foolbox's FGSM, PGD (L∞ and L2),
+Carlini–Wagner L2, DeepFool and AutoAttack at ε = 8/255 (L∞) and 0.5 (L2) on CIFAR-10, and
+gives no steps or step sizes. We use ART's implementations with Foolbox's default step
+rules where they exist (PGD L∞: 40 steps of ε/30; PGD L2: 50 steps of ε/40). CW and DeepFool
+look for the smallest perturbation; as Foolbox's "clipped" output, their results are
+projected onto the ε-ball, so every attack here has the same budget. ART's DeepFool is the
+L2 attack, so cut back to the L∞ budget it is weaker than Foolbox's LinfDeepFool that the
+paper used. CW runs 5 binary-search
+steps of 50 iterations (Foolbox's 9 × 10,000 would take hours per thousand images on a CPU).
+AutoAttack is ART's ensemble with its default members, at the L∞ budget.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+ATTACKS = {
+    "fgsm": "FGSM (L∞)",
+    "pgd-linf": "PGD L∞",
+    "pgd-l2": "PGD L2",
+    "cw-l2": "Carlini–Wagner L2",
+    "deepfool": "DeepFool (L∞ budget)",
+    "autoattack": "AutoAttack (L∞)",
+}
+L2_ATTACKS = {"pgd-l2", "cw-l2"}
+DEFAULT_BUDGET = {"linf": 8 / 255, "l2": 0.5}
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """An attack and its budget (None: 8/255 for L∞ attacks, 0.5 for L2 attacks)."""
+
+    name: str = "pgd-linf"
+    eps: Optional[float] = None
+    seed: int = 0
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACKS:
+            raise ConfigError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
+        if self.eps is not None and (isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real)
+                                     or not math.isfinite(self.eps) or not 0 < self.eps <= 32):
+            raise ConfigError(f"eps must be a number in (0, 32], got {self.eps!r}")
+        for name, low, high in (("seed", 0, 2**32 - 1), ("batch_size", 1, 4096)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+
+    @property
+    def norm(self) -> str:
+        return "l2" if self.name in L2_ATTACKS else "linf"
+
+    @property
+    def budget(self) -> float:
+        return float(self.eps) if self.eps is not None else DEFAULT_BUDGET[self.norm]
+
+
+def _classifier(model: nn.Module, num_classes: int):
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=num_classes,
+                             clip_values=(0.0, 1.0), device_type="cpu")
+
+
+def _make_attack(classifier, config: AttackConfig):
+    from art.attacks.evasion import (AutoAttack, CarliniL2Method, DeepFool, FastGradientMethod,
+                                     ProjectedGradientDescent)
+
+    eps, batch = config.budget, config.batch_size
+    if config.name == "fgsm":
+        return FastGradientMethod(classifier, norm=np.inf, eps=eps, batch_size=batch)
+    if config.name == "pgd-linf":
+        return ProjectedGradientDescent(classifier, norm=np.inf, eps=eps, eps_step=eps / 30, max_iter=40,
+                                        num_random_init=1, batch_size=batch, verbose=False)
+    if config.name == "pgd-l2":
+        return ProjectedGradientDescent(classifier, norm=2, eps=eps, eps_step=eps / 40, max_iter=50,
+                                        num_random_init=1, batch_size=batch, verbose=False)
+    if config.name == "cw-l2":
+        return CarliniL2Method(classifier, confidence=0.0, learning_rate=0.01, binary_search_steps=5, max_iter=50,
+                               initial_const=0.01, batch_size=batch, verbose=False)
+    if config.name == "deepfool":
+        return DeepFool(classifier, max_iter=50, epsilon=0.02, nb_grads=10, batch_size=batch, verbose=False)
+    return AutoAttack(classifier, norm=np.inf, eps=eps, eps_step=eps / 4, batch_size=batch)
+
+
+def project(original: torch.Tensor, adversarial: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """The adversarial images moved back into the ε-ball around the originals and [0, 1]."""
+    delta = adversarial - original
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        length = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
+        delta = delta * (eps / length).clamp(max=1.0)[:, None, None, None]
+    return (original + delta).clamp(0.0, 1.0)
+
+
+def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig = AttackConfig(),
+           num_classes: int = 43) -> torch.Tensor:
+    """Adversarial versions of float images in [0, 1] (B, 3, 32, 32) against `model` (logits),
+    untargeted, within the config's budget."""
+    if not isinstance(config, AttackConfig):
+        raise ConfigError("config must be an AttackConfig")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, 32, 32):
+        raise ConfigError("images must be a (B, 3, 32, 32) tensor")
+    if not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise ConfigError("images must hold finite values in [0, 1]")
+    if labels.shape != (len(images),):
+        raise ConfigError(f"labels must have one entry per image ({len(images)}), got shape {tuple(labels.shape)}")
+    was_training = model.training
+    model.eval()
+    np.random.seed(config.seed)  # ART draws random starts from numpy's global generator
+    torch.manual_seed(config.seed)
+    try:
+        classifier = _classifier(model, num_classes)
+        x = images.detach().float().numpy()
+        y = np.eye(num_classes, dtype=np.float32)[labels.numpy()]
+        adversarial = torch.from_numpy(_make_attack(classifier, config).generate(x=x, y=y)).float()
+    finally:
+        model.train(was_training)
+    return project(images.float(), adversarial, config.norm, config.budget)
