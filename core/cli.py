@@ -12,7 +12,9 @@ import os
 import sys
 from typing import List, Optional
 
+from .defense import DefenseConfig
 from .errors import PoisonLabError
+from .evasion import ATTACKS
 from .poison import PoisonConfig
 from .progress import Progress
 from .train import TrainConfig
@@ -52,6 +54,9 @@ def _pair(text: str):
         return tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two whole numbers like 16-17, got {text!r}") from None
+
+
+ATTACK_NAMES = tuple(ATTACKS)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -206,6 +211,21 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
     return out
 
 
+def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
+    from dataclasses import replace
+
+    from .data import load_gtsrb
+    from .robustness import RobustnessConfig, robustness_table
+
+    config = experiment_from_args(args)
+    robustness = RobustnessConfig(images=args.images, attacks=tuple(args.attacks), eps_linf=args.eps_linf, eps_l2=args.eps_l2,
+                                  defense=DefenseConfig(marginals=args.marginals, iterations=args.iterations), seed=args.sample_seed)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    models = {"poisoned": config, "clean": replace(config, poison=replace(config.poison, fraction=0.0))}
+    chosen = ("poisoned", "clean") if args.models == "both" else (args.models,)
+    return {name: robustness_table(models[name], robustness, data, progress=bar, use_cache=not args.no_cache) for name in chosen}
+
+
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
     lrp = parser.add_argument_group("LRP")
     lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
@@ -287,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start every GW solve from the product coupling in float64, as POT does (much slower; default: warm starts)")
     _add_experiment_options(detect)
     _add_data_options(detect)
+    defend = commands.add_parser("defend", help="evasion attacks against the poisoned and the clean model, with and without the barycentric defense; prints AA/BA as JSON",
+                                 description="For each attack, the accuracy on attacked test images (AA) and on their barycenters (BA); clean and "
+                                 "clean-barycenter accuracy (B6, B4); the sticker's success rate with and without the barycenter. The clean model "
+                                 "is the same experiment with --fraction 0. Adversarial examples are cached in cache/.")
+    group = defend.add_argument_group("attacks and defense (defaults: the paper's CIFAR-10 settings)")
+    group.add_argument("--images", type=int, default=1000, help="seeded random sample of test images (default 1000)")
+    group.add_argument("--attacks", nargs="+", default=list(ATTACK_NAMES), choices=ATTACK_NAMES, help="attacks (default: all)")
+    group.add_argument("--eps-linf", type=float, default=8 / 255, help="L-infinity budget (default 8/255)")
+    group.add_argument("--eps-l2", type=float, default=0.5, help="L2 budget (default 0.5)")
+    group.add_argument("--marginals", default="B6", choices=("B6", "B4"), help="marginal set of the defense (default B6)")
+    group.add_argument("--iterations", type=int, default=DefenseConfig().iterations, help=f"iterations of Algorithm 1 (default {DefenseConfig().iterations})")
+    group.add_argument("--sample-seed", type=int, default=0, help="seed of the image sample and the attacks' random starts (default 0)")
+    group.add_argument("--models", default="both", choices=("both", "poisoned", "clean"), help="models to attack (default both)")
+    _add_experiment_options(defend)
+    _add_data_options(defend)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
     _add_data_options(data)
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
@@ -299,7 +334,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
-               "data": _cmd_data, "download": _cmd_download}[args.command]
+               "defend": _cmd_defend, "data": _cmd_data, "download": _cmd_download}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:

@@ -1,0 +1,139 @@
+"""How a model fares against evasion attacks with and without the barycentric defense.
+
+The paper's tables II–V on GTSRB: for each attack, the accuracy on attacked images (AA) and
+on their barycenters (BA); the clean accuracy and the accuracy on clean barycenters for B6
+and B4; and a row the paper does not have: the success rate of the poisoning sticker
+(stickered source-class test images, a sample of at most as many as the other rows use,
+classified as the target) with and without the barycenter. Adversarial examples are cached per (model, attack, budget, image set).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .defense import DefenseConfig, purify
+from .errors import ArtifactError, ConfigError
+from .evasion import ATTACKS, AttackConfig, attack
+from .progress import ProgressCallback, report
+
+_ARTIFACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Test images (a seeded random sample), attacks with their budgets, the defense."""
+
+    images: int = 1000
+    attacks: Tuple[str, ...] = tuple(ATTACKS)
+    eps_linf: float = 8 / 255
+    eps_l2: float = 0.5
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.images, bool) or not isinstance(self.images, numbers.Integral) or not 1 <= self.images <= 20_000:
+            raise ConfigError(f"images must be a whole number in 1 … 20000, got {self.images!r}")
+        attacks = tuple(self.attacks)
+        if not attacks or any(a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
+            raise ConfigError(f"attacks must be distinct names among {', '.join(ATTACKS)}, got {self.attacks!r}")
+        object.__setattr__(self, "attacks", attacks)
+        for name in ("eps_linf", "eps_l2"):
+            AttackConfig(eps=getattr(self, name))  # same validation as a single attack
+        if not isinstance(self.defense, DefenseConfig):
+            raise ConfigError("defense must be a DefenseConfig")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
+
+    def attack_config(self, name: str) -> AttackConfig:
+        norm = AttackConfig(name=name).norm
+        return AttackConfig(name=name, eps=self.eps_linf if norm == "linf" else self.eps_l2, seed=self.seed)
+
+
+def sample_test_images(count: int, total: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded random sample of the test split."""
+    if count > total:
+        raise ConfigError(f"asked for {count} test images, the test split has {total}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=generator)[:count].sort().values
+
+
+def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                         config: AttackConfig, progress: Optional[ProgressCallback] = None, use_cache: bool = True,
+                         batch: int = 64) -> torch.Tensor:
+    """Attacked versions of `images` (test images `index`), cached per model, attack and image set."""
+    from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
+
+    key = config_hash(_ARTIFACT_VERSION, model_name, asdict(config), index.tolist())
+    path = cache_dir() / f"adv-{config.name}-{key}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            return load_artifact(path)[0]["images"]
+        except (ArtifactError, KeyError):
+            discard(path)
+    parts = []
+    for start in range(0, len(images), batch):
+        report(progress, ATTACKS[config.name], start, len(images), f"{start} of {len(images)} images")
+        parts.append(attack(model, images[start:start + batch], labels[start:start + batch], replace(config, seed=config.seed + start)))
+    adversarial = torch.cat(parts)
+    if use_cache:
+        save_artifact(path, {"images": adversarial.contiguous()}, {"attack": asdict(config), "model": model_name})
+    return adversarial
+
+
+def _purified(images: torch.Tensor, defense: DefenseConfig, progress: Optional[ProgressCallback], task: str,
+              batch: int = 256) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(images), batch):
+        report(progress, task, start, len(images), f"barycenters {start} of {len(images)}")
+        parts.append(purify(images[start:start + batch], defense))
+    return torch.cat(parts) if parts else images
+
+
+def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), data=None,
+                     progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> Dict[str, object]:
+    """AA and BA per attack, clean and clean-barycenter accuracy (B6 and B4), and the
+    sticker's success rate with and without the barycenter, for the model of `experiment`."""
+    from .data import load_gtsrb
+    from .experiment import poisoned_data, train_or_load
+    from .models import predict
+
+    if not isinstance(config, RobustnessConfig):
+        raise ConfigError("config must be a RobustnessConfig")
+    data = data if data is not None else load_gtsrb(progress=progress)
+    trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
+    model = trained.model.eval()
+    index = sample_test_images(config.images, len(data.test), config.seed)
+    images = data.test.images[index].float() / 255
+    labels = data.test.labels[index]
+
+    def accuracy(x: torch.Tensor) -> float:
+        return round(float((predict(model, x) == labels).float().mean()), 4)
+
+    out: Dict[str, object] = {"model": trained.path.name, "images": len(index), "defense": asdict(config.defense),
+                              "clean_accuracy": accuracy(images), "clean_barycenter_accuracy": {}}
+    for marginals in ("B6", "B4"):
+        defense = replace(config.defense, marginals=marginals)
+        out["clean_barycenter_accuracy"][marginals] = accuracy(_purified(images, defense, progress, f"clean barycenters {marginals}"))
+    rows = []
+    for name in config.attacks:
+        attack_config = config.attack_config(name)
+        adversarial = adversarial_examples(model, trained.path.name, images, labels, index, attack_config, progress, use_cache)
+        rows.append({"attack": name, "label": ATTACKS[name], "norm": attack_config.norm, "eps": round(attack_config.budget, 6),
+                     "aa": accuracy(adversarial),
+                     "ba": accuracy(_purified(adversarial, config.defense, progress, f"{ATTACKS[name]}: barycenters"))})
+    out["attacks"] = rows
+    stickered = poisoned_data(data, experiment).attack
+    chosen = sample_test_images(min(config.images, len(stickered)), len(stickered), config.seed)
+    sticker_images = stickered.images[chosen].float() / 255
+    target = experiment.poison.target
+    on_target = predict(model, sticker_images) == target
+    on_target_bary = predict(model, _purified(sticker_images, config.defense, progress, "stickered barycenters")) == target
+    out["trigger"] = {"images": len(chosen), "source": experiment.poison.source, "target": target,
+                      "success_rate": round(float(on_target.float().mean()), 4),
+                      "success_rate_barycenter": round(float(on_target_bary.float().mean()), 4)}
+    report(progress, "robustness", 1, 1, "done")
+    return out

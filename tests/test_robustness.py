@@ -1,0 +1,59 @@
+"""The AA/BA evaluation on a small real model: structure, ranges, the cache of adversarial
+examples, and the CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import core.robustness as robustness
+from core.cli import main
+from core.defense import DefenseConfig
+from core.errors import ConfigError
+from core.experiment import ExperimentConfig
+from core.robustness import RobustnessConfig, robustness_table, sample_test_images
+from core.train import TrainConfig
+
+SMALL = ExperimentConfig(train=TrainConfig(subset=6000, max_epochs=4, batch_size=128, augment=False))
+QUICK_EVAL = RobustnessConfig(images=24, attacks=("fgsm", "pgd-l2"), defense=DefenseConfig(iterations=50))
+
+
+def test_table_on_a_small_model_and_its_cached_adversarial_examples(gtsrb, tmp_cache, monkeypatch):
+    table = robustness_table(SMALL, QUICK_EVAL, gtsrb)
+    assert table["images"] == 24 and [row["attack"] for row in table["attacks"]] == ["fgsm", "pgd-l2"]
+    assert 0.5 <= table["clean_accuracy"] <= 1
+    for marginals in ("B6", "B4"):
+        assert 0 <= table["clean_barycenter_accuracy"][marginals] <= 1
+    for row in table["attacks"]:
+        assert 0 <= row["aa"] < table["clean_accuracy"] and 0 <= row["ba"] <= 1, row
+    assert table["attacks"][0]["eps"] == round(8 / 255, 6) and table["attacks"][1]["eps"] == 0.5
+    trigger = table["trigger"]
+    assert trigger["images"] == 24 < int((gtsrb.test.labels == SMALL.poison.source).sum())
+    assert 0 <= trigger["success_rate"] <= 1 and 0 <= trigger["success_rate_barycenter"] <= 1
+    assert len(list(tmp_cache.glob("adv-*.safetensors"))) == 2
+
+    def no_attacks(*args, **kwargs):
+        raise AssertionError("the adversarial examples should come from the cache")
+
+    monkeypatch.setattr(robustness, "attack", no_attacks)
+    assert robustness_table(SMALL, QUICK_EVAL, gtsrb) == table
+
+
+def test_image_sample_is_seeded_and_bounded():
+    first, again = sample_test_images(100, 12630, 0), sample_test_images(100, 12630, 0)
+    assert torch.equal(first, again) and len(first.unique()) == 100 and not torch.equal(first, sample_test_images(100, 12630, 1))
+    with pytest.raises(ConfigError):
+        sample_test_images(20000, 12630, 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"images": 0}, {"attacks": ()}, {"attacks": ("fgsm", "fgsm")}, {"attacks": ("nope",)},
+                                    {"eps_linf": -1.0}, {"defense": "B6"}, {"seed": -2}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        RobustnessConfig(**kwargs)
+
+
+@pytest.mark.parametrize("argv", [["--images", "0"], ["--iterations", "0"], ["--eps-l2", "nan"], ["--images", "20001"]])
+def test_cli_refuses_bad_input_with_a_message(argv, capsys):
+    assert main(["defend", "--quiet", *argv]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
