@@ -25,13 +25,15 @@ def home() -> None:
     st.page_link(HEATMAPS, label="See what the model looks at: LRP heatmaps and point clouds", icon=":material/blur_on:")
     st.page_link(SPECTRAL, label="Find the poisoned group: spectral analysis and baselines", icon=":material/scatter_plot:")
     st.page_link(DETECT, label="Find it with optimal transport: Gromov–Wasserstein k-means", icon=":material/hub:")
+    st.page_link(DEFENSE, label="Attack the model and purify its input: the barycentric defense", icon=":material/shield:")
 
 
 POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
 HEATMAPS = st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/blur_on:", url_path="heatmaps")
 SPECTRAL = st.Page("pages/spectral.py", title="Spectral", icon=":material/scatter_plot:", url_path="spectral")
 DETECT = st.Page("pages/detect.py", title="GW detection", icon=":material/hub:", url_path="detect")
-navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL, DETECT])
+DEFENSE = st.Page("pages/defense.py", title="Defense", icon=":material/shield:", url_path="defense")
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL, DETECT, DEFENSE])
 from pages.common import mark_run_by_app  # noqa: E402
 
 mark_run_by_app()

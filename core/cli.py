@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 from .defense import DefenseConfig
-from .errors import PoisonLabError
+from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
 from .poison import PoisonConfig
 from .progress import Progress
@@ -211,19 +211,107 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
     return out
 
 
-def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
+def _models(args: argparse.Namespace) -> dict:
+    """The experiment's poisoned model and its clean twin (the same experiment with fraction 0)."""
     from dataclasses import replace
 
+    config = experiment_from_args(args)
+    return {"poisoned": config, "clean": replace(config, poison=replace(config.poison, fraction=0.0))}
+
+
+def defense_from_args(args: argparse.Namespace) -> DefenseConfig:
+    return DefenseConfig(marginals=args.marginals, iterations=args.iterations, gamma=args.defense_gamma, theta=args.theta,
+                         tau=args.tau, tol=args.tol, cost_unit=args.cost_unit)
+
+
+def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
     from .robustness import RobustnessConfig, robustness_table
 
-    config = experiment_from_args(args)
+    models = _models(args)
     robustness = RobustnessConfig(images=args.images, attacks=tuple(args.attacks), eps_linf=args.eps_linf, eps_l2=args.eps_l2,
-                                  defense=DefenseConfig(marginals=args.marginals, iterations=args.iterations), seed=args.sample_seed)
+                                  defense=defense_from_args(args), seed=args.sample_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    models = {"poisoned": config, "clean": replace(config, poison=replace(config.poison, fraction=0.0))}
     chosen = ("poisoned", "clean") if args.models == "both" else (args.models,)
     return {name: robustness_table(models[name], robustness, data, progress=bar, use_cache=not args.no_cache) for name in chosen}
+
+
+def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
+    import torch
+
+    from .data import CLASS_NAMES, decode_upload, load_gtsrb
+    from .evasion import AttackConfig
+    from .experiment import train_or_load
+    from .inspection import inspect, sensitivity_grid
+
+    if (args.test_index is None) == (args.image is None):
+        raise ConfigError("give either --test-index or --image")
+    attack_config = AttackConfig(name=args.attack, eps=args.eps, seed=args.attack_seed)
+    defense = defense_from_args(args)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    if args.image is not None:
+        try:
+            content = open(args.image, "rb").read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.image}: {exc.strerror}") from exc
+        images, labels = torch.from_numpy(decode_upload(content)).permute(2, 0, 1)[None].float() / 255, None
+    else:
+        index = torch.tensor(args.test_index)
+        if bool(((index < 0) | (index >= len(data.test))).any()):
+            raise ConfigError(f"test indices must be in 0 … {len(data.test) - 1}, got {args.test_index}")
+        images, labels = data.test.images[index].float() / 255, data.test.labels[index]
+    trained = train_or_load(_models(args)[args.model], data, progress=bar, use_cache=not args.no_cache)
+    result = inspect(trained.model, images, labels, attack_config, defense, progress=bar)
+    out = {"model": trained.path.name, "attack": attack_config.name, "eps": round(attack_config.budget, 6), "images": result.summary()}
+    for row in out["images"]:
+        row["label_name"] = CLASS_NAMES[row["label"]]
+    if args.sensitivity:
+        grid = sensitivity_grid(trained.model, result.images[1, 0] if args.sensitivity == "attacked" else images[0], defense, progress=bar)
+        out["sensitivity"] = {"image": args.sensitivity, "rows": [
+            [{"parameter": c.parameter, "value": c.value, "predicted": c.predicted, "confidence": c.confidence} for c in row] for row in grid]}
+    return out
+
+
+def _defense_flags(defense: DefenseConfig) -> List[str]:
+    base, flags = DefenseConfig(), []
+    for flag, name in (("--marginals", "marginals"), ("--iterations", "iterations"), ("--defense-gamma", "gamma"), ("--theta", "theta"),
+                       ("--tau", "tau"), ("--tol", "tol"), ("--cost-unit", "cost_unit")):
+        value = getattr(defense, name)
+        if value != getattr(base, name):
+            flags.append(f"{flag} {value}" if isinstance(value, str) else f"{flag} {value!r}")
+    return flags
+
+
+def inspect_command(experiment, model: str, source: str, attack_config, defense: DefenseConfig, sensitivity: Optional[str] = None) -> str:
+    """The `python -m core inspect` invocation that reproduces the Defense page's numbers;
+    `source` is "--test-index N …" or "--image FILE"."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core inspect", 1), source, f"--model {model}",
+             f"--attack {attack_config.name}", f"--eps {attack_config.budget!r}", f"--attack-seed {attack_config.seed}",
+             *_defense_flags(defense)]
+    if sensitivity:
+        parts.append(f"--sensitivity {sensitivity}")
+    return " ".join(parts)
+
+
+def defend_command(experiment, model: str, robustness) -> str:
+    """The `python -m core defend` invocation that reproduces the Defense page's table."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core defend", 1), f"--models {model}",
+             f"--images {robustness.images}", f"--eps-linf {robustness.eps_linf!r}", f"--eps-l2 {robustness.eps_l2!r}",
+             f"--sample-seed {robustness.seed}", *_defense_flags(robustness.defense)]
+    if tuple(robustness.attacks) != tuple(ATTACKS):
+        parts.append("--attacks " + " ".join(robustness.attacks))
+    return " ".join(parts)
+
+
+def _add_defense_options(group) -> None:
+    base = DefenseConfig()
+    group.add_argument("--marginals", default=base.marginals, choices=("B6", "B4"), help="marginal set of the defense (default B6)")
+    group.add_argument("--iterations", type=int, default=base.iterations, help=f"iterations of Algorithm 1 (default {base.iterations})")
+    group.add_argument("--defense-gamma", type=float, default=base.gamma, help=f"entropic regularisation γ of the barycenter (default {base.gamma})")
+    group.add_argument("--theta", type=float, default=base.theta, help=f"weight θ of the pull towards the input (default {base.theta:g})")
+    group.add_argument("--tau", type=float, default=base.tau, help=f"step τ of the proximal gradient (default {base.tau})")
+    group.add_argument("--tol", type=float, default=base.tol, help="stop an image early once its barycenter moves less than this per iteration (default 0: never)")
+    group.add_argument("--cost-unit", type=float, default=base.cost_unit, help="cost of a one-pixel step (default 1/32: offsets in units of the image side)")
 
 
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
@@ -316,12 +404,28 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--attacks", nargs="+", default=list(ATTACK_NAMES), choices=ATTACK_NAMES, help="attacks (default: all)")
     group.add_argument("--eps-linf", type=float, default=8 / 255, help="L-infinity budget (default 8/255)")
     group.add_argument("--eps-l2", type=float, default=0.5, help="L2 budget (default 0.5)")
-    group.add_argument("--marginals", default="B6", choices=("B6", "B4"), help="marginal set of the defense (default B6)")
-    group.add_argument("--iterations", type=int, default=DefenseConfig().iterations, help=f"iterations of Algorithm 1 (default {DefenseConfig().iterations})")
+    _add_defense_options(group)
     group.add_argument("--sample-seed", type=int, default=0, help="seed of the image sample and the attacks' random starts (default 0)")
     group.add_argument("--models", default="both", choices=("both", "poisoned", "clean"), help="models to attack (default both)")
     _add_experiment_options(defend)
     _add_data_options(defend)
+    inspect = commands.add_parser("inspect", help="attack a few images and purify them; prints predictions and confidences as JSON",
+                                  description="For test images (or one PNG/JPEG file): the model's prediction and confidence on the clean image, "
+                                  "the attacked image, the barycenter of the attacked image and the barycenter of the clean image. Without a "
+                                  "label (--image), the attack moves the image away from the clean prediction. The numbers of the Defense page.")
+    source = inspect.add_mutually_exclusive_group()
+    source.add_argument("--test-index", type=int, nargs="+", help="positions in the test split")
+    source.add_argument("--image", help="a PNG or JPEG file of any size (resized to 32x32)")
+    group = inspect.add_argument_group("attack and defense")
+    group.add_argument("--model", default="poisoned", choices=("poisoned", "clean"), help="the experiment's model or its clean twin (default poisoned)")
+    group.add_argument("--attack", default="pgd-linf", choices=ATTACK_NAMES, help="attack (default pgd-linf)")
+    group.add_argument("--eps", type=float, default=None, help="budget (default 8/255 for L-infinity attacks, 0.5 for L2)")
+    group.add_argument("--attack-seed", type=int, default=0, help="seed of the attack's random start (default 0)")
+    group.add_argument("--sensitivity", choices=("clean", "attacked"), default=None,
+                       help="also the sensitivity grid (gamma, theta, tau, iterations, cost unit) of the first image, clean or attacked")
+    _add_defense_options(group)
+    _add_experiment_options(inspect)
+    _add_data_options(inspect)
     data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
     _add_data_options(data)
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
@@ -334,7 +438,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
-               "defend": _cmd_defend, "data": _cmd_data, "download": _cmd_download}[args.command]
+               "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:

@@ -346,6 +346,33 @@ def decode_image(path: os.PathLike | str, roi: Optional[Tuple[int, int, int, int
         raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file.") from exc
 
 
+UPLOAD_FORMATS = ("PNG", "JPEG")
+_UPLOAD_MAX_PIXELS = 50_000_000
+
+
+def decode_upload(content: bytes) -> np.ndarray:
+    """A user's PNG or JPEG file of any size as uint8 (32, 32, 3), area-resized like the
+    data set; anything else is refused with a message that says why."""
+    import io
+
+    if not isinstance(content, (bytes, bytearray)) or not content:
+        raise DataError("the file is empty")
+    try:
+        with Image.open(io.BytesIO(content)) as image:
+            if image.format not in UPLOAD_FORMATS:
+                raise DataError(f"only PNG or JPEG images can be used, this file is {image.format or 'of an unknown format'}")
+            if image.width * image.height > _UPLOAD_MAX_PIXELS:
+                raise DataError(f"the image is {image.width}x{image.height} pixels; at most {_UPLOAD_MAX_PIXELS:,} pixels are accepted")
+            image = image.convert("RGB")
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+            return np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise DataError("this is not an image file; use a PNG or JPEG") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"the image cannot be read: {exc}") from exc
+
+
 def _decode_all(entries: Dict[str, List[_Entry]], progress: Optional[ProgressCallback]) -> Dict[str, torch.Tensor]:
     total = sum(len(v) for v in entries.values())
     done = 0

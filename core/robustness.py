@@ -4,7 +4,8 @@ The paper's tables II–V on GTSRB: for each attack, the accuracy on attacked im
 on their barycenters (BA); the clean accuracy and the accuracy on clean barycenters for B6
 and B4; and a row the paper does not have: the success rate of the poisoning sticker
 (stickered source-class test images, a sample of at most as many as the other rows use,
-classified as the target) with and without the barycenter. Adversarial examples are cached per (model, attack, budget, image set).
+classified as the target) with and without the barycenter. Adversarial examples are cached per
+(model, attack, budget, image set); the adaptive attack's also per defense.
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ def sample_test_images(count: int, total: int, seed: int) -> torch.Tensor:
 
 def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                          config: AttackConfig, progress: Optional[ProgressCallback] = None, use_cache: bool = True,
-                         batch: int = 64) -> torch.Tensor:
-    """Attacked versions of `images` (test images `index`), cached per model, attack and image set."""
+                         batch: int = 64, defense: Optional[DefenseConfig] = None) -> torch.Tensor:
+    """Attacked versions of `images` (test images `index`), cached per model, attack and image
+    set (and, for the adaptive attack, the defense it attacks)."""
     from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
 
-    key = config_hash(_ARTIFACT_VERSION, model_name, asdict(config), index.tolist())
+    attacked = asdict(defense) if config.name == "bpda" and defense is not None else None
+    parts_of_key = (_ARTIFACT_VERSION, model_name, asdict(config), index.tolist())
+    key = config_hash(*parts_of_key, attacked) if attacked is not None else config_hash(*parts_of_key)
     path = cache_dir() / f"adv-{config.name}-{key}.safetensors"
     if use_cache and path.is_file():
         try:
@@ -77,7 +81,8 @@ def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: t
     parts = []
     for start in range(0, len(images), batch):
         report(progress, ATTACKS[config.name], start, len(images), f"{start} of {len(images)} images")
-        parts.append(attack(model, images[start:start + batch], labels[start:start + batch], replace(config, seed=config.seed + start)))
+        parts.append(attack(model, images[start:start + batch], labels[start:start + batch], replace(config, seed=config.seed + start),
+                            defense=defense))
     adversarial = torch.cat(parts)
     if use_cache:
         save_artifact(path, {"images": adversarial.contiguous()}, {"attack": asdict(config), "model": model_name})
@@ -93,10 +98,33 @@ def _purified(images: torch.Tensor, defense: DefenseConfig, progress: Optional[P
     return torch.cat(parts) if parts else images
 
 
+def table_path(model_name: str, config: RobustnessConfig):
+    from .cache import cache_dir, config_hash
+
+    return cache_dir() / f"robustness-{config_hash(_ARTIFACT_VERSION, model_name, asdict(config))}.safetensors"
+
+
+def cached_table(model_name: str, config: RobustnessConfig) -> Optional[Dict[str, object]]:
+    """The table of a finished run with these settings, or None."""
+    from .cache import discard, load_artifact
+
+    path = table_path(model_name, config)
+    try:
+        meta = load_artifact(path)[1]
+        meta.pop("checksum", None)
+        return meta
+    except FileNotFoundError:
+        return None
+    except ArtifactError:
+        discard(path)
+        return None
+
+
 def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), data=None,
                      progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> Dict[str, object]:
     """AA and BA per attack, clean and clean-barycenter accuracy (B6 and B4), and the
     sticker's success rate with and without the barycenter, for the model of `experiment`."""
+    from .cache import save_artifact
     from .data import load_gtsrb
     from .experiment import poisoned_data, train_or_load
     from .models import predict
@@ -105,6 +133,10 @@ def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), 
         raise ConfigError("config must be a RobustnessConfig")
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
+    if use_cache:
+        table = cached_table(trained.path.name, config)
+        if table is not None:
+            return table
     model = trained.model.eval()
     index = sample_test_images(config.images, len(data.test), config.seed)
     images = data.test.images[index].float() / 255
@@ -121,7 +153,8 @@ def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), 
     rows = []
     for name in config.attacks:
         attack_config = config.attack_config(name)
-        adversarial = adversarial_examples(model, trained.path.name, images, labels, index, attack_config, progress, use_cache)
+        adversarial = adversarial_examples(model, trained.path.name, images, labels, index, attack_config, progress, use_cache,
+                                           defense=config.defense)
         rows.append({"attack": name, "label": ATTACKS[name], "norm": attack_config.norm, "eps": round(attack_config.budget, 6),
                      "aa": accuracy(adversarial),
                      "ba": accuracy(_purified(adversarial, config.defense, progress, f"{ATTACKS[name]}: barycenters"))})
@@ -135,5 +168,7 @@ def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), 
     out["trigger"] = {"images": len(chosen), "source": experiment.poison.source, "target": target,
                       "success_rate": round(float(on_target.float().mean()), 4),
                       "success_rate_barycenter": round(float(on_target_bary.float().mean()), 4)}
+    if use_cache:
+        save_artifact(table_path(trained.path.name, config), {}, out)
     report(progress, "robustness", 1, 1, "done")
     return out

@@ -70,3 +70,22 @@ def class_tree(tmp_path):
     """A generated class-folder tree and, per split folder, its (label, colour) in load order."""
     root = tmp_path / "gtsrb"
     return root, make_class_folder_tree(root)
+
+
+@pytest.fixture(scope="session")
+def small_victim(gtsrb):
+    """A ThesisNet trained for about 12 s on 6,000 real images (about 83 % test accuracy) and
+    16 test images it classifies correctly: a quick, real target for attacks and the defense."""
+    import torch
+
+    from core.experiment import ExperimentConfig, train_or_load
+    from core.models import predict
+    from core.train import TrainConfig
+
+    config = ExperimentConfig(train=TrainConfig(subset=6000, max_epochs=4, batch_size=128, augment=False))
+    model = train_or_load(config, gtsrb, use_cache=False).model.eval()
+    images = gtsrb.test.images[:200].float() / 255
+    labels = gtsrb.test.labels[:200]
+    right = torch.nonzero(predict(model, images) == labels).flatten()[:16]
+    assert len(right) == 16
+    return model, images[right], labels[right]

@@ -194,3 +194,45 @@ def test_gw_detection_page_draws_barycenters_and_previews_samples(server, browse
     expect(page.get_by_text("Compared with the other methods on the same class")).to_be_visible()
     expect(page.locator("[data-testid=hover-preview][data-hooked=true]")).to_be_attached(timeout=60_000)
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_defense_page_attacks_purifies_and_explains(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(f"{server}/defense?{urlencode(SMALL)}")
+    page.get_by_role("button", name="Attack and purify").click(timeout=60_000)
+    charts = page.locator(".js-plotly-plot")
+    expect(charts).to_have_count(4, timeout=120_000)  # one per test image: four versions and their heatmaps
+    expect(charts.first).to_contain_text("barycenter of the attacked image")
+    expect(charts.first).to_contain_text("LRP:")
+    expect(page.get_by_text("python -m core inspect").first).to_be_visible()
+    # The AA/BA table for two attacks on 20 images, computed from the page.
+    page.get_by_role("tab", name="AA / BA table").click()
+    attacks = page.get_by_test_id("stMultiSelect")
+    for name in ("PGD L2", "Carlini–Wagner L2", "DeepFool (L∞ budget)", "AutoAttack (L∞)", "BPDA PGD L∞ (adaptive)"):
+        attacks.get_by_role("button", name=f"Remove {name}").click()
+        page.wait_for_timeout(300)
+    slider = page.get_by_role("slider", name="Test images")
+    slider.focus()
+    for _ in range(8):
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_timeout(200)
+    expect(slider).to_have_attribute("aria-valuetext", "20")
+    page.get_by_role("button", name="Run the attacks on 20 images").click()
+    expect(page.get_by_text("python -m core defend").first).to_be_visible(timeout=180_000)
+    expect(page.locator(".js-plotly-plot").filter(has_text="Accuracy on 20 test images")).to_have_count(1)
+    expect(page.get_by_text("Sticker trigger")).to_be_visible()
+    # An upload of any size is resized; a file that is not PNG or JPEG is refused with a message.
+    from PIL import Image
+
+    png, gif = tmp_path / "sign.png", tmp_path / "sign.gif"
+    Image.new("RGB", (90, 60), (200, 30, 30)).save(png)
+    Image.new("RGB", (90, 60), (200, 30, 30)).save(gif)
+    page.get_by_text("upload your own").click()
+    upload = page.locator("[data-testid=stFileUploaderDropzoneInput]")
+    upload.set_input_files(str(gif))
+    expect(page.get_by_text("sign.gif cannot be used: only PNG or JPEG")).to_be_visible(timeout=30_000)
+    upload.set_input_files(str(png))
+    page.get_by_role("tab", name="Attack and purify").click()
+    page.get_by_role("button", name="Attack and purify").click(timeout=30_000)
+    expect(page.get_by_text("true class: unknown")).to_be_visible(timeout=60_000)
+    assert page.get_by_test_id("stException").count() == 0

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import pytest
+import torch
 
 from core.cli import build_parser, main
 from core.compare import baseline_scores, heatmap_spectral
@@ -370,3 +371,24 @@ def test_spectral_and_baselines_bad_input_exit_2_from_the_command_line(tmp_path,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert not cache.exists() or not any(cache.iterdir())
+
+
+def test_inspect_prints_the_defense_pages_numbers(gtsrb, seeded_cache):
+    """The CLI and the page (which calls core in-process) agree on every prediction and confidence."""
+    from core.defense import DefenseConfig
+    from core.evasion import AttackConfig
+    from core.inspection import inspect, sensitivity_grid
+
+    report = one_json_line(run_core("inspect", "--test-index", "3", "40", "--attack", "fgsm", "--iterations", "40",
+                                    "--sensitivity", "attacked", *SMALL, cache=seeded_cache))
+    config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
+    model = train_or_load(config, gtsrb).model
+    index = torch.tensor([3, 40])
+    defense = DefenseConfig(iterations=40)
+    result = inspect(model, gtsrb.test.images[index].float() / 255, gtsrb.test.labels[index], AttackConfig(name="fgsm"), defense)
+    assert report["attack"] == "fgsm" and report["eps"] == round(8 / 255, 6)
+    assert [{k: v for k, v in row.items() if k != "label_name"} for row in report["images"]] == result.summary()
+    grid = sensitivity_grid(model, result.images[1, 0], defense)
+    printed = report["sensitivity"]["rows"]
+    assert [[(c["parameter"], c["predicted"], c["confidence"]) for c in row] for row in printed] == \
+        [[(c.parameter, c.predicted, c.confidence) for c in row] for row in grid]

@@ -3,6 +3,8 @@ the unfold-based local convolution, mass, range, the limits it must reach, bad i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -112,3 +114,17 @@ def test_bad_settings_are_refused(field, value):
 def test_bad_images_are_refused(bad):
     with pytest.raises(ConfigError):
         purify(bad)
+
+
+def test_early_stop_is_per_image_and_returns_the_iterate_it_stopped_at(images):
+    q, x_hat = _targets(images[:3])
+    config = DefenseConfig(iterations=400, tol=3e-4)
+    batch, _ = regularized_barycenter(q, x_hat, config)
+    counts = []
+    for i in range(3):
+        alone, done = regularized_barycenter(q[i:i + 1], x_hat[i:i + 1], config)
+        torch.testing.assert_close(batch[i:i + 1], alone, rtol=0, atol=1e-7)
+        fixed, _ = regularized_barycenter(q[i:i + 1], x_hat[i:i + 1], replace(config, tol=0.0, iterations=done - 1))
+        torch.testing.assert_close(alone, fixed, rtol=0, atol=1e-7)
+        counts.append(done)
+    assert min(counts) < 400

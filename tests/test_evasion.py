@@ -6,38 +6,32 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.defense import DefenseConfig, purify
 from core.errors import ConfigError
 from core.evasion import ATTACKS, AttackConfig, attack, project
-from core.experiment import ExperimentConfig, train_or_load
 from core.models import predict
-from core.train import TrainConfig
 
-SMALL = ExperimentConfig(train=TrainConfig(subset=6000, max_epochs=4, batch_size=128, augment=False))
 
 
 @pytest.fixture(scope="module")
-def victim(gtsrb):
-    """About 83 % test accuracy after 12 s of training; 16 test images it classifies correctly."""
-    model = train_or_load(SMALL, gtsrb, use_cache=False).model.eval()
-    images = gtsrb.test.images[:200].float() / 255
-    labels = gtsrb.test.labels[:200]
-    right = torch.nonzero(predict(model, images) == labels).flatten()[:16]
-    assert len(right) == 16
-    return model, images[right], labels[right]
+def victim(small_victim):
+    return small_victim
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_every_attack_stays_within_its_budget_and_fools_the_model(victim, name):
     model, images, labels = victim
     config = AttackConfig(name=name)
-    adversarial = attack(model, images[:8], labels[:8], config)
+    defense = DefenseConfig(iterations=50)
+    adversarial = attack(model, images[:8], labels[:8], config, defense=defense if name == "bpda" else None)
     assert adversarial.shape == images[:8].shape and adversarial.min() >= 0 and adversarial.max() <= 1
     delta = (adversarial - images[:8]).flatten(1)
     if config.norm == "linf":
         assert delta.abs().max() <= config.budget + 1e-6
     else:
         assert delta.norm(dim=1).max() <= config.budget + 1e-5
-    accuracy = float((predict(model, adversarial) == labels[:8]).float().mean())
+    seen = purify(adversarial, defense) if name == "bpda" else adversarial  # BPDA attacks the defended model
+    accuracy = float((predict(model, seen) == labels[:8]).float().mean())
     # ART's DeepFool is the L2 attack; cut back to the L∞ budget it fools fewer images.
     assert accuracy <= (0.9 if name == "deepfool" else 0.5), f"{name} left {accuracy:.0%} of correctly classified images correct"
 
@@ -79,3 +73,18 @@ def test_bad_images_are_refused(victim):
         attack(model, images[:, :1], labels)
     with pytest.raises(ConfigError):
         attack(model, images, labels[:3])
+
+
+def test_the_adaptive_attack_beats_the_defense_where_a_minimal_attack_does_not(victim):
+    """CW's minimal perturbations are undone by the barycenter; BPDA, which attacks through
+    it, is not, and the same seed gives the same images."""
+    model, images, labels = victim
+    defense = DefenseConfig(iterations=50)
+    cw = attack(model, images, labels, AttackConfig(name="cw-l2"))
+    adaptive = attack(model, images, labels, AttackConfig(name="bpda", seed=1), defense=defense)
+    defended_cw = (predict(model, purify(cw, defense)) == labels).float().mean()
+    defended_bpda = (predict(model, purify(adaptive, defense)) == labels).float().mean()
+    assert defended_bpda <= 0.25 < defended_cw, (float(defended_bpda), float(defended_cw))
+    assert torch.equal(adaptive, attack(model, images, labels, AttackConfig(name="bpda", seed=1), defense=defense))
+    with pytest.raises(ConfigError, match="needs the defense"):
+        attack(model, images, labels, AttackConfig(name="bpda"))

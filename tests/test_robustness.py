@@ -15,28 +15,37 @@ from core.robustness import RobustnessConfig, robustness_table, sample_test_imag
 from core.train import TrainConfig
 
 SMALL = ExperimentConfig(train=TrainConfig(subset=6000, max_epochs=4, batch_size=128, augment=False))
-QUICK_EVAL = RobustnessConfig(images=24, attacks=("fgsm", "pgd-l2"), defense=DefenseConfig(iterations=50))
+QUICK_EVAL = RobustnessConfig(images=24, attacks=("fgsm", "pgd-l2", "bpda"), defense=DefenseConfig(iterations=50))
 
 
 def test_table_on_a_small_model_and_its_cached_adversarial_examples(gtsrb, tmp_cache, monkeypatch):
     table = robustness_table(SMALL, QUICK_EVAL, gtsrb)
-    assert table["images"] == 24 and [row["attack"] for row in table["attacks"]] == ["fgsm", "pgd-l2"]
+    assert table["images"] == 24 and [row["attack"] for row in table["attacks"]] == ["fgsm", "pgd-l2", "bpda"]
     assert 0.5 <= table["clean_accuracy"] <= 1
     for marginals in ("B6", "B4"):
         assert 0 <= table["clean_barycenter_accuracy"][marginals] <= 1
     for row in table["attacks"]:
         assert 0 <= row["aa"] < table["clean_accuracy"] and 0 <= row["ba"] <= 1, row
     assert table["attacks"][0]["eps"] == round(8 / 255, 6) and table["attacks"][1]["eps"] == 0.5
+    fgsm, _, adaptive = table["attacks"]
+    assert adaptive["ba"] <= fgsm["ba"], "the attack that goes through the defense should beat it at least as well as FGSM"
     trigger = table["trigger"]
     assert trigger["images"] == 24 < int((gtsrb.test.labels == SMALL.poison.source).sum())
     assert 0 <= trigger["success_rate"] <= 1 and 0 <= trigger["success_rate_barycenter"] <= 1
-    assert len(list(tmp_cache.glob("adv-*.safetensors"))) == 2
+    assert len(list(tmp_cache.glob("adv-*.safetensors"))) == 3
 
     def no_attacks(*args, **kwargs):
         raise AssertionError("the adversarial examples should come from the cache")
 
     monkeypatch.setattr(robustness, "attack", no_attacks)
-    assert robustness_table(SMALL, QUICK_EVAL, gtsrb) == table
+    (table_file,) = tmp_cache.glob("robustness-*.safetensors")
+    table_file.unlink()
+    assert robustness_table(SMALL, QUICK_EVAL, gtsrb) == table  # recomputed from cached adversarial examples
+    monkeypatch.setattr(robustness, "purify", no_attacks)
+    assert robustness_table(SMALL, QUICK_EVAL, gtsrb) == table  # the finished table, read back
+    other_defense = RobustnessConfig(images=24, attacks=("bpda",), defense=DefenseConfig(iterations=60))
+    with pytest.raises(AssertionError, match="cache"):
+        robustness_table(SMALL, other_defense, gtsrb)  # the adaptive attack depends on the defense it attacks
 
 
 def test_image_sample_is_seeded_and_bounded():

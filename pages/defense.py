@@ -1,0 +1,273 @@
+"""Defense view: attack a few images, purify them with the barycenter of their own rotated and
+shifted copies, and see what the model predicts and looks at; the AA/BA table; the
+sensitivity of the barycenter to its parameters (the paper's figure 1)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from plotly.subplots import make_subplots
+
+from core.cli import defend_command, inspect_command
+from core.data import CLASS_NAMES, NUM_CLASSES, decode_upload
+from core.defense import DefenseConfig
+from core.errors import ConfigError, PoisonLabError
+from core.evasion import ATTACKS, AttackConfig
+from core.experiment import load_trained, model_path, train_or_load
+from core.inspection import VERSIONS, inspect, sensitivity_grid
+from core.jobs import RUNNER
+from core.robustness import RobustnessConfig, cached_table, robustness_table
+from pages.common import active_experiment, data_or_stop, follow_job, run_through_app, settle_job
+from pages.tiles import diverging_rgb, enlarge
+
+VERSION_TITLES = {"clean": "clean", "attacked": "attacked", "barycenter": "barycenter of the attacked image",
+                  "clean_barycenter": "barycenter of the clean image"}
+PARAMETER_TITLES = {"gamma": "γ", "theta": "θ", "tau": "τ", "iterations": "iterations", "cost_unit": "cost of one pixel step"}
+
+
+def controls() -> tuple[str, AttackConfig, DefenseConfig]:
+    with st.sidebar:
+        st.subheader("Model")
+        model = st.radio("Attack the", ["poisoned", "clean"], horizontal=True, key="df_model",
+                         format_func={"poisoned": "poisoned model", "clean": "clean model"}.get,
+                         help="The clean model is the same experiment trained without poisoned samples.")
+        st.subheader("Attack")
+        name = st.selectbox("Attack", list(ATTACKS), format_func=ATTACKS.get, key="df_attack",
+                            help="BPDA is the adaptive attack: PGD through the defense, with the barycenter's gradient taken as the identity.")
+        norm = AttackConfig(name=name).norm
+        default = 8.0 if norm == "linf" else 0.5
+        if norm == "linf":
+            eps = st.number_input("Budget ε (L∞, in 1/255)", 0.5, 64.0, default, 0.5, key="df_eps_linf") / 255
+        else:
+            eps = st.number_input("Budget ε (L2)", 0.05, 8.0, default, 0.05, key="df_eps_l2")
+        seed = st.number_input("Attack seed", 0, 2**31 - 1, 0, key="df_seed")
+        st.subheader("Defense")
+        marginals = st.radio("Marginals", ["B6", "B4"], horizontal=True, key="df_marginals",
+                             help="B6: the image, rotations by ±2° and ±3°, a 3-pixel shift. B4: the image, ±2°, the shift.")
+        with st.expander("Algorithm 1 settings (the paper's by default)"):
+            base = DefenseConfig()
+            iterations = st.number_input("Iterations", 1, 5000, base.iterations, 50, key="df_iterations",
+                                         help="At θ = 1e5 the barycenter drifts back towards the input as iterations go on: more iterations, weaker defense.")
+            gamma = st.number_input("γ (entropic regularisation)", 0.001, 10.0, base.gamma, 0.005, format="%.3f", key="df_gamma")
+            theta = st.number_input("θ (pull towards the input)", 1.0, 1e9, base.theta, format="%.0f", key="df_theta")
+            tau = st.number_input("τ (step)", 0.001, 10.0, base.tau, 0.05, format="%.3f", key="df_tau")
+    try:
+        attack = AttackConfig(name=name, eps=float(eps), seed=int(seed))
+        defense = DefenseConfig(marginals=marginals, iterations=int(iterations), gamma=float(gamma), theta=float(theta), tau=float(tau))
+    except ConfigError as exc:
+        st.error(str(exc))
+        st.stop()
+    return model, attack, defense
+
+
+def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
+    """Images (B, 3, 32, 32) in [0, 1], their labels (None for an upload), a caption per
+    image set, and the CLI's image option."""
+    source = st.radio("Images", ["test", "upload"], horizontal=True, key="df_source",
+                      format_func={"test": "GTSRB test images", "upload": "upload your own"}.get)
+    if source == "upload":
+        left, right = st.columns([2, 1])
+        upload = left.file_uploader("A PNG or JPEG image of a traffic sign, any size (resized to 32 × 32)", key="df_upload")
+        label = right.selectbox("Its class (if known)", [None, *range(NUM_CLASSES)], key="df_upload_label",
+                                format_func=lambda c: "unknown: attack the model's prediction" if c is None else f"{c} · {CLASS_NAMES[c]}")
+        if upload is None:
+            st.info("Choose a file to attack and purify it.")
+            st.stop()
+        try:
+            rgb = decode_upload(upload.getvalue())
+        except PoisonLabError as exc:
+            st.error(f"{upload.name} cannot be used: {exc}")
+            st.stop()
+        images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+        labels = None if label is None else torch.tensor([label])
+        return images, labels, upload.name, f"--image {upload.name}"
+    left, middle, right = st.columns([2, 1, 1])
+    class_id = left.selectbox("Class", [None, *range(NUM_CLASSES)], key="df_class",
+                              format_func=lambda c: "any class" if c is None else f"{c} · {CLASS_NAMES[c]}")
+    count = middle.number_input("How many", 1, 8, 4, key="df_count")
+    draw = right.number_input("Draw", 0, 10_000, 0, key="df_draw", help="Another number draws other images.")
+    pool = torch.arange(len(data.test)) if class_id is None else torch.nonzero(data.test.labels == class_id).flatten()
+    generator = torch.Generator().manual_seed(int(draw))
+    index = pool[torch.randperm(len(pool), generator=generator)[: int(count)]].sort().values
+    positions = " ".join(str(int(i)) for i in index)
+    return data.test.images[index].float() / 255, data.test.labels[index], f"test images {positions}", f"--test-index {positions}"
+
+
+def side_by_side(result, i: int, known: bool) -> go.Figure:
+    """Row 1: the four versions of image i; row 2: LRP heatmaps of each version's prediction."""
+    titles = []
+    for v, version in enumerate(VERSIONS):
+        predicted = int(result.predicted[v, i])
+        mark = "" if not known else (" ✓" if predicted == int(result.labels[i]) else " ✗")
+        titles.append(f"{VERSION_TITLES[version]}<br><b>{CLASS_NAMES[predicted]}</b> {100 * float(result.confidence[v, i]):.1f} %{mark}")
+    titles += [f"LRP: {CLASS_NAMES[int(result.predicted[v, i])]}" for v in range(len(VERSIONS))]
+    fig = make_subplots(2, len(VERSIONS), subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.03)
+    for v in range(len(VERSIONS)):
+        rgb = (result.images[v, i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        fig.add_trace(go.Image(z=enlarge(rgb, 8), hovertemplate="RGB %{z}<extra>" + VERSION_TITLES[VERSIONS[v]] + "</extra>"), 1, v + 1)
+        fig.add_trace(go.Image(z=enlarge(diverging_rgb(result.heatmaps[v, i].numpy()), 8), hoverinfo="skip"), 2, v + 1)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(height=520, margin=dict(l=0, r=0, t=70, b=0))
+    return fig
+
+
+def robustness_chart(table: dict) -> go.Figure:
+    rows = [("no attack", table["clean_accuracy"], table["clean_barycenter_accuracy"][table["defense"]["marginals"]])]
+    rows += [(r["label"], r["aa"], r["ba"]) for r in table["attacks"]]
+    names = [r[0] for r in rows]
+    fig = go.Figure([
+        go.Bar(name="without defense (AA)", x=names, y=[100 * r[1] for r in rows], marker_color="#d62728",
+               hovertemplate="%{x}: %{y:.1f} %<extra>without defense</extra>"),
+        go.Bar(name="with barycenter (BA)", x=names, y=[100 * r[2] for r in rows], marker_color="#2ca02c",
+               hovertemplate="%{x}: %{y:.1f} %<extra>with barycenter</extra>"),
+    ])
+    fig.update_layout(barmode="group", height=380, margin=dict(l=0, r=0, t=40, b=0), yaxis=dict(title="accuracy (%)", range=[0, 100]),
+                      xaxis=dict(title="attack"), legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+                      title=dict(text=f"Accuracy on {table['images']} test images without and with the defense", font=dict(size=14)))
+    return fig
+
+
+def sensitivity_figure(grid, labels: int | None) -> go.Figure:
+    columns = max(len(row) for row in grid)
+    titles = []
+    for row in grid:
+        for cell in row:
+            value = f"{cell.value:g}" if cell.parameter != "cost_unit" else ("1/32" if abs(cell.value - 1 / 32) < 1e-12 else f"{cell.value:g}")
+            star = " ★" if cell.is_default else ""
+            mark = "" if labels is None else (" ✓" if cell.predicted == labels else " ✗")
+            titles.append(f"{PARAMETER_TITLES[cell.parameter]} = {value}{star}<br>{CLASS_NAMES[cell.predicted][:22]} {100 * cell.confidence:.0f} %{mark}")
+        titles += [""] * (columns - len(row))
+    fig = make_subplots(len(grid), columns, subplot_titles=titles, vertical_spacing=0.07, horizontal_spacing=0.02)
+    for r, row in enumerate(grid, start=1):
+        for c, cell in enumerate(row, start=1):
+            rgb = (cell.barycenter.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            fig.add_trace(go.Image(z=enlarge(rgb, 4), hoverinfo="skip"), r, c)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(height=250 * len(grid), margin=dict(l=0, r=0, t=100, b=0),
+                      title=dict(text="Barycenters with one parameter changed at a time (★: the defaults)", font=dict(size=14)))
+    return fig
+
+
+def job_result(key: str, title: str, work, note: str, button: str):
+    """The finished job's result; otherwise the running job's progress, or a start button.
+    Never stops the script, so the other tabs still render while a job runs."""
+    job = RUNNER.get(key)
+    if job is not None and job.state == "done":
+        return job.result
+    if job is not None and job.active:
+        follow_job(key, note)
+        return None
+    if job is not None:
+        st.error(f"{title} failed: {job.error}")
+        RUNNER.forget(key)
+    if st.button(button, key=f"button:{key}"):
+        RUNNER.submit(key, title, work)
+        st.rerun()
+    return None
+
+
+run_through_app()
+st.title("Defense")
+st.caption("Evasion attacks change a few pixel values so that the model misreads a sign. The barycentric defense (Subramanyam and Raj, "
+           "ICIP 2022) replaces the input by the Wasserstein barycenter of its own slightly rotated and shifted copies, pulled towards "
+           "the input, and classifies that instead. It needs no retraining.")
+experiment = active_experiment()
+model_choice, attack_config, defense = controls()
+data = data_or_stop()
+models = {"poisoned": experiment, "clean": replace(experiment, poison=replace(experiment.poison, fraction=0.0))}
+chosen_experiment = models[model_choice]
+trained = load_trained(data, chosen_experiment)
+if trained is None:
+    key = f"train:{model_path(data, chosen_experiment).name}"
+    settle_job(key, "Training", "Training on two CPU cores takes about 3 minutes.")
+    st.write(f"The {model_choice} model of this experiment is not trained yet.")
+    if st.button("Train it", type="primary"):
+        RUNNER.submit(key, f"Training the {model_choice} model", lambda progress: train_or_load(chosen_experiment, data, progress=progress))
+        st.rerun()
+    st.stop()
+
+images, labels, caption, cli_source = image_source(data)
+tab_images, tab_table, tab_sensitivity = st.tabs(["Attack and purify", "AA / BA table", "Sensitivity"])
+with tab_images:
+    settings = (trained.path.name, caption, attack_config, defense, None if labels is None else tuple(labels.tolist()),
+                images.sum().item())
+    key = f"inspect:{hash(settings)}"
+    result = job_result(key, "Attack and barycenters",
+                        lambda progress: inspect(trained.model, images, labels, attack_config, defense, progress=progress),
+                        "Attacks take a few seconds for a handful of images (AutoAttack and BPDA longer).", "Attack and purify")
+    if result is not None:
+        norm = "L∞" if attack_config.norm == "linf" else "L2"
+        st.caption(f"{ATTACKS[attack_config.name]}, ε = {attack_config.budget:.4g} ({norm}), defense {defense.marginals}, "
+                   f"{defense.iterations} iterations · {caption}. Heatmaps: composite LRP of each version's predicted class "
+                   "(red: for it, blue: against it). ✓/✗: prediction right or wrong.")
+        for i in range(images.shape[0]):
+            known = labels is not None
+            label = f"{int(result.labels[i])} · {CLASS_NAMES[int(result.labels[i])]}" if known else "unknown (the attack moves the image away from the clean prediction)"
+            st.markdown(f"**Image {i + 1}** · true class: {label} · largest pixel change by the attack: "
+                        f"{255 * float((result.images[1, i] - result.images[0, i]).abs().max()):.1f}/255")
+            st.plotly_chart(side_by_side(result, i, known), width="stretch", key=f"side:{key}:{i}")
+        st.code(inspect_command(experiment, model_choice, cli_source, attack_config, defense), language="bash")
+
+with tab_table:
+    left, right = st.columns([1, 2])
+    count = left.select_slider("Test images", [20, 100, 200, 500, 1000, 2000], 1000, key="df_table_images",
+                               help="A seeded random sample of the test split; every attack runs on the same images.")
+    chosen_attacks = right.multiselect("Attacks", list(ATTACKS), list(ATTACKS), format_func=ATTACKS.get, key="df_table_attacks")
+    robustness = None if not chosen_attacks else RobustnessConfig(images=int(count), attacks=tuple(a for a in ATTACKS if a in chosen_attacks),
+                                  eps_linf=attack_config.budget if attack_config.norm == "linf" else 8 / 255,
+                                  eps_l2=attack_config.budget if attack_config.norm == "l2" else 0.5, defense=defense)
+    if robustness is None:
+        st.info("Choose at least one attack.")
+    else:
+        st.caption(f"Budgets: ε = {255 * robustness.eps_linf:.3g}/255 for L∞ attacks, {robustness.eps_l2:g} for L2 attacks "
+                   "(the sidebar's budget applies to its norm).")
+    table = None if robustness is None else cached_table(trained.path.name, robustness)
+    if table is None and robustness is not None:
+        key = f"table:{trained.path.name}:{hash(robustness)}"
+        table = job_result(key, "Robustness table", lambda progress: robustness_table(chosen_experiment, robustness, data, progress=progress),
+                           "Every attack runs once on every image and is cached: about half an hour per 1,000 images on two cores "
+                           "(Carlini–Wagner, AutoAttack and BPDA take longest).", f"Run the attacks on {count} images")
+    if table is not None:
+        st.plotly_chart(robustness_chart(table), width="stretch")
+        rows = [{"attack": "no attack", "budget": "", "AA (%)": 100 * table["clean_accuracy"],
+                 "BA (%)": 100 * table["clean_barycenter_accuracy"][defense.marginals]}]
+        rows += [{"attack": r["label"], "budget": f"{r['eps']:.4g} ({'L∞' if r['norm'] == 'linf' else 'L2'})", "AA (%)": 100 * r["aa"],
+                  "BA (%)": 100 * r["ba"]} for r in table["attacks"]]
+        st.dataframe(rows, hide_index=True, column_config={"AA (%)": st.column_config.NumberColumn(format="%.1f"),
+                                                           "BA (%)": st.column_config.NumberColumn(format="%.1f")})
+        other = "B4" if defense.marginals == "B6" else "B6"
+        st.caption(f"AA: accuracy on attacked images; BA: on their barycenters. Clean barycenter accuracy with {other}: "
+                   f"{100 * table['clean_barycenter_accuracy'][other]:.1f} %.")
+        trigger = table["trigger"]
+        st.metric(f"Sticker trigger {CLASS_NAMES[trigger['source']]} → {CLASS_NAMES[trigger['target']]}: success rate with the barycenter "
+                  f"({trigger['images']} stickered test images)", f"{100 * trigger['success_rate_barycenter']:.1f} %",
+                  f"{100 * (trigger['success_rate_barycenter'] - trigger['success_rate']):+.1f} points against "
+                  f"{100 * trigger['success_rate']:.1f} % without", delta_color="inverse",
+                  help="Share of stickered source-class test images the model classifies as the target.")
+        st.code(defend_command(experiment, model_choice, robustness), language="bash")
+
+with tab_sensitivity:
+    which = st.radio("Purify", ["clean", "attacked"], horizontal=True, key="df_sens_which",
+                     format_func={"clean": "the first clean image", "attacked": "its attacked version"}.get)
+    inspected = RUNNER.get(f"inspect:{hash(settings)}")
+    if which == "attacked" and (inspected is None or inspected.state != "done"):
+        st.info("Run “Attack and purify” first to see the attacked image's barycenters.")
+    else:
+        first = images[0] if which == "clean" else inspected.result.images[1, 0]
+        key = f"sensitivity:{trained.path.name}:{hash((caption, which, attack_config, defense, first.sum().item()))}"
+        grid = job_result(key, "Sensitivity grid", lambda progress: sensitivity_grid(trained.model, first, defense, progress=progress),
+                          "23 barycenters of one image, up to 2,000 iterations each: a few seconds.", "Compute the grid")
+        if grid is not None:
+            st.caption("The paper's figure 1 (rows γ, θ, τ) and the two choices it leaves open: the iteration count and the cost's unit. "
+                       "At a cost of 1 per pixel step the kernel's off-centre entries are e^−50: no transport, only a pixelwise mix.")
+            st.plotly_chart(sensitivity_figure(grid, None if labels is None else int(labels[0])), width="stretch")
+            st.code(inspect_command(experiment, model_choice, cli_source, attack_config, defense,
+                                    sensitivity=which), language="bash")
