@@ -31,8 +31,13 @@ convex conjugate of its J. Choices where the paper is silent (all visible in Def
   faster here than float64: within one map, u/γ spreads over about 30 at 300 iterations and
   70 at 1,000, inside float32's range; arguments below −80 are clamped (pixels without
   mass), and float64 is an option.
-- Iterations: a fixed number (`iterations`), optionally stopped early for each image once
-  its barycenter moves by less than `tol` (relative) in an iteration.
+- Iterations: a fixed 300, optionally stopped early for each image once its barycenter
+  moves by less than `tol` (relative) in an iteration. At θ = 1e5 the converged barycenter
+  is essentially the input, so the count sets the defense's strength: on 200 test images
+  and the poisoned model, 50 to 300 iterations give the same accuracy on clean, CW and
+  DeepFool images within 1.5 points, while 2,000 (the authors' code) let the barycenter
+  drift back towards the attacked input (CW: 91.5 % at 300, 57.5 % at 2,000). An early stop
+  at tol = 1e-4 changed at most 1 % of predictions there (`bench/defense.py` measures it).
 - Rotations turn about the image centre with bilinear interpolation; the translation moves
   the image 3 px right and 3 px down (as the authors' code does) and is the marginal
   eliminated as q_N. Pixels that come in from outside repeat the border (the authors' code
