@@ -4,51 +4,68 @@ A page script is rerun (and its thread stopped) whenever the user touches a widg
 training must not run on it. A job runs on the single worker thread of this process,
 is keyed by the artifact it produces (asking twice for the same key joins the running
 job instead of starting another), and keeps its latest progress for anyone to poll.
+
+The worker is a daemon thread: a server that is told to stop must not wait for a
+half-done training run (whatever it had written is either complete or in a temporary
+file). Cancelling is cooperative: every long computation reports progress, and the
+next report after `cancel` raises `Cancelled` inside the job.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import PoisonLabError
 from .progress import Progress
+
+
+class Cancelled(PoisonLabError):
+    """Raised inside a job whose cancellation was asked for."""
 
 
 @dataclass
 class Job:
     key: str
     title: str
-    state: str = "queued"  # queued, running, done, failed
+    state: str = "queued"  # queued, running, done, failed, cancelled
     progress: Optional[Progress] = None
     result: Any = None
     error: Optional[str] = None
     started: float = field(default_factory=time.time)
     finished: Optional[float] = None
+    cancel_requested: bool = False
 
     @property
     def active(self) -> bool:
         return self.state in ("queued", "running")
 
 
+Work = Callable[[Callable[[Progress], None]], Any]
+
+
 class JobRunner:
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poisonlab-job")
         self._jobs: Dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._queue: "queue.Queue[Tuple[Job, Work]]" = queue.Queue()
+        self._worker: Optional[threading.Thread] = None
 
-    def submit(self, key: str, title: str, work: Callable[[Callable[[Progress], None]], Any]) -> Job:
+    def submit(self, key: str, title: str, work: Work) -> Job:
         """Run `work(progress_callback)` unless a job with `key` is already queued or running."""
         with self._lock:
             existing = self._jobs.get(key)
             if existing is not None and existing.active:
                 return existing
             job = self._jobs[key] = Job(key, title)
-        self._executor.submit(self._run, job, work)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._serve, name="poisonlab-job", daemon=True)
+                self._worker.start()
+        self._queue.put((job, work))
         return job
 
     def get(self, key: str) -> Optional[Job]:
@@ -60,6 +77,15 @@ class JobRunner:
         with self._lock:
             return list(self._jobs.values())
 
+    def cancel(self, key: str) -> bool:
+        """Ask a queued or running job to stop; True if there was one to ask."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or not job.active:
+                return False
+            job.cancel_requested = True
+            return True
+
     def forget(self, key: str) -> None:
         """Drop a finished job so that its key can be computed afresh."""
         with self._lock:
@@ -67,16 +93,39 @@ class JobRunner:
             if job is not None and not job.active:
                 del self._jobs[key]
 
+    def wait(self, key: str, timeout: Optional[float] = None) -> Optional[Job]:
+        """Block until the job with `key` has ended (for scripts and tests, never for pages)."""
+        deadline = None if timeout is None else time.time() + timeout
+        while True:
+            job = self.get(key)
+            if job is None or not job.active:
+                return job
+            if deadline is not None and time.time() > deadline:
+                return job
+            time.sleep(0.05)
+
+    def _serve(self) -> None:
+        while True:
+            job, work = self._queue.get()
+            self._run(job, work)
+
     @staticmethod
-    def _run(job: Job, work: Callable[[Callable[[Progress], None]], Any]) -> None:
+    def _run(job: Job, work: Work) -> None:
+        if job.cancel_requested:
+            job.state, job.error, job.finished = "cancelled", "cancelled before it started", time.time()
+            return
         job.state = "running"
 
         def on_progress(event: Progress) -> None:
+            if job.cancel_requested:
+                raise Cancelled(f"{job.title} was cancelled")
             job.progress = event
 
         try:
             job.result = work(on_progress)
             job.state = "done"
+        except Cancelled as exc:
+            job.error, job.state = str(exc), "cancelled"
         except PoisonLabError as exc:
             job.error, job.state = str(exc), "failed"
         except Exception as exc:  # shown to the analyst as a type and message, logged in full

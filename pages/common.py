@@ -81,7 +81,7 @@ def data_or_stop() -> GTSRB:
     root = gtsrb_root()
     key = f"data:{root}"
     job = RUNNER.get(key)
-    if job is None or job.state == "failed":
+    if job is None or job.state in ("failed", "cancelled"):
         if job is not None:
             RUNNER.forget(key)
         try:
@@ -94,7 +94,7 @@ def data_or_stop() -> GTSRB:
     if job.state == "done":
         RUNNER.forget(key)
         return _data_from_cache(root)
-    if job.state == "failed":
+    if job.state in ("failed", "cancelled"):
         _data_missing(job.error or "unknown error")
         st.stop()
     follow_job(key, "GTSRB is decoded once and cached on disk; this takes about 10 s.")
@@ -129,7 +129,7 @@ def settle_job(key: str, label: str, note: str) -> None:
     job = RUNNER.get(key)
     if job is None:
         return
-    if job.state == "failed":
+    if job.state in ("failed", "cancelled"):
         st.error(f"{label} failed: {job.error}")
         RUNNER.forget(key)
     elif job.active:

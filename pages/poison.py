@@ -163,7 +163,7 @@ st.subheader("Model")
 trained = load_trained(data, config)
 key = model_path(data, config).name
 job = RUNNER.get(key)
-if trained is None and job is not None and job.state == "failed":
+if trained is None and job is not None and job.state in ("failed", "cancelled"):
     st.error(f"Training failed: {job.error}")
     RUNNER.forget(key)
     job = None
