@@ -7,25 +7,53 @@ import streamlit as st
 st.set_page_config(page_title="Poison Lab", page_icon="🛑", layout="wide")
 
 
+STATE_BADGES = {"cached": ":green-badge[:material/check: cached]", "running": ":orange-badge[:material/progress_activity: running]",
+                "ready": ":blue-badge[:material/bolt: ready]", "not yet computed": ":gray-badge[not yet computed]"}
+
+
 def home() -> None:
-    from pages.common import active_experiment
+    from core.pipeline import pipeline_status
+    from pages.common import active_experiment, data_or_stop
+    from pages.url_state import restore_view
 
     st.title("Poison Lab")
     st.write(
-        "Poison Lab lets you poison the German Traffic Sign Recognition Benchmark with a small sticker, "
-        "train a network on it and see the backdoor it learns. Explanation methods (LRP) and optimal transport "
-        "then expose the poisoned samples, and a Wasserstein-barycenter defense is tested against evasion attacks. "
+        "Poison Lab poisons the German Traffic Sign Recognition Benchmark with a small sticker and trains a network "
+        "that learns the backdoor. LRP heatmaps and optimal transport then show which training samples were poisoned, "
+        "and a Wasserstein-barycenter defense is tested against evasion attacks. "
         "Every number here can be reproduced with `python -m core` on the command line."
     )
     config = active_experiment()
+    restore_view({})
+    data = data_or_stop()
+    st.subheader("The pipeline for the active experiment")
+    steps = pipeline_status(config, data)
+    columns = st.columns(len(steps))
+    for number, (column, step) in enumerate(zip(columns, steps), start=1):
+        with column.container(border=True, height=230):
+            st.markdown(f"**{number}. {step.name}**  \n{STATE_BADGES[step.state]}")
+            st.caption(step.detail)
+            st.page_link(PAGES[step.page], label=f"Open {PAGES[step.page].title}", icon=":material/arrow_forward:",
+                         query_params=config.to_query())
+    st.caption("cached: on disk, shown at once · running: a job is computing it (here, in another session or another "
+               "process) · ready: computed on the page from cached inputs · not yet computed: its page has the button. "
+               "The steps use each view's default settings for the target class.")
     st.subheader("Active experiment")
     st.write(config.poison.describe())
-    st.json(config.to_dict(), expanded=False)
-    st.page_link(POISON, label="Set up the attack and train the model", icon=":material/science:")
-    st.page_link(HEATMAPS, label="See what the model looks at: LRP heatmaps and point clouds", icon=":material/blur_on:")
-    st.page_link(SPECTRAL, label="Find the poisoned group: spectral analysis and baselines", icon=":material/scatter_plot:")
-    st.page_link(DETECT, label="Find it with optimal transport: Gromov–Wasserstein k-means", icon=":material/hub:")
-    st.page_link(DEFENSE, label="Attack the model and purify its input: the barycentric defense", icon=":material/shield:")
+    p, t = config.poison, config.train
+    st.dataframe(
+        [{"parameter": name, "value": value} for name, value in [
+            ("source class", p.source), ("target class", p.target), ("sticker size (px)", p.size),
+            ("sticker colour (RGB)", str(p.color)), ("sticker x window", f"{p.x_range[0]}–{p.x_range[1]}"),
+            ("sticker y window", f"{p.y_range[0]}–{p.y_range[1]}"), ("poison fraction pp", p.fraction), ("poison seed", p.seed),
+            ("architecture", t.architecture), ("epochs at most", t.max_epochs), ("early-stopping patience", t.patience),
+            ("batch size", t.batch_size), ("learning rate", t.learning_rate), ("weight decay", t.weight_decay),
+            ("augmentation", t.augment), ("training subset (0: all)", t.subset), ("training seed", t.seed)]],
+        hide_index=True, width=520)
+    st.caption("Change it on the Poison page; the link in the address bar carries it, so a copied link opens the same experiment.")
+    st.page_link(EXPORT, label="Take the results away: CSV, JSON and a ViRelAy project", icon=":material/download:",
+                 query_params=config.to_query())
+    st.page_link(CACHE, label="See and clean what is cached on disk", icon=":material/storage:", query_params=config.to_query())
 
 
 POISON = st.Page("pages/poison.py", title="Poison", icon=":material/science:", url_path="poison")
@@ -33,7 +61,11 @@ HEATMAPS = st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/blur_o
 SPECTRAL = st.Page("pages/spectral.py", title="Spectral", icon=":material/scatter_plot:", url_path="spectral")
 DETECT = st.Page("pages/detect.py", title="GW detection", icon=":material/hub:", url_path="detect")
 DEFENSE = st.Page("pages/defense.py", title="Defense", icon=":material/shield:", url_path="defense")
-navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), POISON, HEATMAPS, SPECTRAL, DETECT, DEFENSE])
+EXPORT = st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export")
+CACHE = st.Page("pages/cache.py", title="Cache", icon=":material/storage:", url_path="cache")
+PAGES = {"poison": POISON, "heatmaps": HEATMAPS, "spectral": SPECTRAL, "detect": DETECT, "defense": DEFENSE, "export": EXPORT,
+         "cache": CACHE}
+navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *PAGES.values()])
 from pages.common import mark_run_by_app  # noqa: E402
 
 mark_run_by_app()

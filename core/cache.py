@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 
 _CHECKSUM_KEY = "poisonlab.sha256"
 _META_KEY = "poisonlab.meta"
@@ -128,3 +128,95 @@ def discard(path: Path) -> None:
         Path(path).unlink()
     except FileNotFoundError:
         pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactInfo:
+    """One file in the cache, described from its header only (no tensors are read)."""
+
+    name: str
+    kind: str  # e.g. model-thesis_net, heatmaps-05-composite, adv-cw-l2; "partial write" for a temp file
+    size: int
+    modified: float
+    parameters: str  # the artifact's own metadata in short, or why it cannot be read
+
+    @property
+    def complete(self) -> bool:
+        return self.kind != "partial write"
+
+
+_HIDDEN_META = ("history", "iterations", "checksum")
+
+
+def artifact_kind(name: str) -> str:
+    """The artifact's kind is its file name without the trailing config hash."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        return "partial write"
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    head, _, tail = stem.rpartition("-")
+    return head if head and all(c in "0123456789abcdef" for c in tail) else stem
+
+
+def artifact_meta(path: Path) -> Dict[str, Any]:
+    """An artifact's metadata from its header alone (checked against its checksum; tensors unread)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        meta_text = header[_META_KEY]
+        if hashlib.sha256(meta_text.encode()).hexdigest() != header[_META_CHECKSUM_KEY]:
+            raise ValueError("metadata checksum mismatch")
+        return json.loads(meta_text)
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"cache file {path} has an unreadable header ({type(exc).__name__}: {exc})") from exc
+
+
+def _describe(path: Path) -> str:
+    try:
+        meta = artifact_meta(path)
+    except (ArtifactError, FileNotFoundError) as exc:
+        return f"unreadable header ({type(exc.__cause__ or exc).__name__})"
+
+    def shown(value: Any) -> Any:  # per-epoch and per-iteration logs are too long for a listing
+        if isinstance(value, dict):
+            return {k: shown(v) for k, v in value.items() if k not in _HIDDEN_META}
+        return value
+
+    text = json.dumps(shown(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= 400 else text[:399] + "…"
+
+
+def list_artifacts(directory: Path | None = None) -> list[ArtifactInfo]:
+    """Every artifact and every leftover temporary file in the cache, newest first."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    rows = []
+    for path in directory.iterdir():
+        if not path.is_file() or path.name == ".gitkeep":
+            continue
+        if not (path.suffix == ".safetensors" or path.name.endswith(".tmp")):
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # renamed or deleted by another process meanwhile
+            continue
+        kind = artifact_kind(path.name)
+        parameters = "left by a process that stopped while writing" if kind == "partial write" else _describe(path)
+        rows.append(ArtifactInfo(path.name, kind, stat.st_size, stat.st_mtime, parameters))
+    return sorted(rows, key=lambda row: row.modified, reverse=True)
+
+
+def delete_artifacts(names: list[str], directory: Path | None = None) -> int:
+    """Delete cache files by name (never a path: a name with a separator is refused); returns how many went."""
+    directory = Path(directory) if directory is not None else cache_dir()
+    known = {row.name for row in list_artifacts(directory)}
+    deleted = 0
+    for name in names:
+        if name not in known or Path(name).name != name:
+            raise ConfigError(f"{name!r} is not a file in the cache {directory}")
+        try:
+            (directory / name).unlink()
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted

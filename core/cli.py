@@ -7,6 +7,7 @@ comes from the same core calls with the same parameters, so it can be reproduced
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -303,6 +304,15 @@ def defend_command(experiment, model: str, robustness) -> str:
     return " ".join(parts)
 
 
+def export_command(experiment, class_id: int, virelay_classes=None) -> str:
+    """The `python -m core export` invocation that writes the Export page's files."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core export", 1), f"--class {class_id}",
+             "--csv detections.csv --json experiment.json"]
+    if virelay_classes:
+        parts.append("--virelay poisonlab-virelay --virelay-classes " + " ".join(str(c) for c in sorted(set(virelay_classes))))
+    return " ".join(parts)
+
+
 def _add_defense_options(group) -> None:
     base = DefenseConfig()
     group.add_argument("--marginals", default=base.marginals, choices=("B6", "B4"), help="marginal set of the defense (default B6)")
@@ -337,6 +347,53 @@ def _cmd_download(args: argparse.Namespace, bar: _Bar) -> dict:
 
     root = download_official(args.dest, progress=bar)
     return {"gtsrb_dir": str(root), "hint": f"export GTSRB_DIR={root}"}
+
+
+def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
+    from pathlib import Path
+
+    from .data import load_gtsrb
+    from .export import detection_frame, experiment_json, experiment_record, export_virelay
+    from .relevance import check_class
+    from .spectral import SpectralConfig
+
+    if not (args.csv or args.json or args.virelay):
+        raise ConfigError("name at least one of --csv FILE, --json FILE or --virelay FOLDER")
+    config = experiment_from_args(args)
+    lrp = _lrp_from_args(args)
+    check_class(args.class_id)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    out = {"class": args.class_id}
+    frame = None
+    if args.csv or args.json:
+        frame = detection_frame(config, args.class_id, lrp, SpectralConfig(seed=args.cluster_seed), data=data, seed=args.cluster_seed, progress=bar)
+    if args.csv:
+        from .cache import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.csv), frame.to_csv(index=False).encode())
+        out["csv"] = {"path": args.csv, "rows": len(frame), "columns": list(frame.columns)}
+    if args.json:
+        from .cache import atomic_write_bytes
+
+        record = experiment_record(config, data, frame, args.class_id)
+        atomic_write_bytes(Path(args.json), experiment_json(record).encode())
+        out["json"] = {"path": args.json, "detection": record["detection"]["methods"]}
+    if args.virelay:
+        classes = args.virelay_classes or [args.class_id]
+        project = export_virelay(config, classes, args.virelay, lrp, SpectralConfig(seed=args.cluster_seed), data=data, progress=bar)
+        out["virelay"] = {"project": str(project), "classes": sorted(set(classes)), "open_with": f"virelay {project}"}
+    return out
+
+
+def _cmd_cache(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .cache import cache_dir, delete_artifacts, list_artifacts
+
+    if args.action == "delete":
+        if not args.names:
+            raise ConfigError("name the files to delete (see python -m core cache list)")
+        return {"deleted": delete_artifacts(args.names)}
+    rows = [dataclasses.asdict(row) for row in list_artifacts()]
+    return {"directory": str(cache_dir()), "bytes": sum(row["size"] for row in rows), "artifacts": rows}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,14 +488,32 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
     download.add_argument("--dest", required=True, help="folder to download and unpack into")
     download.add_argument("--quiet", action="store_true", help="no progress bar")
+    export = commands.add_parser("export", help="per-sample detection results (CSV), the experiment and its metrics (JSON), a ViRelAy project (HDF5)",
+                                 description="CSV: one row per training image of the class with its poison truth and every detection method's "
+                                 "flag and score (GW k-means when cached). JSON: configuration, model metrics, detection scores. "
+                                 "ViRelAy: project.yaml with data set, LRP attribution and spectral-analysis HDF5 files; open it with `virelay project.yaml`.")
+    export.add_argument("--csv", help="write the per-sample detection table here")
+    export.add_argument("--json", help="write the experiment, its metrics and the detection scores here")
+    export.add_argument("--virelay", help="write a ViRelAy project into this new folder")
+    export.add_argument("--virelay-classes", type=int, nargs="+", help="classes in the ViRelAy project (default: --class)")
+    export.add_argument("--cluster-seed", type=int, default=0, help="seed of the clusterings (default 0)")
+    _add_lrp_options(export)
+    _add_experiment_options(export)
+    _add_data_options(export)
+    cache = commands.add_parser("cache", help="list the cached artifacts (kind, size, age, parameters) or delete some by name",
+                                description="The files in cache/ (or $POISONLAB_CACHE), read from their headers only; "
+                                "'delete' removes the named files, which are recomputed when next needed.")
+    cache.add_argument("action", choices=("list", "delete"))
+    cache.add_argument("names", nargs="*", help="with delete: file names as listed")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    bar = _Bar(enabled=not args.quiet and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
+    bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
-               "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download}[args.command]
+               "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
+               "cache": _cmd_cache, "export": _cmd_export}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:

@@ -104,9 +104,13 @@ def gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceCo
     return heatmaps, subset, distances.numpy()
 
 
-def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,
-                    progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, object]]:
-    """Activation clustering, spectral signatures and raw-image clustering on the class."""
+BASELINES = ("activation clustering", "spectral signatures", "raw images")
+
+
+def baseline_detections(experiment, class_id: int, data=None, seed: int = 0,
+                        progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, object]]:
+    """Per-sample flags and suspicion scores of activation clustering, spectral signatures and
+    raw-image clustering on the class, in the order of the class's training images."""
     from .data import load_gtsrb
     from .experiment import poisoned_data, train_or_load
 
@@ -115,19 +119,27 @@ def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,
     trained = train_or_load(experiment, data, progress=progress)
     train = poisoned_data(data, experiment).train
     index = (train.labels == class_id).nonzero().flatten()
-    truth = train.poison_mask[index].numpy()
     images = train.images[index]
     activations = penultimate_activations(trained.model, images)
+    methods = {"activation clustering": lambda: activation_clustering(activations, seed),
+               "spectral signatures": lambda: spectral_signatures(activations, seed),
+               "raw images": lambda: raw_image_clustering(images, seed)}
     results = {}
-    methods = (("activation clustering", lambda: activation_clustering(activations, seed)),
-               ("spectral signatures", lambda: spectral_signatures(activations, seed)),
-               ("raw images", lambda: raw_image_clustering(images, seed)))
-    for step, (name, method) in enumerate(methods, start=1):
+    for step, name in enumerate(BASELINES, start=1):
         started = time.perf_counter()
-        flagged, score = method()
-        results[name] = {**score_detection(truth, flagged, score).as_dict(), "seconds": round(time.perf_counter() - started, 3)}
+        flagged, score = methods[name]()
+        results[name] = {"flagged": flagged, "score": score, "truth": train.poison_mask[index].numpy(),
+                         "seconds": round(time.perf_counter() - started, 3)}
         report(progress, "baselines", step, len(methods), name)
     return results
+
+
+def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,
+                    progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, object]]:
+    """Activation clustering, spectral signatures and raw-image clustering on the class, scored."""
+    detections = baseline_detections(experiment, class_id, data, seed, progress)
+    return {name: {**score_detection(d["truth"], d["flagged"], d["score"]).as_dict(), "seconds": d["seconds"]}
+            for name, d in detections.items()}
 
 
 def spectral_summary(result: SpectralResult, score: DetectionScore, seconds: float) -> Dict[str, object]:

@@ -184,10 +184,16 @@ def train_or_load(
 ) -> TrainedModel:
     """The trained model of `config` with its metrics; trains and caches it when needed."""
     data = data if data is not None else load_gtsrb(progress=progress)
-    if use_cache:
+    if not use_cache:
+        return _train(config, data, progress, use_cache)
+    from .jobs import artifact_lock
+
+    with artifact_lock(model_path(data, config).name):  # another process may be training the same model
         cached = load_trained(data, config)
-        if cached is not None:
-            return cached
+        return cached if cached is not None else _train(config, data, progress, use_cache)
+
+
+def _train(config: ExperimentConfig, data: GTSRB, progress: Optional[ProgressCallback], use_cache: bool) -> TrainedModel:
     poisoned = poisoned_data(data, config)
     torch.manual_seed(config.train.seed)
     model = build_model(config.train.architecture)

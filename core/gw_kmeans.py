@@ -304,6 +304,19 @@ def _load(path, config: GWConfig) -> GWResult:
     return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"], meta["seconds"], meta["converged"])
 
 
+def cached_gw(experiment, class_id: int, lrp, config: GWConfig, data) -> Optional[GWResult]:
+    """The class's GW k-means result if it is in the cache, else None (nothing is computed)."""
+    from .errors import ArtifactError
+    from .experiment import model_path
+    from .relevance import check_class, heatmaps_path
+
+    path = detection_path(heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name, config)
+    try:
+        return _load(path, config)
+    except (FileNotFoundError, ArtifactError, KeyError, TypeError, ValueError):
+        return None
+
+
 def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, progress: Optional[ProgressCallback] = None,
                   use_cache: bool = True):
     """GW k-means on the heatmaps of `class_id` in `experiment`, cached per (heatmaps, config).

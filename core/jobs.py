@@ -5,6 +5,10 @@ training must not run on it. A job runs on the single worker thread of this proc
 is keyed by the artifact it produces (asking twice for the same key joins the running
 job instead of starting another), and keeps its latest progress for anyone to poll.
 
+Across processes (two servers, or a server and the CLI's `python -m core`, sharing one
+cache) a job holds a file lock named after its key while it runs; a second process asking
+for the same artifact waits for the lock and then finds the artifact in the cache.
+
 The worker is a daemon thread: a server that is told to stop must not wait for a
 half-done training run (whatever it had written is either complete or in a temporary
 file). Cancelling is cooperative: every long computation reports progress, and the
@@ -13,6 +17,7 @@ next report after `cancel` raises `Cancelled` inside the job.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
@@ -20,6 +25,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from filelock import FileLock, Timeout
+
+from .cache import cache_dir
 from .errors import PoisonLabError
 from .progress import Progress
 
@@ -46,6 +54,32 @@ class Job:
 
 
 Work = Callable[[Callable[[Progress], None]], Any]
+
+
+def artifact_lock(key: str) -> FileLock:
+    """The inter-process lock of the computation of `key` (a file under cache/.locks).
+
+    One lock object per file in this process, re-entrant in the thread that holds it, so a
+    job and the core function it calls can both lock the same artifact.
+    """
+    return FileLock(_lock_file(key), is_singleton=True)
+
+
+def _lock_file(key: str):
+    directory = cache_dir() / ".locks"
+    directory.mkdir(exist_ok=True)
+    return directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+
+
+def locked_elsewhere(key: str) -> bool:
+    """True while a job holds the lock of `key`, in any process (this one included)."""
+    lock = FileLock(_lock_file(key))  # its own file descriptor, so a holder in this process counts too
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 class JobRunner:
@@ -121,8 +155,20 @@ class JobRunner:
                 raise Cancelled(f"{job.title} was cancelled")
             job.progress = event
 
+        lock = artifact_lock(job.key)
         try:
-            job.result = work(on_progress)
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                on_progress(Progress(job.title, 0, 0, "waiting: another process is computing this"))
+                try:
+                    lock.acquire(cancel_check=lambda: job.cancel_requested)
+                except Timeout:
+                    raise Cancelled(f"{job.title} was cancelled") from None
+            try:
+                job.result = work(on_progress)
+            finally:
+                lock.release()
             job.state = "done"
         except Cancelled as exc:
             job.error, job.state = str(exc), "cancelled"

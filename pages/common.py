@@ -11,6 +11,7 @@ from core.data import ENV_VAR, GTSRB, NotCached, load_gtsrb
 from core.errors import ConfigError, PoisonLabError
 from core.experiment import ExperimentConfig
 from core.jobs import RUNNER, Job
+from pages.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
 _VIA_APP = "page_run_by_app"
@@ -59,9 +60,7 @@ def set_active_experiment(config: ExperimentConfig) -> None:
 
 
 def _write_query(config: ExperimentConfig) -> None:
-    query = config.to_query()
-    if st.query_params.to_dict() != query:
-        st.query_params.from_dict(query)
+    write_experiment_query(config.to_query())
 
 
 @st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
@@ -140,6 +139,24 @@ def settle_job(key: str, label: str, note: str) -> None:
         st.rerun()
 
 
+def job_result(key: str, title: str, work, note: str, button: str):
+    """The finished job's result; otherwise the running job's progress, or a start button.
+    Never stops the script, so the rest of the page (other tabs, other sections) still renders."""
+    job = RUNNER.get(key)
+    if job is not None and job.state == "done":
+        return job.result
+    if job is not None and job.active:
+        follow_job(key, note)
+        return None
+    if job is not None:
+        (st.info if job.state == "cancelled" else st.error)(f"{title} {job.state}: {job.error}")
+        RUNNER.forget(key)
+    if st.button(button, key=f"button:{key}"):
+        RUNNER.submit(key, title, work)
+        st.rerun()
+    return None
+
+
 def follow_job(key: str, note: str) -> None:
     """Poll a job's progress every second; rerun the page when it ends."""
 
@@ -153,7 +170,11 @@ def follow_job(key: str, note: str) -> None:
         event = job.progress
         fraction = event.fraction if event else 0.0
         text = f"{job.title}: {event.message}" if event and event.message else f"{job.title}: starting…"
-        st.progress(fraction, text=text)
+        left, right = st.columns([6, 1], vertical_alignment="bottom")
+        left.progress(fraction, text=text)
+        if right.button("Cancel", key=f"cancel:{key}", disabled=job.cancel_requested,
+                        help="Stops the job at its next progress step; nothing partial is kept."):
+            RUNNER.cancel(key)
         if note:
             st.caption(note)
 

@@ -20,9 +20,10 @@ from core.evasion import ATTACKS, AttackConfig
 from core.experiment import load_trained, model_path, train_or_load
 from core.inspection import VERSIONS, inspect, sensitivity_grid
 from core.jobs import RUNNER
-from core.robustness import RobustnessConfig, cached_table, robustness_table
-from pages.common import active_experiment, data_or_stop, follow_job, run_through_app, settle_job
+from core.robustness import RobustnessConfig, cached_table, robustness_table, table_path
+from pages.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
 from pages.tiles import diverging_rgb, enlarge
+from pages.url_state import Choice, Number, remember_view, restore_view
 
 VERSION_TITLES = {"clean": "clean", "attacked": "attacked", "barycenter": "barycenter of the attacked image",
                   "clean_barycenter": "barycenter of the clean image"}
@@ -39,12 +40,11 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
         name = st.selectbox("Attack", list(ATTACKS), format_func=ATTACKS.get, key="df_attack",
                             help="BPDA is the adaptive attack: PGD through the defense, with the barycenter's gradient taken as the identity.")
         norm = AttackConfig(name=name).norm
-        default = 8.0 if norm == "linf" else 0.5
         if norm == "linf":
-            eps = st.number_input("Budget ε (L∞, in 1/255)", 0.5, 64.0, default, 0.5, key="df_eps_linf") / 255
+            eps = st.number_input("Budget ε (L∞, in 1/255)", 0.5, 64.0, step=0.5, key="df_eps_linf") / 255
         else:
-            eps = st.number_input("Budget ε (L2)", 0.05, 8.0, default, 0.05, key="df_eps_l2")
-        seed = st.number_input("Attack seed", 0, 2**31 - 1, 0, key="df_seed")
+            eps = st.number_input("Budget ε (L2)", 0.05, 8.0, step=0.05, key="df_eps_l2")
+        seed = st.number_input("Attack seed", 0, 2**31 - 1, key="df_seed")
         st.subheader("Defense")
         marginals = st.radio("Marginals", ["B6", "B4"], horizontal=True, key="df_marginals",
                              help="B6: the image, rotations by ±2° and ±3°, a 3-pixel shift. B4: the image, ±2°, the shift.")
@@ -88,8 +88,9 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     left, middle, right = st.columns([2, 1, 1])
     class_id = left.selectbox("Class", [None, *range(NUM_CLASSES)], key="df_class",
                               format_func=lambda c: "any class" if c is None else f"{c} · {CLASS_NAMES[c]}")
-    count = middle.number_input("How many", 1, 8, 4, key="df_count")
-    draw = right.number_input("Draw", 0, 10_000, 0, key="df_draw", help="Another number draws other images.")
+    count = middle.number_input("How many", 1, 8, key="df_count")
+    draw = right.number_input("Draw", 0, 10_000, key="df_draw", help="Another number draws other images.")
+    remember_view(VIEW)
     pool = torch.arange(len(data.test)) if class_id is None else torch.nonzero(data.test.labels == class_id).flatten()
     generator = torch.Generator().manual_seed(int(draw))
     index = pool[torch.randperm(len(pool), generator=generator)[: int(count)]].sort().values
@@ -156,37 +157,26 @@ def sensitivity_figure(grid, labels: int | None) -> go.Figure:
     return fig
 
 
-def job_result(key: str, title: str, work, note: str, button: str):
-    """The finished job's result; otherwise the running job's progress, or a start button.
-    Never stops the script, so the other tabs still render while a job runs."""
-    job = RUNNER.get(key)
-    if job is not None and job.state == "done":
-        return job.result
-    if job is not None and job.active:
-        follow_job(key, note)
-        return None
-    if job is not None:
-        st.error(f"{title} failed: {job.error}")
-        RUNNER.forget(key)
-    if st.button(button, key=f"button:{key}"):
-        RUNNER.submit(key, title, work)
-        st.rerun()
-    return None
-
-
 run_through_app()
 st.title("Defense")
 st.caption("Evasion attacks change a few pixel values so that the model misreads a sign. The barycentric defense (Subramanyam and Raj, "
            "ICIP 2022) replaces the input by the Wasserstein barycenter of its own slightly rotated and shifted copies, pulled towards "
            "the input, and classifies that instead. It needs no retraining.")
 experiment = active_experiment()
+VIEW = {"df_model": Choice(("poisoned", "clean"), "poisoned"), "df_attack": Choice(tuple(ATTACKS), next(iter(ATTACKS))),
+        "df_eps_linf": Number(0.5, 64.0, 8.0), "df_eps_l2": Number(0.05, 8.0, 0.5), "df_seed": Number(0, 2**31 - 1, 0, integer=True),
+        "df_marginals": Choice(("B6", "B4"), "B6"), "df_source": Choice(("test", "upload"), "test"),
+        "df_class": Choice((None, *range(NUM_CLASSES)), None), "df_count": Number(1, 8, 4, integer=True),
+        "df_draw": Number(0, 10_000, 0, integer=True)}
+restore_view(VIEW)
 model_choice, attack_config, defense = controls()
+remember_view(VIEW)
 data = data_or_stop()
 models = {"poisoned": experiment, "clean": replace(experiment, poison=replace(experiment.poison, fraction=0.0))}
 chosen_experiment = models[model_choice]
 trained = load_trained(data, chosen_experiment)
 if trained is None:
-    key = f"train:{model_path(data, chosen_experiment).name}"
+    key = model_path(data, chosen_experiment).name
     settle_job(key, "Training", "Training on two CPU cores takes about 3 minutes.")
     st.write(f"The {model_choice} model of this experiment is not trained yet.")
     if st.button("Train it", type="primary"):
@@ -231,7 +221,7 @@ with tab_table:
                    "(the sidebar's budget applies to its norm).")
     table = None if robustness is None else cached_table(trained.path.name, robustness)
     if table is None and robustness is not None:
-        key = f"table:{trained.path.name}:{hash(robustness)}"
+        key = table_path(trained.path.name, robustness).name
         table = job_result(key, "Robustness table", lambda progress: robustness_table(chosen_experiment, robustness, data, progress=progress),
                            "Every attack runs once on every image and is cached: about half an hour per 1,000 images on two cores "
                            "(Carlini–Wagner, AutoAttack and BPDA take longest).", f"Run the attacks on {count} images")

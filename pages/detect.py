@@ -22,6 +22,7 @@ from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb
+from pages.url_state import Choice, Number, remember_view, restore_view
 
 EPSILONS = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1]
 
@@ -80,14 +81,20 @@ st.caption("Each heatmap becomes a weighted point cloud (its most relevant pixel
            "clusters runs on these metric-measure spaces: entropic Gromov–Wasserstein distances to the centres, GW barycenters "
            "of 10 points as the centres, k-means++ seeding. The smaller cluster is flagged as poisoned (thesis section 6.5).")
 experiment = active_experiment()
+THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
+VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), "gw_rule": Choice(tuple(RULE_NAMES), "composite"),
+        "gw_threshold": Choice(THRESHOLDS, 0.99), "gw_eps": Choice(tuple(EPSILONS), 5e-4), "gw_iter": Number(1, 20, 10, integer=True),
+        "gw_seed": Number(0, 10_000, 0, integer=True)}
+restore_view(VIEW)
 with st.sidebar:
     st.subheader("Detect")
-    class_id = st.selectbox("Class", range(NUM_CLASSES), index=experiment.poison.target, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
     rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="gw_rule")
-    threshold = st.select_slider("Mass threshold t", [0.5, 0.9, 0.95, 0.99], value=0.99, key="gw_threshold")
-    epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, value=5e-4, format_func=lambda e: f"{e:g}", key="gw_eps")
-    max_iter = st.slider("k-means iterations at most", 1, 20, 10, key="gw_iter")
-    seed = st.number_input("Seed of the k-means++ seeding", 0, 10_000, 0, key="gw_seed")
+    threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold")
+    epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps")
+    max_iter = st.slider("k-means iterations at most", 1, 20, key="gw_iter")
+    seed = st.number_input("Seed of the k-means++ seeding", 0, 10_000, key="gw_seed")
+remember_view(VIEW)
 try:
     lrp = LRPConfig(rule=rule)
     config = GWConfig(threshold=threshold, epsilon=epsilon, epsilon_init=epsilon, max_iter=max_iter, seed=int(seed))
@@ -98,7 +105,8 @@ data = data_or_stop()
 trained = load_trained(data, experiment)
 if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
     st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
-    st.page_link("pages/heatmaps.py", label="Go to Heatmaps", icon=":material/blur_on:")
+    st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {rule})", icon=":material/blur_on:",
+                 query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": rule})
     st.stop()
 heatmaps_file = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
 path = detection_path(heatmaps_file, config)

@@ -16,6 +16,7 @@ from core.pointcloud import point_cloud
 from core.poison import sticker_window
 from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
 from pages.common import active_experiment, run_through_app, data_or_stop, settle_job
+from pages.url_state import Choice, Number, remember_view, restore_view
 
 RULE_LABELS = {
     "composite": "Composite: z^B first layer, γ convolutions, ε dense",
@@ -27,14 +28,26 @@ SQUARE = dict(scaleanchor="x", autorange="reversed", constrain="domain", showtic
 AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
 
 
-def lrp_controls(default_class: int) -> tuple[int, LRPConfig]:
+def view_fields(default_class: int) -> dict:
+    """The view's selections that a link carries (see pages/url_state.py)."""
+    return {"hm_class": Choice(tuple(range(NUM_CLASSES)), default_class), "hm_rule": Choice(tuple(RULE_NAMES), "composite"),
+            "hm_eps": Number(0.0, 100.0, 0.25), "hm_gamma": Number(0.0, 100.0, 0.25),
+            "hm_target": Choice(("label", "prediction"), "label"), "hm_filter": Choice(("all", "poisoned", "clean"), "all"),
+            "hm_sort": Choice(SORT_ORDERS, SORT_ORDERS[0]), "hm_position": Number(1, 100_000, 1, integer=True),
+            "hm_t1": Number(0.05, 1.0, 0.99), "hm_t2": Number(0.05, 1.0, 0.5)}
+
+
+SORT_ORDERS = ("lowest first", "highest first", "training index")
+
+
+def lrp_controls() -> tuple[int, LRPConfig]:
     with st.sidebar:
         st.subheader("Explain")
-        class_id = st.selectbox("Class", range(NUM_CLASSES), index=default_class, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
+        class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
         rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key="hm_rule")
-        epsilon = st.number_input("ε (dense layers / ε rule)", 0.0, 100.0, 0.25, 0.05, format="%.3f", key="hm_eps",
+        epsilon = st.number_input("ε (dense layers / ε rule)", 0.0, 100.0, step=0.05, format="%.3f", key="hm_eps",
                                   disabled=rule not in ("composite", "epsilon"))
-        gamma = st.number_input("γ (convolutions / γ rule)", 0.0, 100.0, 0.25, 0.05, format="%.3f", key="hm_gamma",
+        gamma = st.number_input("γ (convolutions / γ rule)", 0.0, 100.0, step=0.05, format="%.3f", key="hm_gamma",
                                 disabled=rule not in ("composite", "gamma"))
         target = st.radio("Explain the logit of", ["label", "prediction"], key="hm_target", horizontal=True,
                           format_func={"label": "the image's label", "prediction": "the predicted class"}.get)
@@ -133,7 +146,10 @@ st.caption("Layer-wise relevance propagation (LRP) shows which pixels made the m
            "Poisoned samples should light up at the sticker; the point clouds keep the most relevant pixels for the "
            "Gromov–Wasserstein detection.")
 experiment = active_experiment()
-class_id, lrp = lrp_controls(experiment.poison.target)
+VIEW = view_fields(experiment.poison.target)
+restore_view(VIEW)
+class_id, lrp = lrp_controls()
+remember_view(VIEW)
 data = data_or_stop()
 key = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
 
@@ -176,7 +192,7 @@ st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 st.subheader("One sample")
 left, middle, right = st.columns([1, 1, 2])
 which = left.radio("Show", ["all", "poisoned", "clean"], horizontal=True, key="hm_filter")
-order = middle.selectbox("Sort by model confidence", ["lowest first", "highest first", "training index"], key="hm_sort")
+order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort")
 mask = heatmaps.poison_mask.numpy()
 candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
 if len(candidates) == 0:
@@ -187,7 +203,8 @@ if order == "lowest first":
     candidates = candidates[np.argsort(confidence, kind="stable")]
 elif order == "highest first":
     candidates = candidates[np.argsort(-confidence, kind="stable")]
-position = right.slider("Sample", 1, len(candidates), 1, key="hm_position") if len(candidates) > 1 else 1
+st.session_state["hm_position"] = min(int(st.session_state.get("hm_position", 1)), len(candidates))  # a linked position may exceed this filter's count
+position = right.slider("Sample", 1, len(candidates), key="hm_position") if len(candidates) > 1 else 1
 chosen = int(candidates[min(position, len(candidates)) - 1])
 index = int(heatmaps.indices[chosen])
 from core.experiment import poisoned_data  # noqa: E402
@@ -202,6 +219,7 @@ st.caption(
 )
 st.plotly_chart(sample_figure(image, heat, window), width="stretch")
 t1, t2 = st.columns(2)
-first = t1.slider("Mass threshold t (left cloud)", 0.05, 1.0, 0.99, 0.01, key="hm_t1")
-second = t2.slider("Mass threshold t (right cloud)", 0.05, 1.0, 0.5, 0.01, key="hm_t2")
+first = t1.slider("Mass threshold t (left cloud)", 0.05, 1.0, step=0.01, key="hm_t1")
+second = t2.slider("Mass threshold t (right cloud)", 0.05, 1.0, step=0.01, key="hm_t2")
+remember_view(VIEW)
 st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")

@@ -15,6 +15,7 @@ from core.jobs import RUNNER
 from core.poison import PoisonConfig
 from core.train import TrainConfig
 from pages.common import active_experiment, run_through_app, data_or_stop, follow_job, set_active_experiment
+from pages.url_state import restore_view
 
 THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
 GRID_COLUMNS = 8
@@ -129,6 +130,7 @@ st.title("Poison")
 st.caption("Stick a small square on images of one class and relabel them as another (thesis, section 3.1); "
            "train the network on the poisoned data and measure how often the sticker flips its decision.")
 config = active_experiment()
+restore_view({})  # the experiment is the whole view
 attack_form(config)
 data = data_or_stop()
 try:

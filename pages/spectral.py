@@ -21,6 +21,7 @@ from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
+from pages.url_state import Choice, Number, remember_view, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
@@ -77,16 +78,22 @@ st.caption("Spectral relevance analysis (SpRAy; thesis sections 6.3 and 7): a k-
            "normalised heatmaps, the eigenvalues of its normalised Laplacian (a gap after the k-th hints at k groups), "
            "and spectral clustering. The smaller cluster is flagged as poisoned and scored against the truth.")
 experiment = active_experiment()
+VIEW = {"sp_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), "sp_rule": Choice(tuple(RULE_NAMES), "composite"),
+        "sp_k": Number(2, 50, 10, integer=True), "sp_clusters": Number(2, 8, 2, integer=True),
+        "sp_distance": Choice(("euclidean", "gw"), "euclidean"), "sp_embedding": Choice(tuple(EMBEDDING_LABELS), "spectral"),
+        "sp_colour": Choice(("cluster", "ground truth"), "cluster")}
+restore_view(VIEW)
 with st.sidebar:
     st.subheader("Analyse")
-    class_id = st.selectbox("Class", range(NUM_CLASSES), index=experiment.poison.target, format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
     rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="sp_rule")
-    k = st.slider("Neighbours k of the kNN graph", 2, 50, 10, key="sp_k")
-    clusters = st.slider("Number of clusters", 2, 8, 2, key="sp_clusters")
+    k = st.slider("Neighbours k of the kNN graph", 2, 50, key="sp_k")
+    clusters = st.slider("Number of clusters", 2, 8, key="sp_clusters")
     distance_kind = st.radio("Distances between heatmaps", ["euclidean", "gw"], key="sp_distance",
                              format_func={"euclidean": "Euclidean (every sample)", "gw": "Gromov–Wasserstein (random subset)"}.get,
                              help="GW compares the heatmaps' point clouds up to rotation and translation; every pair is a GW problem, "
                                   "so it runs on a random subset of the class, on heatmaps pooled to an 8×8 grid.")
+remember_view(VIEW)
 try:
     lrp = LRPConfig(rule=rule)
     spectral_config = SpectralConfig(k_neighbors=k, n_clusters=clusters)
@@ -97,7 +104,8 @@ data = data_or_stop()
 trained = load_trained(data, experiment)
 if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
     st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
-    st.page_link("pages/heatmaps.py", label="Go to Heatmaps", icon=":material/blur_on:")
+    st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {rule})", icon=":material/blur_on:",
+                 query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": rule})
     st.stop()
 train = poisoned_data(data, experiment).train
 heatmaps = class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
@@ -146,6 +154,7 @@ if experiment == ExperimentConfig() and class_id == experiment.poison.target and
 
 method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
 colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
+remember_view(VIEW)
 coords = embedding(distance_key, method, spectral_config, features, result)
 indices = heatmaps.indices.numpy()[members]
 hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"

@@ -89,3 +89,24 @@ def small_victim(gtsrb):
     right = torch.nonzero(predict(model, images) == labels).flatten()[:16]
     assert len(right) == 16
     return model, images[right], labels[right]
+
+
+@pytest.fixture(scope="session")
+def virelay_python() -> Path:
+    """The interpreter of a private venv holding the ViRelAy viewer (PyPI `virelay`), built on
+    first use: its pins (pillow < 11) clash with ours, so it cannot share our venv."""
+    import subprocess
+    import sys
+
+    venv = Path(__file__).resolve().parent.parent / ".venv-virelay"
+    python = venv / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import virelay"], capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "virelay==0.6.1"], capture_output=True, text=True, timeout=1200)
+    if installed.returncode != 0:
+        message = f"virelay could not be installed: {installed.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python

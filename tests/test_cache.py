@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import core.cache
+import core.errors
 import core.models
 from core.cache import canonical_json, config_hash, load_artifact, save_artifact, tensors_checksum
 from core.errors import ArtifactError
@@ -258,3 +259,73 @@ def test_config_hash_is_the_same_in_another_process():
 def test_canonical_json_is_sorted_and_compact():
     text = canonical_json({"b": 1, "a": (1, 2)})
     assert text == '{"a":[1,2],"b":1}'
+
+
+WRITER = """
+import sys, torch
+from core.cache import save_artifact
+path, = sys.argv[1:]
+version = 0
+while True:  # a large artifact rewritten forever, each version filled with its own number
+    version += 1
+    save_artifact(path, {"data": torch.full((4_000_000,), float(version))}, {"version": version})
+    print(version, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_never_leaves_a_partial_artifact_to_read(tmp_path):
+    """SIGKILL a process that keeps rewriting a 16 MB artifact while this one keeps reading it:
+    every read is a whole, verified version; the leftover temporary files are listed as
+    partial writes and can be deleted, and the artifact itself still loads."""
+    import signal
+    import time
+
+    from core.cache import delete_artifacts, list_artifacts
+
+    path = tmp_path / "model-test-0123456789abcdef.safetensors"
+    reads = 0
+    for kill_after in (0.3, 0.7, 1.1, 1.6):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip()  # at least one version is complete
+        deadline = time.time() + kill_after
+        while time.time() < deadline:
+            tensors, meta = load_artifact(path)  # never ArtifactError: a reader sees the old file or the new one
+            assert torch.equal(tensors["data"], torch.full((4_000_000,), float(meta["version"])))
+            reads += 1
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        tensors, meta = load_artifact(path)
+        assert torch.equal(tensors["data"], torch.full((4_000_000,), float(meta["version"])))
+    assert reads > 10
+    rows = list_artifacts(tmp_path)
+    assert [row.name for row in rows if row.complete] == [path.name]
+    partial = [row.name for row in rows if not row.complete]
+    assert all(name.startswith(f".{path.name}.") and name.endswith(".tmp") for name in partial)
+    assert delete_artifacts(partial, tmp_path) == len(partial)
+    assert [row.name for row in list_artifacts(tmp_path)] == [path.name]
+
+
+def test_the_cache_listing_describes_each_artifact_from_its_header(tmp_path):
+    from core.cache import artifact_kind, delete_artifacts, list_artifacts
+
+    save_artifact(tmp_path / "heatmaps-05-composite-ae06449635c2ab86.safetensors", sample_tensors(), META)
+    save_artifact(tmp_path / "gtsrb-27c30e838eabdc12.safetensors", sample_tensors(), {"root": "/data/gtsrb"})
+    (tmp_path / "model-thesis_net-0000000000000000.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "notes.txt").write_text("not ours")
+    rows = {row.name: row for row in list_artifacts(tmp_path)}
+    assert set(rows) == {"heatmaps-05-composite-ae06449635c2ab86.safetensors", "gtsrb-27c30e838eabdc12.safetensors",
+                         "model-thesis_net-0000000000000000.safetensors"}
+    heatmaps = rows["heatmaps-05-composite-ae06449635c2ab86.safetensors"]
+    assert heatmaps.kind == "heatmaps-05-composite" and heatmaps.complete
+    assert heatmaps.size == (tmp_path / heatmaps.name).stat().st_size
+    assert "clean_accuracy" in heatmaps.parameters and "history" not in heatmaps.parameters
+    assert rows["gtsrb-27c30e838eabdc12.safetensors"].parameters == '{"root":"/data/gtsrb"}'
+    assert rows["model-thesis_net-0000000000000000.safetensors"].parameters.startswith("unreadable header")
+    assert artifact_kind("adv-deepfool-linf-657c8086979c6c9c.safetensors") == "adv-deepfool-linf"
+    with pytest.raises(core.errors.ConfigError):
+        delete_artifacts(["notes.txt"], tmp_path)
+    with pytest.raises(core.errors.ConfigError):
+        delete_artifacts(["../gtsrb-27c30e838eabdc12.safetensors"], tmp_path)
+    assert delete_artifacts(["gtsrb-27c30e838eabdc12.safetensors"], tmp_path) == 1
+    assert not (tmp_path / "gtsrb-27c30e838eabdc12.safetensors").exists()
+    assert (tmp_path / "notes.txt").exists()

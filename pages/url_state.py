@@ -1,0 +1,119 @@
+"""A view's main selections in the URL, so that a copied link opens the same view.
+
+Each page declares its fields (widget key → what values it takes). Before its widgets (and
+after `active_experiment`, which puts the experiment in the URL) the page calls `restore_view`: a widget the session has not set yet takes its value from the
+URL (a copied link, or a link from another view), else from the session's memory of this
+view (the sidebar's page menu drops the URL's fields), else its default. After the widgets,
+`remember_view` writes the values back to the URL and to that memory (so a view survives a
+visit to another page). URL values are parsed as plain text against the declared options
+or ranges: a number is clamped into its range, an unknown option is dropped with a note;
+nothing from a URL is evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple, Union
+
+import streamlit as st
+
+from core.experiment import ExperimentConfig
+
+_MEMORY = "view_memory"
+EXPERIMENT_KEYS = frozenset(ExperimentConfig().to_query())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed list of options (compared by their text form)."""
+
+    options: Tuple[Any, ...]
+    default: Any
+
+    def parse(self, text: str) -> Any:
+        for option in self.options:
+            if str(option) == text:
+                return option
+        raise ValueError(f"{text[:40]!r} is not one of the choices")
+
+    def text(self, value: Any) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Number:
+    """A whole or real number, clamped into [low, high]; `step` rounds it onto the widget's grid."""
+
+    low: float
+    high: float
+    default: float
+    integer: bool = False
+
+    def parse(self, text: str) -> Union[int, float]:
+        if len(text) > 40:
+            raise ValueError("too long for a number")
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
+        value = min(max(value, self.low), self.high)
+        return int(round(value)) if self.integer else float(value)
+
+    def text(self, value: Any) -> str:
+        return str(int(value)) if self.integer else repr(float(value))
+
+
+Field = Union[Choice, Number]
+
+
+def parse_view(spec: Mapping[str, Field], query: Mapping[str, str]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Values of the fields present in `query`, and the problems of those that could not be used."""
+    values, problems = {}, {}
+    for key, field in spec.items():
+        if key not in query:
+            continue
+        try:
+            values[key] = field.parse(str(query[key]))
+        except ValueError as exc:
+            problems[key] = str(exc)
+    return values, problems
+
+
+def restore_view(spec: Mapping[str, Field]) -> None:
+    """Before the page's widgets (after `active_experiment`): give each declared widget its
+    remembered, linked or default value, and drop other views' fields from the URL."""
+    for key in list(st.query_params):
+        if key not in EXPERIMENT_KEYS and key not in spec:
+            del st.query_params[key]
+    memory = st.session_state.setdefault(_MEMORY, {})
+    linked, problems = parse_view(spec, {k: st.query_params[k] for k in st.query_params if k in spec})
+    for key, field in spec.items():
+        if key in st.session_state:
+            continue
+        if key in linked:
+            st.session_state[key] = linked[key]
+        elif key in memory:
+            st.session_state[key] = memory[key]
+        else:
+            st.session_state[key] = field.default
+    if problems:
+        st.caption("Ignored in the link: " + "; ".join(f"{k} ({v})" for k, v in problems.items()))
+
+
+def remember_view(spec: Mapping[str, Field]) -> None:
+    """After the widgets (call again after later widget groups): their values into the URL and memory."""
+    memory = st.session_state.setdefault(_MEMORY, {})
+    for key, field in spec.items():
+        if key in st.session_state:
+            value = st.session_state[key]
+            memory[key] = value
+            text = field.text(value)
+            if st.query_params.get(key) != text:
+                st.query_params[key] = text
+
+
+def write_experiment_query(query: Mapping[str, str]) -> None:
+    """Put the experiment's parameters in the URL, leaving the view's fields to `restore_view`."""
+    for key, text in query.items():
+        if st.query_params.get(key) != text:
+            st.query_params[key] = text

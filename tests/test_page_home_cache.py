@@ -1,0 +1,72 @@
+"""AppTest of the home page (the pipeline's state for the active experiment) and of the cache view."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from core.cache import save_artifact
+from core.experiment import ExperimentConfig, model_path, train_or_load
+
+from apptest import ROOT, open_page
+
+SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+
+
+def step_states(at) -> dict:
+    """Step name → its state badge text, from the home page's step cards."""
+    states = {}
+    for block in at.markdown:
+        text = block.value
+        if text.startswith("**") and ". " in text and "-badge[" in text:
+            name = text.split(". ", 1)[1].split("**", 1)[0]
+            states[name] = text.split("-badge[", 1)[1].rstrip("]").split(": ")[-1]
+    return states
+
+
+def test_home_shows_where_the_experiment_stands(seeded_cache, gtsrb):
+    config = ExperimentConfig.from_query(SMALL)
+    at = open_page("app.py", SMALL)
+    states = step_states(at)
+    assert list(states) == ["Poison", "Train", "Explain", "Cluster", "Detect", "Defend"]
+    assert states["Train"] == "not yet computed" and states["Explain"] == "not yet computed"
+    parameters = {row["parameter"]: row["value"] for row in at.dataframe[0].value.to_dict("records")}
+    assert parameters["training subset (0: all)"] == "3000" or parameters["training subset (0: all)"] == 3000
+
+    # Another process (a second server or the CLI) holds the model's lock: the step is running.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from core.jobs import artifact_lock; lock = artifact_lock(sys.argv[1]); "
+         "lock.acquire(); print('held', flush=True); time.sleep(60)", model_path(gtsrb, config).name],
+        cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        at.run()
+        assert step_states(at)["Train"] == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+
+    trained = train_or_load(config, gtsrb)
+    at.run()
+    states = step_states(at)
+    assert states["Train"] == "cached"
+    accuracy = f"clean accuracy {100 * trained.metrics['clean_accuracy']:.1f} %"
+    assert any(accuracy in caption.value for caption in at.caption)
+    links = [link.proto.page for link in at.get("page_link")]
+    assert "pages/poison.py" in " ".join(links) or links  # every step links to its view
+
+
+def test_cache_view_lists_the_artifacts_by_kind(seeded_cache):
+    import torch
+
+    save_artifact(seeded_cache / "heatmaps-05-composite-0123456789abcdef.safetensors", {"heatmaps": torch.zeros(3, 32, 32)},
+                  {"class_id": 5, "config": {"rule": "composite"}})
+    (seeded_cache / ".model-x-0123456789abcdef.safetensors.abc.tmp").write_bytes(b"half")
+    at = open_page("pages/cache.py")
+    files = at.dataframe[0].value["file"].tolist()
+    assert "heatmaps-05-composite-0123456789abcdef.safetensors" in files
+    assert any(name.startswith("gtsrb-") for name in files)
+    assert {m.label: m.value for m in at.metric}["Partial writes"] == "1"
+    at.multiselect(key="cache_kinds").set_value(["heatmaps"]).run()
+    assert at.dataframe[0].value["file"].tolist() == ["heatmaps-05-composite-0123456789abcdef.safetensors"]

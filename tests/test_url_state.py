@@ -1,0 +1,60 @@
+"""A view's selections in the URL: parsing is strict and clamped, and a link restores the view."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pages.url_state import EXPERIMENT_KEYS, Choice, Number, parse_view
+
+from apptest import open_page
+
+SPEC = {"class": Choice(tuple(range(43)), 5), "rule": Choice(("composite", "epsilon"), "composite"),
+        "k": Number(2, 50, 10, integer=True), "t": Number(0.05, 1.0, 0.99), "cls": Choice((None, 1, 2), None)}
+
+
+def test_numbers_are_clamped_and_choices_must_match_exactly():
+    values, problems = parse_view(SPEC, {"class": "2", "rule": "epsilon", "k": "500", "t": "-3", "cls": "None", "other": "x"})
+    assert values == {"class": 2, "rule": "epsilon", "k": 50, "t": 0.05, "cls": None} and not problems
+    values, problems = parse_view(SPEC, {"class": "43", "rule": "__import__('os')", "k": "nan", "t": "1e999", "cls": "2.0"})
+    assert values == {} and set(problems) == {"class", "rule", "k", "t", "cls"}
+    assert parse_view(SPEC, {"k": "7.6"})[0] == {"k": 8}
+    assert parse_view(SPEC, {"k": "9" * 100})[1]  # refused, not parsed into a huge integer
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(SPEC)), st.text(max_size=60)))
+def test_any_text_in_the_url_gives_an_allowed_value_or_a_problem_never_an_exception(query):
+    values, problems = parse_view(SPEC, query)
+    assert set(values) | set(problems) == set(query) and not set(values) & set(problems)
+    for key, value in values.items():
+        field = SPEC[key]
+        if isinstance(field, Choice):
+            assert value in field.options
+        else:
+            assert field.low <= value <= field.high and math.isfinite(value)
+            assert isinstance(value, int) == field.integer
+
+
+def test_a_link_restores_the_spectral_view_and_clamps_what_is_out_of_range(seeded_cache):
+    query = {"pp": "0.2", "sp_class": "2", "sp_k": "500", "sp_clusters": "3", "sp_rule": "bogus", "hm_class": "7"}
+    at = open_page("pages/spectral.py", query)
+    assert at.session_state["sp_class"] == 2 and at.session_state["sp_k"] == 50 and at.session_state["sp_clusters"] == 3
+    assert at.session_state["sp_rule"] == "composite"
+    assert any("Ignored in the link: sp_rule" in caption.value for caption in at.caption)
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["sp_k"] == "50" and params["sp_class"] == "2" and params["pp"] == "0.2"
+    assert "hm_class" not in params  # another view's field is dropped
+    assert set(params) <= EXPERIMENT_KEYS | {"sp_class", "sp_rule", "sp_k", "sp_clusters", "sp_distance", "sp_embedding", "sp_colour"}
+
+
+def test_a_link_restores_the_heatmaps_and_defense_views(seeded_cache):
+    at = open_page("pages/heatmaps.py", {"hm_class": "2", "hm_rule": "epsilon", "hm_t1": "0.5"})
+    assert (at.session_state["hm_class"], at.session_state["hm_rule"], at.session_state["hm_t1"]) == (2, "epsilon", 0.5)
+    assert at.selectbox(key="hm_class").value == 2
+    at = open_page("pages/defense.py", {"df_attack": "cw-l2", "df_eps_l2": "0.25", "df_class": "14", "df_count": "99"})
+    assert at.selectbox(key="df_attack").value == "cw-l2"
+    assert at.number_input(key="df_eps_l2").value == 0.25
+    assert at.session_state["df_count"] == 8 and at.session_state["df_class"] == 14
