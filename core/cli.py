@@ -150,12 +150,12 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
     lrp = _lrp_from_args(args)
     spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
     check_class(args.class_id)
-    if args.distance == "gw":
-        from .compare import GWDistanceConfig, gw_distances
-        from .detection import flag_smaller_cluster, score_detection
-        from .spectral import analyse, fiedler_score
+    from .compare import GWDistanceConfig, gw_distances
+    from .detection import flag_smaller_cluster, score_detection
+    from .spectral import analyse, fiedler_score
 
-        gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
+    # validated even with Euclidean distances: a wrong option is reported, not silently ignored
+    gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     started = time.perf_counter()
     if args.distance == "gw":
@@ -257,9 +257,9 @@ def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
             raise ConfigError(f"cannot read {args.image}: {exc.strerror}") from exc
         images, labels = torch.from_numpy(decode_upload(content)).permute(2, 0, 1)[None].float() / 255, None
     else:
-        index = torch.tensor(args.test_index)
-        if bool(((index < 0) | (index >= len(data.test))).any()):
+        if any(not 0 <= i < len(data.test) for i in args.test_index):
             raise ConfigError(f"test indices must be in 0 … {len(data.test) - 1}, got {args.test_index}")
+        index = torch.tensor(args.test_index)
         images, labels = data.test.images[index].float() / 255, data.test.labels[index]
     trained = train_or_load(_models(args)[args.model], data, progress=bar, use_cache=not args.no_cache)
     result = inspect(trained.model, images, labels, attack_config, defense, progress=bar)
@@ -362,11 +362,14 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
     config = experiment_from_args(args)
     lrp = _lrp_from_args(args)
     check_class(args.class_id)
+    spectral = SpectralConfig(seed=args.cluster_seed)
+    for class_id in args.virelay_classes or []:
+        check_class(class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     out = {"class": args.class_id}
     frame = None
     if args.csv or args.json:
-        frame = detection_frame(config, args.class_id, lrp, SpectralConfig(seed=args.cluster_seed), data=data, seed=args.cluster_seed, progress=bar)
+        frame = detection_frame(config, args.class_id, lrp, spectral, data=data, seed=args.cluster_seed, progress=bar)
     if args.csv:
         from .cache import atomic_write_bytes
 
@@ -380,7 +383,7 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
         out["json"] = {"path": args.json, "detection": record["detection"]["methods"]}
     if args.virelay:
         classes = args.virelay_classes or [args.class_id]
-        project = export_virelay(config, classes, args.virelay, lrp, SpectralConfig(seed=args.cluster_seed), data=data, progress=bar)
+        project = export_virelay(config, classes, args.virelay, lrp, spectral, data=data, progress=bar)
         out["virelay"] = {"project": str(project), "classes": sorted(set(classes)), "open_with": f"virelay {project}"}
     return out
 

@@ -75,7 +75,7 @@ class DefenseConfig:
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.marginals not in MARGINAL_SETS:
+        if not isinstance(self.marginals, str) or self.marginals not in MARGINAL_SETS:
             raise ConfigError(f"marginals must be one of {sorted(MARGINAL_SETS)}, got {self.marginals!r}")
         for name, low, high in (("gamma", 1e-4, 100.0), ("theta", 1e-6, 1e12), ("tau", 1e-6, 100.0), ("cost_unit", 1e-4, 100.0)):
             value = getattr(self, name)

@@ -58,7 +58,7 @@ class AttackConfig:
     batch_size: int = 128
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACKS:
+        if not isinstance(self.name, str) or self.name not in ATTACKS:
             raise ConfigError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
         if self.eps is not None and (isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real)
                                      or not math.isfinite(self.eps) or not 0 < self.eps <= 32):

@@ -125,7 +125,8 @@ def export_virelay(experiment: ExperimentConfig, class_ids: Sequence[int], direc
     uint8 channels-first; attributions are our LRP heatmaps, spread evenly over the three
     colour channels so their channel sum is the heatmap; predictions are the model's logits.
     Each class's analysis has the spectral embedding (eigenvalues attached), t-SNE, the
-    spectral clustering, the poison truth and, if cached, the GW k-means clusters.
+    spectral clustering, the poison truth and, if cached for every exported class, the GW
+    k-means clusters.
     """
     import h5py
 
@@ -157,6 +158,9 @@ def export_virelay(experiment: ExperimentConfig, class_ids: Sequence[int], direc
         if gw_result is not None:
             clusters["gw-kmeans"] = gw_result.assignments
         per_class.append((class_id, heatmaps, result, coordinates, clusters))
+    # ViRelAy offers the clusterings of the first class for all: keep only those every class has
+    shared = set.intersection(*(set(clusters) for *_, clusters in per_class))
+    per_class = [(c, h, r, e, {name: v for name, v in clusters.items() if name in shared}) for c, h, r, e, clusters in per_class]
 
     indices = torch.cat([heatmaps.indices for _, heatmaps, *_ in per_class])
     images = train.images[indices]

@@ -77,8 +77,8 @@ class PoisonConfig:
         if not 0 <= fraction < 1:
             raise ConfigError(f"poison fraction must satisfy 0 <= pp < 1, got {fraction}")
         object.__setattr__(self, "fraction", float(fraction))
-        if _integer("seed", self.seed) < 0:
-            raise ConfigError(f"poison seed must be a whole number >= 0, got {self.seed!r}")
+        if not 0 <= _integer("seed", self.seed) <= 2**63 - 1:
+            raise ConfigError(f"poison seed must be a whole number in 0 … 2^63 − 1, got {self.seed!r}")
 
     def poison_count(self, target_count: int) -> int:
         """n = round(pp * |target| / (1 - pp)): poisoned samples make up pp of the target class."""

@@ -38,8 +38,8 @@ class RobustnessConfig:
     def __post_init__(self) -> None:
         if isinstance(self.images, bool) or not isinstance(self.images, numbers.Integral) or not 1 <= self.images <= 20_000:
             raise ConfigError(f"images must be a whole number in 1 … 20000, got {self.images!r}")
-        attacks = tuple(self.attacks)
-        if not attacks or any(a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
+        attacks = tuple(self.attacks) if isinstance(self.attacks, (list, tuple)) else ()
+        if not attacks or any(not isinstance(a, str) or a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
             raise ConfigError(f"attacks must be distinct names among {', '.join(ATTACKS)}, got {self.attacks!r}")
         object.__setattr__(self, "attacks", attacks)
         for name in ("eps_linf", "eps_l2"):

@@ -33,10 +33,10 @@ class SpectralConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, low in (("k_neighbors", 1), ("n_eigenvalues", 2), ("n_clusters", 2), ("seed", 0)):
+        for name, low, high in (("k_neighbors", 1, 10**6), ("n_eigenvalues", 2, 10**6), ("n_clusters", 2, 10**6), ("seed", 0, 2**32 - 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
         for name, low, high in (("max_epochs", 1, 1000), ("patience", 1, 1000), ("batch_size", 1, 65536), ("subset", 0, 10**8), ("seed", 0, 2**63 - 1)):
             value = getattr(self, name)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.compare import GWDistanceConfig
 from core.defense import DefenseConfig
-from core.errors import ConfigError, PoisonLabError
+from core.errors import ConfigError
 from core.evasion import AttackConfig
 from core.experiment import ExperimentConfig
 from core.gw_kmeans import GWConfig
@@ -33,7 +31,6 @@ NASTY = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.lists(st.integers(-5, 300), max_size=4),
     st.sampled_from([-1, 0, 1, 2**31, 2**63, -(2**63), 1e-300, 1e300, float("nan"), float("inf"), -float("inf"), "", "5", [], {}, ()]),
 )
-CALLS = {"configs": 0, "accepted": 0, "refused": 0}
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,14 +38,11 @@ CALLS = {"configs": 0, "accepted": 0, "refused": 0}
 def test_every_config_field_refuses_bad_values_with_a_config_error(kind, data):
     field = data.draw(st.sampled_from([f for f in dataclasses.fields(kind)]), label="field")
     value = data.draw(NASTY, label="value")
-    CALLS["configs"] += 1
     try:
         config = kind(**{field.name: value})
     except ConfigError as exc:
-        CALLS["refused"] += 1
         assert str(exc) and "Traceback" not in str(exc)
         return
-    CALLS["accepted"] += 1
     # Accepted: then the value must really be usable, i.e. hash and print like a config.
     from core.cache import config_hash
 
@@ -88,7 +82,6 @@ OPTIONS = {
     "inspect": ["--test-index", "--eps", "--attack-seed", "--iterations", "--theta"],
     "export": ["--class", "--virelay-classes", "--cluster-seed"],
 }
-ALLOWED = {("train", "--poison-seed", "1e400"), }  # placeholder: none are allowed; kept to document the rule
 
 
 def cli_cases():
@@ -127,6 +120,6 @@ def test_cli_refuses_every_bad_number_before_computing_anything(seeded_cache, mo
         assert code == 2, (command, option, value, code, err)
         assert "Traceback" not in err and err.strip(), (command, option, value, err)
         assert out == ""
-    assert not accepted, accepted
+    assert not accepted, "\n".join(map(str, accepted))
     assert sorted(p.name for p in seeded_cache.iterdir()) == before
     assert len(cases) >= 300

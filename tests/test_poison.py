@@ -175,7 +175,8 @@ def test_poison_count_formula():
         ({"target": 5.0}, r"target must be a whole number, got 5.0"),
         ({"x_range": (16.0, 17)}, r"x window must be a whole number"),
         ({"seed": 0.5}, r"seed must be a whole number"),
-        ({"seed": -1}, r"seed must be a whole number >= 0, got -1"),
+        ({"seed": -1}, r"seed must be a whole number in 0 … 2\^63 − 1, got -1"),
+        ({"seed": 2**64}, r"seed must be a whole number in 0 … 2\^63 − 1"),
     ],
 )
 def test_invalid_config_is_a_config_error(kwargs, message):
