@@ -11,6 +11,19 @@ STATE_BADGES = {"cached": ":green-badge[:material/check: cached]", "running": ":
                 "ready": ":blue-badge[:material/bolt: ready]", "not yet computed": ":gray-badge[not yet computed]"}
 
 
+STATE_COLOURS = {"cached": "#bbf7d0", "running": "#fed7aa", "ready": "#bfdbfe", "not yet computed": "#e5e7eb"}
+
+
+def pipeline_diagram(steps) -> str:
+    """The steps as a left-to-right graph, each box coloured by its state (Graphviz DOT)."""
+    nodes = "\n".join(f'  s{i} [label="{i + 1}. {step.name}\\n{step.state}", fillcolor="{STATE_COLOURS[step.state]}"];'
+                      for i, step in enumerate(steps))
+    edges = " -> ".join(f"s{i}" for i in range(len(steps)))
+    return ("digraph pipeline {\n  rankdir=LR; bgcolor=transparent;\n"
+            '  node [shape=box, style="rounded,filled", fontname="sans-serif", fontsize=11, color="#9ca3af"];\n'
+            f"{nodes}\n  {edges};\n}}")
+
+
 def home() -> None:
     from core.pipeline import pipeline_status
     from pages.common import active_experiment, data_or_stop
@@ -28,13 +41,15 @@ def home() -> None:
     data = data_or_stop()
     st.subheader("The pipeline for the active experiment")
     steps = pipeline_status(config, data)
-    columns = st.columns(len(steps))
-    for number, (column, step) in enumerate(zip(columns, steps), start=1):
-        with column.container(border=True, height=230):
-            st.markdown(f"**{number}. {step.name}**  \n{STATE_BADGES[step.state]}")
-            st.caption(step.detail)
-            st.page_link(PAGES[step.page], label=f"Open {PAGES[step.page].title}", icon=":material/arrow_forward:",
-                         query_params=config.to_query())
+    st.graphviz_chart(pipeline_diagram(steps), width="content")
+    for row in (steps[:3], steps[3:]):
+        for column, step in zip(st.columns(3), row):
+            number = steps.index(step) + 1
+            with column.container(border=True):
+                st.markdown(f"**{number}. {step.name}**  \n{STATE_BADGES[step.state]}")
+                st.caption(step.detail)
+                st.page_link(PAGES[step.page], label=f"Open {PAGES[step.page].title}", icon=":material/arrow_forward:",
+                             query_params=config.to_query())
     st.caption("cached: on disk, shown at once · running: a job is computing it (here, in another session or another "
                "process) · ready: computed on the page from cached inputs · not yet computed: its page has the button. "
                "The steps use each view's default settings for the target class.")
@@ -49,7 +64,7 @@ def home() -> None:
             ("architecture", t.architecture), ("epochs at most", t.max_epochs), ("early-stopping patience", t.patience),
             ("batch size", t.batch_size), ("learning rate", t.learning_rate), ("weight decay", t.weight_decay),
             ("augmentation", t.augment), ("training subset (0: all)", t.subset), ("training seed", t.seed)]],
-        hide_index=True, width=520)
+        hide_index=True, width=520, height=35 * 18 + 3)
     st.caption("Change it on the Poison page; the link in the address bar carries it, so a copied link opens the same experiment.")
     st.page_link(EXPORT, label="Take the results away: CSV, JSON and a ViRelAy project", icon=":material/download:",
                  query_params=config.to_query())

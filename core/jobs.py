@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -149,6 +150,8 @@ class JobRunner:
             job.state, job.error, job.finished = "cancelled", "cancelled before it started", time.time()
             return
         job.state = "running"
+        sys.stderr.write(f"[poisonlab] job started: {job.title} ({job.key})\n")  # the server's log: one line per computation
+        sys.stderr.flush()
 
         def on_progress(event: Progress) -> None:
             if job.cancel_requested:

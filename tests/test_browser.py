@@ -7,6 +7,7 @@ navigation (not Streamlit's classic `pages/` listing), and that the Plotly figur
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
 GW_QUICK = GWConfig(threshold=0.5, epsilon=0.05, epsilon_init=0.05, max_iter=2)
+SERVER = {}  # the module server's cache folder and log file
+SCREENSHOTS = Path(os.environ.get("POISONLAB_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "screenshots"
 
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
@@ -60,9 +63,11 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
         else:
             os.environ["POISONLAB_CACHE"] = previous
     port = free_port()
+    SERVER["cache"], SERVER["log"] = cache, cache.parent / "server.log"
+    log = open(SERVER["log"], "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -71,7 +76,7 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
             urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
             break
         except OSError:
-            assert process.poll() is None, process.stdout.read().decode()
+            assert process.poll() is None, SERVER["log"].read_text()
             assert time.time() < deadline, "streamlit did not start"
             time.sleep(0.3)
     yield url
@@ -81,6 +86,7 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
     except subprocess.TimeoutExpired:  # a script still inside a long torch call; the tests asked nothing of its shutdown
         process.kill()
         process.wait()
+    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -239,4 +245,159 @@ def test_defense_page_attacks_purifies_and_explains(server, browser, tmp_path):
     page.get_by_role("tab", name="Attack and purify").click()
     page.get_by_role("button", name="Attack and purify").click(timeout=30_000)
     expect(page.get_by_text("true class: unknown")).to_be_visible(timeout=60_000)
+    assert page.get_by_test_id("stException").count() == 0
+
+
+PAGES = {  # url path → text that shows the page has rendered its main content
+    "": "The pipeline for the active experiment",
+    "poison": "Attack success rate",
+    "heatmaps": "Images of the class",
+    "spectral": "Eigengap suggests",
+    "detect": "Mass threshold t",
+    "defense": "Attack and purify",
+    "export": "Score every method on the class",
+    "cache": "Partial writes",
+}
+
+
+def test_every_page_loads_without_an_exception_and_is_screenshotted(server, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    for path, ready in PAGES.items():
+        page.goto(f"{server}/{path}?{urlencode(SMALL)}")
+        expect(page.get_by_text(ready).first).to_be_visible(timeout=90_000)
+        page.wait_for_timeout(1500)  # let the charts draw
+        page.screenshot(path=str(SCREENSHOTS / f"{path or 'home'}.png"), full_page=True)
+        assert page.get_by_test_id("stException").count() == 0, path
+        nav = page.get_by_test_id("stSidebarNav")
+        for title in ("Home", "Poison", "Heatmaps", "Spectral", "GW detection", "Defense", "Export", "Cache"):
+            expect(nav).to_contain_text(title)
+    assert sorted(p.name for p in SCREENSHOTS.glob("*.png")) == sorted(f"{p or 'home'}.png" for p in PAGES)
+
+
+def test_home_shows_each_steps_state_and_links_into_its_view(server, browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 1400})
+    page.goto(f"{server}/?{urlencode(SMALL)}")
+    expect(page.get_by_text("The pipeline for the active experiment")).to_be_visible(timeout=60_000)
+    for step in ("1. Poison", "2. Train", "3. Explain", "4. Cluster", "5. Detect", "6. Defend"):
+        expect(page.get_by_text(step)).to_be_visible()
+    expect(page.get_by_text("cached").first).to_be_visible()  # the small experiment's model and heatmaps
+    expect(page.get_by_text("not yet computed").first).to_be_visible()  # its AA/BA table
+    page.get_by_role("link", name="Open Heatmaps").click()
+    expect(page.get_by_text("Images of the class")).to_be_visible(timeout=60_000)
+    assert "/heatmaps" in page.url and "subset=3000" in page.url
+
+
+def test_poison_and_heatmaps_pages_change_what_they_show(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/poison?{urlencode(SMALL)}")
+    grid = page.locator(".js-plotly-plot").first
+    expect(grid).to_contain_text("Training samples before", timeout=60_000)
+    before = grid.inner_text()
+    page.get_by_role("button", name="Show other samples").click()
+    expect(grid).not_to_have_text(before, timeout=30_000)
+    page.goto(f"{server}/heatmaps?{urlencode(SMALL)}")
+    caption = page.get_by_text("Training image #")
+    expect(caption).to_be_visible(timeout=60_000)
+    first = caption.inner_text()
+    slider = page.get_by_role("slider", name="Sample")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    expect(caption).not_to_have_text(first, timeout=30_000)
+    assert "hm_position=2" in page.url
+
+
+def test_a_copied_link_restores_the_view_in_a_new_browser(server, browser):
+    first = browser.new_context(viewport={"width": 1400, "height": 1600})
+    page = first.new_page()
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    clusters = page.get_by_test_id("stSidebar").get_by_role("slider", name="Number of clusters")
+    clusters.focus()
+    page.keyboard.press("ArrowRight")
+    expect(clusters).to_have_attribute("aria-valuetext", "3")
+    page.wait_for_function("() => window.location.search.includes('sp_clusters=3')", timeout=30_000)
+    page.get_by_text("ground truth", exact=True).click()
+    page.wait_for_function("() => window.location.search.includes('sp_colour=ground+truth')", timeout=30_000)
+    link = page.url
+    first.close()
+    second = browser.new_context(viewport={"width": 1400, "height": 1600})  # a new browser: no session, no cookies
+    page = second.new_page()
+    page.goto(link)
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stSidebar").get_by_role("slider", name="Number of clusters")).to_have_attribute("aria-valuetext", "3")
+    expect(page.get_by_role("radio", name="ground truth")).to_be_checked()
+    assert "subset=3000" in page.url
+    second.close()
+
+
+def test_two_browsers_asking_for_the_same_uncomputed_artifact_start_one_job(server, browser):
+    query = urlencode({**SMALL, "hm_class": "1"})  # class 1's heatmaps are not computed yet
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1400}) for _ in range(2)]
+    pages = [context.new_page() for context in contexts]
+    for page in pages:
+        page.goto(f"{server}/heatmaps?{query}")
+        expect(page.get_by_role("button", name="Compute heatmaps")).to_be_visible(timeout=60_000)
+    for page in pages:  # both ask, one right after the other
+        page.get_by_role("button", name="Compute heatmaps").click()
+    for page in pages:
+        expect(page.get_by_text("Images of the class")).to_be_visible(timeout=120_000)
+        assert page.get_by_test_id("stException").count() == 0
+    started = [line for line in SERVER["log"].read_text().splitlines() if "job started: LRP heatmaps (heatmaps-01-" in line]
+    assert len(started) == 1, started
+    for context in contexts:
+        context.close()
+
+
+def test_export_page_downloads_the_detection_csv_and_the_experiment_json(server, browser, tmp_path):
+    import json
+
+    import pandas as pd
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{server}/export?{urlencode(SMALL)}")
+    page.get_by_role("button", name="Score every method on the class").click(timeout=60_000)
+    csv_button = page.get_by_role("button", name=re.compile(r"Download the \d+ rows as CSV"))
+    expect(csv_button).to_be_visible(timeout=120_000)
+    with page.expect_download() as download:
+        csv_button.click()
+    download.value.save_as(tmp_path / "detections.csv")
+    frame = pd.read_csv(tmp_path / "detections.csv")
+    assert {"train_index", "poisoned", "lrp_spectral_flag", "lrp_spectral_score", "activation_clustering_flag"} <= set(frame.columns)
+    assert len(frame) > 100 and set(frame["poisoned"].unique()) == {0, 1}
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the experiment as JSON").click()
+    download.value.save_as(tmp_path / "experiment.json")
+    record = json.loads((tmp_path / "experiment.json").read_text())
+    assert record["query"]["subset"] == "3000" and record["detection"]["samples"] == len(frame)
+    expect(page.get_by_text("python -m core export").first).to_be_visible()
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_cache_page_filters_and_deletes_artifacts(server, browser):
+    import torch
+
+    from core.cache import save_artifact
+
+    junk = SERVER["cache"] / "adv-fgsm-00000000deadbeef.safetensors"
+    save_artifact(junk, {"images": torch.zeros(2, 3, 32, 32)}, {"attack": {"name": "fgsm"}})
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(f"{server}/cache?{urlencode(SMALL)}")
+    expect(page.get_by_text("Partial writes")).to_be_visible(timeout=60_000)
+    files = page.get_by_test_id("stMetric").filter(has_text="Files")
+    total = files.inner_text()
+    kinds = page.get_by_test_id("stMultiSelect")
+    for kind in ("gtsrb", "heatmaps", "model", "gw"):
+        kinds.get_by_role("button", name=f"Remove {kind}").click()
+        page.wait_for_timeout(300)
+    expect(files).not_to_have_text(total, timeout=30_000)
+    expect(files).to_contain_text("1 of")
+    grid = page.get_by_test_id("stDataFrame")
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the first row's selection box
+    expect(page.get_by_text("1 selected")).to_be_visible(timeout=30_000)
+    page.get_by_text("Yes, delete them").click()
+    page.get_by_role("button", name="Delete the selected files").click()
+    expect(files).to_contain_text("0 of", timeout=30_000)
+    assert not junk.exists()
     assert page.get_by_test_id("stException").count() == 0
