@@ -9,11 +9,14 @@ artifact under the final name.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
@@ -123,11 +126,19 @@ def load_artifact(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     return tensors, {**meta, "checksum": expected}
 
 
+DAMAGED: "collections.deque[Tuple[float, str]]" = collections.deque(maxlen=100)
+"""(time, file name) of every damaged artifact this process removed, newest last, for the app to report."""
+
+
 def discard(path: Path) -> None:
+    """Remove a damaged or partial artifact so that it is recomputed, and record that it happened."""
+    path = Path(path)
     try:
-        Path(path).unlink()
+        path.unlink()
     except FileNotFoundError:
-        pass
+        return
+    DAMAGED.append((time.time(), path.name))
+    sys.stderr.write(f"[poisonlab] {path.name} in the cache was damaged or incomplete; removed, it will be recomputed\n")
 
 
 @dataclasses.dataclass(frozen=True)

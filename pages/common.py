@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional
 
 import streamlit as st
@@ -39,8 +40,22 @@ def run_through_app() -> None:
         st.rerun()
 
 
+def report_damaged_artifacts() -> None:
+    """A damaged cache file is removed and recomputed, never shown: say so once per session."""
+    from core.cache import DAMAGED
+
+    seen = st.session_state.setdefault("damaged_seen", time.time())
+    for when, name in list(DAMAGED):
+        if when > seen:
+            st.warning(f"The cached file {name} was damaged or incomplete. It was removed and is recomputed when needed.",
+                       icon=":material/healing:")
+            seen = when
+    st.session_state["damaged_seen"] = seen
+
+
 def active_experiment() -> ExperimentConfig:
     """The session's experiment; on a fresh session, the one in the URL (or the thesis defaults)."""
+    report_damaged_artifacts()
     if _EXPERIMENT not in st.session_state:
         config = ExperimentConfig()
         if st.query_params:

@@ -279,8 +279,10 @@ def test_home_shows_each_steps_state_and_links_into_its_view(server, browser):
     page = browser.new_page(viewport={"width": 1600, "height": 1400})
     page.goto(f"{server}/?{urlencode(SMALL)}")
     expect(page.get_by_text("The pipeline for the active experiment")).to_be_visible(timeout=60_000)
+    diagram = page.get_by_test_id("stGraphVizChart")
     for step in ("1. Poison", "2. Train", "3. Explain", "4. Cluster", "5. Detect", "6. Defend"):
-        expect(page.get_by_text(step)).to_be_visible()
+        expect(page.get_by_role("strong").filter(has_text=step)).to_be_visible()
+        expect(diagram).to_contain_text(step)
     expect(page.get_by_text("cached").first).to_be_visible()  # the small experiment's model and heatmaps
     expect(page.get_by_text("not yet computed").first).to_be_visible()  # its AA/BA table
     page.get_by_role("link", name="Open Heatmaps").click()
@@ -379,17 +381,19 @@ def test_cache_page_filters_and_deletes_artifacts(server, browser):
 
     from core.cache import save_artifact
 
-    junk = SERVER["cache"] / "adv-fgsm-00000000deadbeef.safetensors"
-    save_artifact(junk, {"images": torch.zeros(2, 3, 32, 32)}, {"attack": {"name": "fgsm"}})
+    junk = SERVER["cache"] / "zzjunk-00000000deadbeef.safetensors"
+    save_artifact(junk, {"images": torch.zeros(2, 3, 32, 32)}, {"note": "made by the test"})
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
     page.goto(f"{server}/cache?{urlencode(SMALL)}")
     expect(page.get_by_text("Partial writes")).to_be_visible(timeout=60_000)
     files = page.get_by_test_id("stMetric").filter(has_text="Files")
     total = files.inner_text()
     kinds = page.get_by_test_id("stMultiSelect")
-    for kind in ("gtsrb", "heatmaps", "model", "gw"):
-        kinds.get_by_role("button", name=f"Remove {kind}").click()
-        page.wait_for_timeout(300)
+    kinds.get_by_role("button", name="Clear all").click()
+    expect(files).to_contain_text("0 of", timeout=30_000)
+    kinds.locator("input").fill("zzjunk")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")  # close the option list, which covers the table
     expect(files).not_to_have_text(total, timeout=30_000)
     expect(files).to_contain_text("1 of")
     grid = page.get_by_test_id("stDataFrame")

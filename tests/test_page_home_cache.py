@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
-from core.cache import save_artifact
+import torch
+
+from core.cache import load_artifact, save_artifact
 from core.experiment import ExperimentConfig, model_path, train_or_load
 
 from apptest import ROOT, open_page
@@ -70,3 +72,22 @@ def test_cache_view_lists_the_artifacts_by_kind(seeded_cache):
     assert {m.label: m.value for m in at.metric}["Partial writes"] == "1"
     at.multiselect(key="cache_kinds").set_value(["heatmaps"]).run()
     assert at.dataframe[0].value["file"].tolist() == ["heatmaps-05-composite-0123456789abcdef.safetensors"]
+
+
+def test_a_damaged_artifact_is_reported_and_recomputed_never_shown(seeded_cache, gtsrb):
+    from core.relevance import LRPConfig, experiment_heatmaps, heatmaps_path
+
+    config = ExperimentConfig.from_query(SMALL)
+    experiment_heatmaps(config, 5, LRPConfig(), gtsrb)
+    path = heatmaps_path(model_path(gtsrb, config).name, 5, LRPConfig())
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle of the tensors
+    path.write_bytes(bytes(data))
+    at = open_page("pages/heatmaps.py", SMALL)  # reads the file, finds it damaged, recomputes the class's heatmaps
+    at.run()
+    assert any(path.name in w.value and "damaged" in w.value for w in at.warning)
+    tensors, _ = load_artifact(path)  # the file on disk is whole again
+    fresh = experiment_heatmaps(config, 5, LRPConfig(), gtsrb, use_cache=False)
+    assert torch.allclose(tensors["heatmaps"], fresh.heatmaps, atol=1e-5)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Images of the class"] == f"{len(fresh):,}"
