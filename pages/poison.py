@@ -166,7 +166,10 @@ trained = load_trained(data, config)
 key = model_path(data, config).name
 job = RUNNER.get(key)
 if trained is None and job is not None and job.state in ("failed", "cancelled"):
-    st.error(f"Training failed: {job.error}")
+    if job.state == "cancelled":
+        st.info(f"{job.error}.")
+    else:
+        st.error(f"Training failed: {job.error}")
     RUNNER.forget(key)
     job = None
 if trained is None:

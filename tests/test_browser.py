@@ -405,3 +405,19 @@ def test_cache_page_filters_and_deletes_artifacts(server, browser):
     expect(files).to_contain_text("0 of", timeout=30_000)
     assert not junk.exists()
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_a_running_training_can_be_cancelled_and_leaves_nothing_behind(server, browser, gtsrb):
+    query = {**SMALL, "seed": "11", "epochs": "30", "patience": "30"}  # an experiment nobody trained yet
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{server}/poison?{urlencode(query)}")
+    page.get_by_role("button", name="Train model").click(timeout=60_000)
+    expect(page.get_by_test_id("stProgress")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_text("Training was cancelled")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Train model")).to_be_visible(timeout=30_000)
+    from core.experiment import model_path
+
+    assert model_path(gtsrb, ExperimentConfig.from_query(query)).name not in {p.name for p in SERVER["cache"].iterdir()}
+    assert not [p for p in SERVER["cache"].iterdir() if p.name.endswith(".tmp")]
+    assert page.get_by_test_id("stException").count() == 0

@@ -83,6 +83,9 @@ def test_a_damaged_artifact_is_reported_and_recomputed_never_shown(seeded_cache,
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped bit in the middle of the tensors
     path.write_bytes(bytes(data))
+    import streamlit
+
+    streamlit.cache_resource.clear()  # earlier tests of this process may hold these heatmaps in memory
     at = open_page("pages/heatmaps.py", SMALL)  # reads the file, finds it damaged, recomputes the class's heatmaps
     at.run()
     assert any(path.name in w.value and "damaged" in w.value for w in at.warning)
