@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import ArtifactError, ConfigError
@@ -112,9 +113,12 @@ def load_artifact(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        # One read through one open file: safetensors' safe_open maps the tensors by opening the
+        # path a second time, so a rename in between (another process storing a new version)
+        # would pair one version's header with the next one's tensors.
+        data = path.read_bytes()
+        header = _header(data[:8], memoryview(data)[8:])
+        tensors = load_safetensors_bytes(data)
         meta_text = header[_META_KEY]
         meta_ok = hashlib.sha256(meta_text.encode()).hexdigest() == header[_META_CHECKSUM_KEY]
         meta = json.loads(meta_text)
@@ -168,11 +172,23 @@ def artifact_kind(name: str) -> str:
     return head if head and all(c in "0123456789abcdef" for c in tail) else stem
 
 
+def _header(length: bytes, rest) -> Dict[str, str]:
+    """The `__metadata__` of a safetensors file, given its first 8 bytes and what follows."""
+    if len(length) != 8:
+        raise ValueError("shorter than a safetensors header")
+    size = int.from_bytes(length, "little")
+    if size > len(rest) or size > 100_000_000:
+        raise ValueError("header length beyond the end of the file")
+    return json.loads(bytes(rest[:size])).get("__metadata__") or {}
+
+
 def artifact_meta(path: Path) -> Dict[str, Any]:
     """An artifact's metadata from its header alone (checked against its checksum; tensors unread)."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
+        with open(path, "rb") as handle:
+            length = handle.read(8)
+            size = int.from_bytes(length, "little") if len(length) == 8 else 0
+            header = _header(length, handle.read(min(size, 100_000_000)))
         meta_text = header[_META_KEY]
         if hashlib.sha256(meta_text.encode()).hexdigest() != header[_META_CHECKSUM_KEY]:
             raise ValueError("metadata checksum mismatch")

@@ -40,6 +40,13 @@ def run_through_app() -> None:
         st.rerun()
 
 
+def view_links(experiment: ExperimentConfig, links) -> None:
+    """Links to the next views, carrying the experiment and the selections they share with this one."""
+    st.divider()
+    for column, (path, label, icon, fields) in zip(st.columns(len(links)), links):
+        column.page_link(path, label=label, icon=icon, query_params={**experiment.to_query(), **{k: str(v) for k, v in fields.items()}})
+
+
 def report_damaged_artifacts() -> None:
     """A damaged cache file is removed and recomputed, never shown: say so once per session."""
     from core.cache import DAMAGED

@@ -19,7 +19,7 @@ from core.jobs import RUNNER
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig
 from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
+from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb
 from pages.url_state import Choice, Number, remember_view, restore_view
@@ -170,3 +170,8 @@ command = train_command(experiment).replace(
     f"--max-iter {max_iter} --cluster-seed {int(seed)}")
 st.caption("Reproduce these numbers on the command line:")
 st.code(command, language="bash")
+view_links(experiment, [
+    ("pages/spectral.py", f"Class {class_id} by spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, "sp_rule": rule}),
+    ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
+    ("pages/defense.py", "Attack the model: the barycentric defense", ":material/shield:", {}),
+])

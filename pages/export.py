@@ -42,7 +42,7 @@ if frame is not None:
     right.download_button("Download the experiment as JSON", experiment_json(record), file_name="experiment.json",
                           mime="application/json", icon=":material/data_object:")
     st.caption("Columns: train_index (position in the poisoned training split), poisoned (truth), and per method a flag "
-               "(1: flagged as poisoned) and a suspicion score (higher: more suspicious). GW k-means appears once its result "
+               "(1: flagged as poisoned) and a suspicion score (higher: more suspicious). GW k-means appears once its result with the default settings "
                "is computed on the GW detection page.")
 
 st.subheader("ViRelAy project")

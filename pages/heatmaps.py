@@ -15,7 +15,7 @@ from core.jobs import RUNNER
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
 from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
-from pages.common import active_experiment, run_through_app, data_or_stop, settle_job
+from pages.common import active_experiment, run_through_app, data_or_stop, settle_job, view_links
 from pages.url_state import Choice, Number, remember_view, restore_view
 
 RULE_LABELS = {
@@ -223,3 +223,8 @@ first = t1.slider("Mass threshold t (left cloud)", 0.05, 1.0, step=0.01, key="hm
 second = t2.slider("Mass threshold t (right cloud)", 0.05, 1.0, step=0.01, key="hm_t2")
 remember_view(VIEW)
 st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
+view_links(experiment, [
+    ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, "sp_rule": lrp.rule}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, "gw_rule": lrp.rule}),
+    ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
+])

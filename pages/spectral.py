@@ -18,7 +18,7 @@ from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job
+from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb, enlarge
 from pages.url_state import Choice, Number, remember_view, restore_view
@@ -193,3 +193,8 @@ formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{
 st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")
 st.caption("TPR: share of poisoned samples flagged; TNR: share of clean samples kept; AUC from each method's continuous score. "
            "Reproduce with `python -m core spectral` and `python -m core baselines`.")
+view_links(experiment, [
+    ("pages/heatmaps.py", f"The heatmaps of class {class_id}", ":material/blur_on:", {"hm_class": class_id, "hm_rule": rule}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, "gw_rule": rule}),
+    ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
+])

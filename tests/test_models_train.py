@@ -308,7 +308,7 @@ def experiment_configs(draw):
     poison = PoisonConfig(
         source=source, target=draw(st.integers(0, 42).filter(lambda t: t != source)), size=size,
         color=draw(st.tuples(*[st.integers(0, 255)] * 3)), x_range=windows[0], y_range=windows[1],
-        fraction=draw(st.floats(0, 1, exclude_max=True)), seed=draw(st.integers(0, 2**64)),
+        fraction=draw(st.floats(0, 1, exclude_max=True)), seed=draw(st.integers(0, 2**63 - 1)),
     )
     train = TrainConfig(
         architecture=draw(st.sampled_from(sorted(ARCHITECTURES))), max_epochs=draw(st.integers(1, 1000)),
