@@ -47,7 +47,6 @@ def free_port() -> int:
 def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
     cache = tmp_path_factory.mktemp("browser-cache")
     os.link(gtsrb_cache_file, cache / gtsrb_cache_file.name)
-    env = {**os.environ, "POISONLAB_CACHE": str(cache)}
     previous = os.environ.get("POISONLAB_CACHE")
     os.environ["POISONLAB_CACHE"] = str(cache)
     try:  # the small experiment's model and heatmaps, so the page has something to show
@@ -62,24 +61,33 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
             os.environ.pop("POISONLAB_CACHE")
         else:
             os.environ["POISONLAB_CACHE"] = previous
-    port = free_port()
     SERVER["cache"], SERVER["log"] = cache, cache.parent / "server.log"
-    log = open(SERVER["log"], "wb")
+    process, url, log = start_server(cache, SERVER["log"])
+    yield url
+    stop_server(process, log)
+
+
+def start_server(cache: Path, log_path: Path):
+    """`streamlit run app.py` on a free port with `cache` as its cache; its output goes to `log_path`."""
+    port = free_port()
+    log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, env={**os.environ, "POISONLAB_CACHE": str(cache)}, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
             urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-            break
+            return process, url, log
         except OSError:
-            assert process.poll() is None, SERVER["log"].read_text()
+            assert process.poll() is None, log_path.read_text()
             assert time.time() < deadline, "streamlit did not start"
             time.sleep(0.3)
-    yield url
+
+
+def stop_server(process, log) -> None:
     process.terminate()
     try:
         process.wait(timeout=30)
@@ -421,3 +429,33 @@ def test_a_running_training_can_be_cancelled_and_leaves_nothing_behind(server, b
     assert model_path(gtsrb, ExperimentConfig.from_query(query)).name not in {p.name for p in SERVER["cache"].iterdir()}
     assert not [p for p in SERVER["cache"].iterdir() if p.name.endswith(".tmp")]
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_two_servers_sharing_the_cache_train_a_model_once(server, browser, gtsrb):
+    """A second server process (its own job runner) asks for a model the first is training:
+    it waits for the artifact's file lock, then loads the model instead of training it again."""
+    from core.experiment import model_path
+
+    query = {**SMALL, "seed": "21", "epochs": "4", "patience": "4"}
+    path = SERVER["cache"] / model_path(gtsrb, ExperimentConfig.from_query(query)).name
+    other, other_url, other_log = start_server(SERVER["cache"], SERVER["cache"].parent / "second-server.log")
+    try:
+        pages = [browser.new_page(viewport={"width": 1400, "height": 1600}) for _ in range(2)]
+        for page, url in zip(pages, (server, other_url)):
+            page.goto(f"{url}/poison?{urlencode(query)}")
+            expect(page.get_by_role("button", name="Train model")).to_be_visible(timeout=60_000)
+        for page in pages:
+            page.get_by_role("button", name="Train model").click()
+        expect(pages[1].get_by_text("another process is computing this")).to_be_visible(timeout=60_000)
+        for page in pages:
+            expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=180_000)
+        written = path.stat().st_mtime_ns
+        times = [page.get_by_test_id("stMetric").filter(has_text="Training time").inner_text() for page in pages]
+        assert times[0] == times[1]  # the same training run, read from the same file
+        assert path.stat().st_mtime_ns == written
+        logs = [SERVER["log"].read_text(), (SERVER["cache"].parent / "second-server.log").read_text()]
+        assert all(f"job started: Training ({path.name})" in log for log in logs)  # each asked once; one trained
+        for page in pages:
+            assert page.get_by_test_id("stException").count() == 0
+    finally:
+        stop_server(other, other_log)
