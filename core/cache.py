@@ -237,10 +237,11 @@ def delete_artifacts(names: list[str], directory: Path | None = None) -> int:
     """Delete cache files by name (never a path: a name with a separator is refused); returns how many went."""
     directory = Path(directory) if directory is not None else cache_dir()
     known = {row.name for row in list_artifacts(directory)}
-    deleted = 0
-    for name in names:
+    for name in names:  # all checked before any is deleted
         if name not in known or Path(name).name != name:
             raise ConfigError(f"{name!r} is not a file in the cache {directory}")
+    deleted = 0
+    for name in names:
         try:
             (directory / name).unlink()
             deleted += 1

@@ -352,6 +352,7 @@ def _cmd_download(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
     from pathlib import Path
 
+    from .cache import atomic_write_bytes
     from .data import load_gtsrb
     from .export import detection_frame, experiment_json, experiment_record, export_virelay
     from .relevance import check_class
@@ -371,13 +372,9 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
     if args.csv or args.json:
         frame = detection_frame(config, args.class_id, lrp, spectral, data=data, seed=args.cluster_seed, progress=bar)
     if args.csv:
-        from .cache import atomic_write_bytes
-
         atomic_write_bytes(Path(args.csv), frame.to_csv(index=False).encode())
         out["csv"] = {"path": args.csv, "rows": len(frame), "columns": list(frame.columns)}
     if args.json:
-        from .cache import atomic_write_bytes
-
         record = experiment_record(config, data, frame, args.class_id)
         atomic_write_bytes(Path(args.json), experiment_json(record).encode())
         out["json"] = {"path": args.json, "detection": record["detection"]["methods"]}

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .cache import artifact_meta, atomic_write_bytes
-from .compare import BASELINES, baseline_detections, heatmap_spectral
+from .compare import baseline_detections, heatmap_spectral
 from .data import CLASS_NAMES, NUM_CLASSES, load_gtsrb
 from .detection import score_detection
 from .errors import ArtifactError, ConfigError
@@ -30,7 +30,7 @@ from .experiment import ExperimentConfig, model_path, poisoned_data, train_or_lo
 from .gw_kmeans import GWConfig, cached_gw
 from .pointcloud import normalised_mass
 from .progress import ProgressCallback, report
-from .relevance import LRPConfig, check_class, experiment_heatmaps, heatmaps_path
+from .relevance import LRPConfig, check_class
 from .spectral import SpectralConfig, embed_2d, fiedler_score
 
 ANALYSIS_METHOD = "spectral_analysis"  # ViRelAy maps "_" to "-" in URLs and back, so the name must not hold a "-"
@@ -148,8 +148,7 @@ def export_virelay(experiment: ExperimentConfig, class_ids: Sequence[int], direc
     per_class = []
     for step, class_id in enumerate(class_ids):
         report(progress, "export", step, len(class_ids), f"class {class_id}: heatmaps and spectral analysis")
-        heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress)
-        _, result, flagged, _ = heatmap_spectral(experiment, class_id, lrp, spectral, data)
+        heatmaps, result, _, _ = heatmap_spectral(experiment, class_id, lrp, spectral, data, progress=progress)
         features = normalised_mass(heatmaps.heatmaps).reshape(len(heatmaps), -1).numpy()
         coordinates = {name: embed_2d(features, name, spectral.seed, result) if name != "spectral" else result.embedding
                        for name in embeddings}

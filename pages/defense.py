@@ -86,12 +86,12 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
         labels = None if label is None else torch.tensor([label])
         return images, labels, upload.name, f"--image {upload.name}"
     left, middle, right = st.columns([2, 1, 1])
-    class_id = left.selectbox("Class", [None, *range(NUM_CLASSES)], key="df_class",
-                              format_func=lambda c: "any class" if c is None else f"{c} · {CLASS_NAMES[c]}")
+    class_id = left.selectbox("Class", ["any", *range(NUM_CLASSES)], key="df_class",  # not None: a None value shows as no choice
+                              format_func=lambda c: "any class" if c == "any" else f"{c} · {CLASS_NAMES[c]}")
     count = middle.number_input("How many", 1, 8, key="df_count")
     draw = right.number_input("Draw", 0, 10_000, key="df_draw", help="Another number draws other images.")
     remember_view(VIEW)
-    pool = torch.arange(len(data.test)) if class_id is None else torch.nonzero(data.test.labels == class_id).flatten()
+    pool = torch.arange(len(data.test)) if class_id == "any" else torch.nonzero(data.test.labels == class_id).flatten()
     generator = torch.Generator().manual_seed(int(draw))
     index = pool[torch.randperm(len(pool), generator=generator)[: int(count)]].sort().values
     positions = " ".join(str(int(i)) for i in index)
@@ -166,7 +166,7 @@ experiment = active_experiment()
 VIEW = {"df_model": Choice(("poisoned", "clean"), "poisoned"), "df_attack": Choice(tuple(ATTACKS), next(iter(ATTACKS))),
         "df_eps_linf": Number(0.5, 64.0, 8.0), "df_eps_l2": Number(0.05, 8.0, 0.5), "df_seed": Number(0, 2**31 - 1, 0, integer=True),
         "df_marginals": Choice(("B6", "B4"), "B6"), "df_source": Choice(("test", "upload"), "test"),
-        "df_class": Choice((None, *range(NUM_CLASSES)), None), "df_count": Number(1, 8, 4, integer=True),
+        "df_class": Choice(("any", *range(NUM_CLASSES)), "any"), "df_count": Number(1, 8, 4, integer=True),
         "df_draw": Number(0, 10_000, 0, integer=True)}
 restore_view(VIEW)
 model_choice, attack_config, defense = controls()

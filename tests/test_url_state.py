@@ -58,3 +58,9 @@ def test_a_link_restores_the_heatmaps_and_defense_views(seeded_cache):
     assert at.selectbox(key="df_attack").value == "cw-l2"
     assert at.number_input(key="df_eps_l2").value == 0.25
     assert at.session_state["df_count"] == 8 and at.session_state["df_class"] == 14
+
+
+def test_the_defense_class_defaults_to_any_class(seeded_cache):
+    """Not None: a selectbox whose state is None shows "Choose an option" instead of "any class"."""
+    at = open_page("pages/defense.py")
+    assert at.session_state["df_class"] == "any"
