@@ -404,10 +404,19 @@ def test_cache_page_filters_and_deletes_artifacts(server, browser):
     page.keyboard.press("Escape")  # close the option list, which covers the table
     expect(files).not_to_have_text(total, timeout=30_000)
     expect(files).to_contain_text("1 of")
+    page.get_by_role("heading", name="Cache").click()  # nothing open over the table
     grid = page.get_by_test_id("stDataFrame")
-    box = grid.bounding_box()
-    page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the first row's selection box
-    expect(page.get_by_text("1 selected")).to_be_visible(timeout=30_000)
+    selected = page.get_by_text("1 selected")
+    for _ in range(5):  # the table is a canvas that may still be redrawing after the filter
+        page.wait_for_timeout(1000)
+        box = grid.bounding_box()
+        page.mouse.click(box["x"] + 18, box["y"] + 35 + 17)  # the first row's selection box
+        try:
+            expect(selected).to_be_visible(timeout=5_000)
+            break
+        except AssertionError:
+            continue
+    expect(selected).to_be_visible(timeout=10_000)
     page.get_by_text("Yes, delete them").click()
     page.get_by_role("button", name="Delete the selected files").click()
     expect(files).to_contain_text("0 of", timeout=30_000)
