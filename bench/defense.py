@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.defense import DefenseConfig, UnfoldKernel, purify  # noqa: E402
 from core.evasion import AttackConfig, attack  # noqa: E402
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--check-images", type=int, default=200, help="test images for the iteration check (0: skip; default 200)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print(describe_machine())
     config = replace(DefenseConfig(), iterations=args.iterations)
     images = load_gtsrb().test.images
     images = images.float() / 255 if images.max() > 1 else images.float()

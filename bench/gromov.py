@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
 from core.gromov import GridClouds, GridGW, random_structure  # noqa: E402
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--skip-class", action="store_true", help="skip the whole-class k-means (part 1)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    print(describe_machine())
 
     data = load_gtsrb()
     heatmaps = experiment_heatmaps(ExperimentConfig(), 5, LRPConfig(), data)

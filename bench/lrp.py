@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig, load_trained, poisoned_data, train_or_load  # noqa: E402
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
     if args.passes < 1 or args.batch_size < 1:
         print("error: --passes and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    print(describe_machine())
     warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
     try:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load  # noqa: E402
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-batches", type=int, default=0, metavar="N",
                         help="time only N batches of the plain loop and extrapolate to a full epoch (default: a full epoch)")
     args = parser.parse_args(argv)
+    print(describe_machine())
 
     try:
         data = load_gtsrb()

@@ -17,28 +17,42 @@ from .defense import DefenseConfig
 from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
 from .poison import PoisonConfig
-from .progress import Progress
+from .progress import Estimator, Progress, time_left_text
 from .train import TrainConfig
 
 
 class _Bar:
-    """A tqdm bar per task, fed by Progress reports."""
+    """A tqdm bar per task, fed by Progress reports.
+
+    The time left is the core Estimator's, the one the pages show, in the postfix; tqdm's
+    own remaining time (from the average rate) is left out of the bar so the two never disagree.
+    """
+
+    KNOWN_TOTAL = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.bars = {}
+        self.estimator = Estimator()
 
     def __call__(self, event: Progress) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
 
+        total = event.total if event.total > 0 else None
         bar = self.bars.get(event.task)
         if bar is None:
-            bar = self.bars[event.task] = tqdm(total=event.total or None, desc=event.task, file=sys.stderr, unit="", dynamic_ncols=True)
+            bar = self.bars[event.task] = tqdm(total=total, desc=event.task, file=sys.stderr, unit="", dynamic_ncols=True,
+                                               bar_format=self.KNOWN_TOTAL if total else None)
+        elif bar.total != total or event.done < bar.n:  # the task started again: so do its rate and elapsed time
+            bar.total = total
+            bar.reset(total=total)
+        bar.bar_format = self.KNOWN_TOTAL if total else None
         bar.n = event.done
-        postfix = {k: f"{v:.4f}" for k, v in event.info.items() if k in ("loss", "val_accuracy")}
-        bar.set_postfix(postfix, refresh=False)
+        left = time_left_text(self.estimator.update(event))
+        figures = [f"{k}={v:.4f}" for k, v in event.info.items() if k in ("loss", "val_accuracy")]
+        bar.set_postfix_str(", ".join([left, *figures] if left else figures), refresh=False)
         bar.set_description(event.message or event.task, refresh=False)
         bar.refresh()
 

@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 
 from .cache import cache_dir
 from .errors import PoisonLabError
-from .progress import Progress
+from .progress import Estimator, Progress
 
 
 class Cancelled(PoisonLabError):
@@ -43,6 +43,7 @@ class Job:
     title: str
     state: str = "queued"  # queued, running, done, failed, cancelled
     progress: Optional[Progress] = None
+    estimator: Estimator = field(default_factory=Estimator, repr=False, compare=False)
     result: Any = None
     error: Optional[str] = None
     started: float = field(default_factory=time.time)
@@ -52,6 +53,10 @@ class Job:
     @property
     def active(self) -> bool:
         return self.state in ("queued", "running")
+
+    def seconds_left(self) -> Optional[float]:
+        """The estimated seconds left of the task now reporting, or None before there is an estimate."""
+        return self.estimator.seconds_left() if self.active else None
 
 
 Work = Callable[[Callable[[Progress], None]], Any]
@@ -156,6 +161,7 @@ class JobRunner:
         def on_progress(event: Progress) -> None:
             if job.cancel_requested:
                 raise Cancelled(f"{job.title} was cancelled")
+            job.estimator.update(event)
             job.progress = event
 
         lock = artifact_lock(job.key)

@@ -12,6 +12,7 @@ from core.data import ENV_VAR, GTSRB, NotCached, load_gtsrb
 from core.errors import ConfigError, PoisonLabError
 from core.experiment import ExperimentConfig
 from core.jobs import RUNNER, Job
+from core.progress import time_left_text
 from pages.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
@@ -192,6 +193,9 @@ def follow_job(key: str, note: str) -> None:
         event = job.progress
         fraction = event.fraction if event else 0.0
         text = f"{job.title}: {event.message}" if event and event.message else f"{job.title}: starting…"
+        remaining = time_left_text(job.seconds_left())
+        if remaining:
+            text = f"{text} — {remaining}"
         left, right = st.columns([6, 1], vertical_alignment="bottom")
         left.progress(fraction, text=text)
         if right.button("Cancel", key=f"cancel:{key}", disabled=job.cancel_requested,
