@@ -23,8 +23,14 @@ and GW is E(T) = ⟨L(T), T⟩ at the end. What makes it fast here:
 - Pairs that have converged leave the batch; at small ε a pair also stops once its objective
   has settled, while the boundaries of its plan may still creep.
 - Exponentials are base 2 with arguments clamped above the denormal range (several times
-  faster on CPUs than natural ones near underflow), and small plan changes update C T by a
-  bfloat16 product of the change, with the exact product at every pair's last step.
+  faster on CPUs than natural ones near underflow).
+- Plan changes update C T by a cheap product of the change, with the exact product at every
+  pair's last step. Which product is cheap depends on the CPU (`core.arithmetic` measures it
+  once): a bfloat16 product with D where the CPU has native bfloat16, else a float32 product
+  with a rank-6 separable approximation of D. The grid's distances depend only on the offset
+  (Δr, Δc), and the 63×63 kernel √(Δr² + Δc²) has singular values that fall by 10⁶ in six
+  terms, so C ΔT is Σ_r A_r ΔT B_rᵀ with 32×32 Toeplitz factors: a third of the arithmetic,
+  with an error of about 2e-6 of C ΔT (bfloat16's is about 2e-3).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .arithmetic import choose
 from .errors import ConfigError
 from .pointcloud import check_threshold, normalised_mass, point_count
 
@@ -128,6 +135,60 @@ def _largest_distance(support: torch.Tensor) -> torch.Tensor:
     return d.flatten(1).amax(dim=1).clamp(min=0.0)
 
 
+SEPARABLE_RANK = 6
+
+
+def separable_distance_factors(size: int = GRID_SIZE, rank: int = SEPARABLE_RANK, dtype=torch.float32):
+    """Factors (left, right) with X D ≈ left @ (X_rows @ right) for plans X on the size×size grid.
+
+    D[(i, j), (k, l)] = K(i − k, j − l) with K(a, b) = √(a² + b²) on offsets −(size−1) … size−1.
+    The truncated SVD K ≈ Σ_r u_r v_rᵀ gives (X D)(i, j) = Σ_r Σ_k u_r(i − k) Σ_l X(k, l) v_r(j − l).
+    `right` is (l, (r, j)) and `left` is (i, (k, r)), laid out so that neither step needs a
+    transpose of the plans: see `separable_product`.
+    """
+    offsets = torch.arange(-(size - 1), size, dtype=torch.float64)
+    kernel = (offsets[:, None] ** 2 + offsets[None, :] ** 2).sqrt()
+    u, sigma, vh = torch.linalg.svd(kernel)
+    root = sigma[:rank].sqrt()
+    index = torch.arange(size)
+    shift = index[:, None] - index[None, :] + (size - 1)  # (i, k) -> offset i − k
+    left = (u[:, :rank] * root)[shift]  # (i, k, r)
+    right = (vh[:rank].T * root)[shift]  # (j, l, r)
+    return left.reshape(size, size * rank).to(dtype), right.permute(1, 2, 0).reshape(size, rank * size).to(dtype)
+
+
+def separable_product(rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """rows (R, size²) times the grid's distance matrix, through its separable factors."""
+    count, n = rows.shape
+    size = left.shape[0]
+    rank = left.shape[1] // size
+    inner = (rows.reshape(count * size, size) @ right).view(count, size * rank, size)  # (row, (k, r), j)
+    return torch.matmul(left, inner).view(count, n)
+
+
+_CHANGE_PRODUCT_PATH: dict = {}
+
+
+def change_product_path(size: int = GRID_SIZE, rows: int = 320) -> str:
+    """'bfloat16' or 'float32': which product of plan changes is faster on this CPU, measured
+    once per CPU (and per process) on `rows` plan rows, or forced by POISONLAB_ARITHMETIC."""
+    from .arithmetic import forced_path
+
+    forced = forced_path()
+    if forced is not None:
+        return forced
+    if size not in _CHANGE_PRODUCT_PATH:
+        generator = torch.Generator().manual_seed(0)
+        sample = torch.rand(rows, size * size, generator=generator) * 1e-4
+        dense = grid_distances(size).bfloat16()
+        left, right = separable_distance_factors(size)
+        _CHANGE_PRODUCT_PATH[size] = choose(f"gw-change-product-{size}", {
+            "float32": lambda: separable_product(sample, left, right),
+            "bfloat16": lambda: (sample.bfloat16() @ dense).float(),
+        })
+    return _CHANGE_PRODUCT_PATH[size]
+
+
 def random_structure(size: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     """A barycenter's starting structure, as POT draws it: distances between `size` standard
     normal points in the plane, divided by the largest."""
@@ -176,15 +237,16 @@ class GridGW:
     to the plan's norm, falls below it (POT's criterion, made relative), or when the change is
     below 30 × `outer_tol` and the objective moved by less than `value_tol` (relative) in the
     step; `marginal_tol` bounds the barycenter-side marginal error of each inner transport
-    problem. Steps that change a plan by less than `cheap_change` (relative) update C T by the
-    product of the change in bfloat16; every pair's last step uses the exact product. In float64
+    problem. Steps that change a plan by less than `cheap_change` (relative) update C T by a
+    cheap product of the change (`arithmetic`: 'bfloat16' or 'float32', see the module's notes;
+    default: the faster on this CPU); every pair's last step uses the exact product. In float64
     both shortcuts are off, for reference results.
     """
 
     def __init__(self, clouds: GridClouds, epsilon: float, *, dtype: torch.dtype = torch.float32,
                  outer_tol: Optional[float] = None, max_outer: int = 500, marginal_tol: Optional[float] = None,
                  newton_steps: int = 1, chunk: int = 128, cheap_change: Optional[float] = None,
-                 value_tol: Optional[float] = None) -> None:
+                 value_tol: Optional[float] = None, arithmetic: Optional[str] = None) -> None:
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon <= 0:
             raise ConfigError(f"epsilon must be a positive number, got {epsilon!r}")
         self.clouds = clouds
@@ -202,8 +264,14 @@ class GridGW:
         self._ridge = 1e-6 if single else 1e-10
         self._slack = 1e-5 if single else 1e-12
         self.distances = grid_distances(clouds.size).to(dtype)
-        self._distances_bf16 = self.distances.bfloat16()
-        # Plans that change by less than this (relative) update C T in bfloat16; float64 stays exact.
+        if arithmetic is not None and arithmetic not in ("bfloat16", "float32"):
+            raise ConfigError(f"arithmetic must be 'bfloat16' or 'float32', got {arithmetic!r}")
+        self.arithmetic = arithmetic if arithmetic is not None else (change_product_path(clouds.size) if single else "float32")
+        if self.arithmetic == "bfloat16":
+            self._distances_bf16 = self.distances.bfloat16()
+        else:
+            self._left, self._right = separable_distance_factors(clouds.size, dtype=dtype)
+        # Plans that change by less than this (relative) update C T by the cheap product; float64 stays exact.
         self.cheap_change = cheap_change if cheap_change is not None else (1e-1 if single else 0.0)
         xy = grid_coordinates(clouds.size)
         squared = (xy * xy).sum(dim=1)
@@ -221,11 +289,16 @@ class GridGW:
         return product.mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
 
     def change_product(self, difference: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
-        """C ΔT for a plan change ΔT, in bfloat16 (about four times faster here than float32);
-        its error, under 1 % of C ΔT, is far below what a step of a small change can feel."""
+        """C ΔT for a plan change ΔT by the cheap product: bfloat16 with D (error under 1 % of
+        C ΔT) or float32 through D's separable factors (about 2e-6); either is far below what a
+        step of a small change can feel."""
         count, m, n = difference.shape
-        product = (difference.reshape(count * m, n).bfloat16() @ self._distances_bf16).float().reshape(count, m, n)
-        return product.mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
+        rows = difference.reshape(count * m, n)
+        if self.arithmetic == "bfloat16":
+            product = (rows.bfloat16() @ self._distances_bf16).float()
+        else:
+            product = separable_product(rows.to(self.dtype), self._left, self._right)
+        return product.reshape(count, m, n).mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
 
     def linearised_loss(self, products: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T."""
@@ -242,7 +315,7 @@ class GridGW:
         pair stops only when the Frobenius norm of its plan's change falls below it (POT's
         rule as it stands). With `out` (which may be `warm`), the results are written into its
         arrays, sparing the allocation of new ones. With `exact_last` false, even the last step
-        may update C T in bfloat16 (for callers that refresh it later). Pairs are solved in
+        may update C T by the cheap product (for callers that refresh it later). Pairs are solved in
         chunks of `chunk` (128 measured fastest here: larger batches, few megabytes each).
         """
         cloud = torch.as_tensor(cloud, dtype=torch.long)
@@ -299,7 +372,7 @@ class GridGW:
                 settled = absolute_change <= absolute_tol
             going = ~settled | (error > self.marginal_tol)
             last_value = _put(last_value, active, value)
-            # Small steps of pairs that go on update C T by the product of the change, in bfloat16;
+            # Small steps of pairs that go on update C T by the cheap product of the change;
             # a pair's last step gets the exact product (unless `exact_last` is false).
             if exact_last:
                 cheap = going & (change < self.cheap_change) if taken + 1 < limit else torch.zeros_like(going)
@@ -458,7 +531,7 @@ class GridGW:
         return structure, plans, updates
 
     def refresh_products(self, plans: Plans, cloud: torch.Tensor) -> None:
-        """Recompute every pair's C T exactly, in place (after bfloat16 updates)."""
+        """Recompute every pair's C T exactly, in place (after cheap updates)."""
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
             plans.products[part] = self.cloud_product(plans.plans[part], cloud[part])
