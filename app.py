@@ -26,7 +26,7 @@ def pipeline_diagram(steps) -> str:
 
 def home() -> None:
     from core.pipeline import pipeline_status
-    from pages.common import active_experiment, data_or_stop
+    from pages.common import active_experiment, data_or_stop, experiment_scale_note
     from pages.url_state import restore_view
 
     st.title("Poison Lab")
@@ -39,6 +39,7 @@ def home() -> None:
     config = active_experiment()
     restore_view({})
     data = data_or_stop()
+    experiment_scale_note(config, len(data.train))
     st.subheader("The pipeline for the active experiment")
     steps = pipeline_status(config, data)
     st.graphviz_chart(pipeline_diagram(steps), width="content")

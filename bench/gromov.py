@@ -2,8 +2,12 @@
 batched grid solver against POT called one pair at a time, measured in the same run.
 
     GTSRB_DIR=../shared/data/gtsrb python bench/gromov.py [--pairs 4] [--agreement 30] [--seeds 2] [--skip-class]
+                                                        [--paths float32,bfloat16]
 
-Prints, in one run:
+First the CPU, its capability and its float32 and bfloat16 matrix-product throughput; parts 1
+and 2 run once per arithmetic path of the change products (`core.arithmetic`): both where
+bfloat16 is native, float32 alone where a bfloat16 product is more than 4 times slower than
+a float32 one (`--paths` forces the list). Prints, in one run:
 1. seconds for the whole class at the thesis's settings (threshold 0.99, ε = 5e-4,
    barycenters of 10 points; k-means to convergence or 10 iterations), and the counts;
 2. the per-pair POT loop (`entropic_gromov_wasserstein2` at ε = 5e-4, a 10-point
@@ -20,6 +24,7 @@ Prints, in one run:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 import time
@@ -31,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.arithmetic import describe_machine  # noqa: E402
+from core.arithmetic import OVERRIDE_ENV, describe_machine, machine_summary  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
 from core.gromov import GridClouds, GridGW, random_structure  # noqa: E402
@@ -55,9 +60,18 @@ def main() -> None:
     parser.add_argument("--agreement", type=int, default=24, help="clouds in the k-means agreement subset (default 24)")
     parser.add_argument("--seeds", type=int, default=2, help="k-means seeds in the agreement check (default 2)")
     parser.add_argument("--skip-class", action="store_true", help="skip the whole-class k-means (part 1)")
+    parser.add_argument("--paths", default="", help="arithmetic paths for parts 1 and 2, comma-separated (default: see above)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(describe_machine())
+    machine = machine_summary()
+    if args.paths:
+        paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    elif machine["bfloat16_gflops"] * 4 < machine["float32_gflops"]:
+        paths = ["float32"]
+        print("bfloat16 path skipped: a bfloat16 product is more than 4 times slower than float32 here (--paths float32,bfloat16 forces it)")
+    else:
+        paths = ["float32", "bfloat16"]
 
     data = load_gtsrb()
     heatmaps = experiment_heatmaps(ExperimentConfig(), 5, LRPConfig(), data)
@@ -66,27 +80,30 @@ def main() -> None:
     n = len(clouds)
     print(f"class 5: {n} clouds, {int(truth.sum())} poisoned, {float((clouds.weights > 0).sum(1).double().mean()):.0f} points on average at t = 0.99")
 
-    if not args.skip_class:
-        started = time.perf_counter()
-        result = gw_kmeans(clouds, GWConfig(), truth=truth)
-        seconds = time.perf_counter() - started
-        s = result.score(truth)
-        print(f"1. whole class, thesis settings: {seconds:.1f} s, {len(result.iterations) - 1} iterations, converged {result.converged}; "
-              f"(tn, fp, fn, tp) = ({s.tn}, {s.fp}, {s.fn}, {s.tp}); accuracy {100 * s.accuracy:.2f} %, TPR {100 * s.tpr:.2f} %, "
-              f"TNR {100 * s.tnr:.2f} % (thesis 98.17 / 96.98 / 98.91)")
+    for path in paths:
+        os.environ[OVERRIDE_ENV] = path
+        if not args.skip_class:
+            started = time.perf_counter()
+            result = gw_kmeans(clouds, GWConfig(), truth=truth)
+            seconds = time.perf_counter() - started
+            s = result.score(truth)
+            print(f"1. [{path}] whole class, thesis settings: {seconds:.1f} s, {len(result.iterations) - 1} iterations, converged {result.converged}; "
+                  f"(tn, fp, fn, tp) = ({s.tn}, {s.fp}, {s.fn}, {s.tp}); accuracy {100 * s.accuracy:.2f} %, TPR {100 * s.tpr:.2f} %, "
+                  f"TNR {100 * s.tnr:.2f} % (thesis 98.17 / 96.98 / 98.91)")
 
-    structure = random_structure(10, seed=0)
-    solver = GridGW(clouds, 5e-4)
-    started = time.perf_counter()
-    solver.solve(torch.arange(n), structure.expand(n, -1, -1))
-    ours_per_pair = (time.perf_counter() - started) / n
-    sample = np.linspace(0, n - 1, args.pairs).astype(int)
-    started = time.perf_counter()
-    for i in sample:
-        pot_pair(clouds, int(i), structure, 5e-4)
-    pot_per_pair = (time.perf_counter() - started) / len(sample)
-    print(f"2. GW distance to a 10-point barycenter at ε = 5e-4: POT loop {pot_per_pair:.3f} s per pair ({len(sample)} pairs); "
-          f"ours {1000 * ours_per_pair:.2f} ms per pair (whole class in one batch); ratio POT / ours = {pot_per_pair / ours_per_pair:.0f}")
+        structure = random_structure(10, seed=0)
+        solver = GridGW(clouds, 5e-4)
+        started = time.perf_counter()
+        solver.solve(torch.arange(n), structure.expand(n, -1, -1))
+        ours_per_pair = (time.perf_counter() - started) / n
+        sample = np.linspace(0, n - 1, args.pairs).astype(int)
+        started = time.perf_counter()
+        for i in sample:
+            pot_pair(clouds, int(i), structure, 5e-4)
+        pot_per_pair = (time.perf_counter() - started) / len(sample)
+        print(f"2. [{path}] GW distance to a 10-point barycenter at ε = 5e-4: POT loop {pot_per_pair:.3f} s per pair ({len(sample)} pairs); "
+              f"ours {1000 * ours_per_pair:.2f} ms per pair (whole class in one batch); ratio POT / ours = {pot_per_pair / ours_per_pair:.0f}")
+    os.environ[OVERRIDE_ENV] = paths[0]
 
     sample = np.linspace(0, n - 1, args.values).astype(int)
     ours = GridGW(clouds, 0.01).solve(torch.from_numpy(sample), structure.expand(len(sample), -1, -1)).values.numpy()

@@ -80,6 +80,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
+    from .experiment import QUICK_EPOCHS, QUICK_SUBSET
+
     p, t = PoisonConfig(), TrainConfig()
     attack = parser.add_argument_group("attack (defaults: the thesis's)")
     attack.add_argument("--source", type=int, default=p.source, help=f"class whose images get the sticker (default {p.source}: 50 km/h)")
@@ -101,6 +103,8 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--subset", type=int, default=t.subset, help="train on this many random training images (default 0: all)")
     train.add_argument("--seed", type=int, default=t.seed, help=f"seed for initialisation, shuffling and augmentation (default {t.seed})")
     train.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
+    train.add_argument("--quick", action="store_true",
+                       help=f"the quick experiment: sets --subset {QUICK_SUBSET} and --epochs {QUICK_EPOCHS} (about a minute; a reduced experiment)")
 
 
 def experiment_from_args(args: argparse.Namespace):
@@ -114,6 +118,10 @@ def experiment_from_args(args: argparse.Namespace):
         architecture=args.architecture, max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
         learning_rate=args.lr, weight_decay=args.weight_decay, augment=not args.no_augment, subset=args.subset, seed=args.seed,
     )
+    if getattr(args, "quick", False):
+        from .experiment import quick_experiment
+
+        return quick_experiment(ExperimentConfig(poison, train))
     return ExperimentConfig(poison, train)
 
 

@@ -373,21 +373,38 @@ def decode_upload(content: bytes) -> np.ndarray:
         raise DataError(f"the image cannot be read: {exc}") from exc
 
 
+def _decode_chunk(items: Sequence[_Entry]) -> np.ndarray:
+    images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i, entry in enumerate(items):
+        try:
+            images[i] = decode_image(entry.path, entry.roi)
+        except DataError as exc:
+            raise DataError(f"{exc} {ENV_VAR} must point to a complete, readable copy of GTSRB.") from exc
+    return images
+
+
+_DECODE_CHUNK = 500
+
+
 def _decode_all(entries: Dict[str, List[_Entry]], progress: Optional[ProgressCallback]) -> Dict[str, torch.Tensor]:
+    """Decode every image, in order, on one thread per core: Pillow releases the interpreter
+    lock while it reads and decodes a file, so the threads overlap."""
+    from concurrent.futures import ThreadPoolExecutor
+
     total = sum(len(v) for v in entries.values())
     done = 0
     tensors: Dict[str, torch.Tensor] = {}
-    for split in SPLITS:
-        items = entries[split]
-        images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        for i, entry in enumerate(items):
-            try:
-                images[i] = decode_image(entry.path, entry.roi)
-            except DataError as exc:
-                raise DataError(f"{exc} {ENV_VAR} must point to a complete, readable copy of GTSRB.") from exc
-            done += 1
-            if done % 2000 == 0 or done == total:
-                report(progress, "decode GTSRB", done, total, f"{split}: {i + 1}/{len(items)} images")
-        tensors[f"{split}_images"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-        tensors[f"{split}_labels"] = torch.tensor([e.label for e in items], dtype=torch.int64)
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        for split in SPLITS:
+            items = entries[split]
+            chunks = [items[start : start + _DECODE_CHUNK] for start in range(0, len(items), _DECODE_CHUNK)]
+            parts = []
+            for part in pool.map(_decode_chunk, chunks):
+                parts.append(part)
+                done += len(part)
+                report(progress, "decode GTSRB", done, total, f"{split}: {sum(len(p) for p in parts)}/{len(items)} images")
+            images = np.concatenate(parts) if parts else np.empty((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            tensors[f"{split}_images"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+            tensors[f"{split}_labels"] = torch.tensor([e.label for e in items], dtype=torch.int64)
     return tensors

@@ -272,7 +272,9 @@ class GridGW:
         else:
             self._left, self._right = separable_distance_factors(clouds.size, dtype=dtype)
         # Plans that change by less than this (relative) update C T by the cheap product; float64 stays exact.
-        self.cheap_change = cheap_change if cheap_change is not None else (1e-1 if single else 0.0)
+        # The separable product's error (2e-6 of C ΔT) is small enough for steps of any size; bfloat16's is not.
+        default_cheap = (math.inf if self.arithmetic == "float32" else 1e-1) if single else 0.0
+        self.cheap_change = cheap_change if cheap_change is not None else default_cheap
         xy = grid_coordinates(clouds.size)
         squared = (xy * xy).sum(dim=1)
         w, s = clouds.weights, clouds.scale

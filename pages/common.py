@@ -82,6 +82,30 @@ def set_active_experiment(config: ExperimentConfig) -> None:
     _write_query(config)
 
 
+def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = None) -> None:
+    """Say whether the active experiment is reduced, and offer the other scale in one click."""
+    from core.cli import train_command
+    from core.experiment import QUICK_EPOCHS, QUICK_SUBSET, full_experiment, is_reduced, quick_experiment
+
+    if is_reduced(config):
+        of = f" of {data_size:,}" if data_size else ""
+        box = st.info if config == quick_experiment(config) else st.warning
+        box(f"**Reduced experiment:** the model trains on {config.train.subset:,}{of} training images for at most "
+            f"{config.train.max_epochs} epochs, so its accuracy, the attack's success and the detection scores are lower "
+            "than the thesis's. The full experiment trains on every image (a few minutes); on the command line: "
+            f"`{train_command(full_experiment(config))}`.", icon=":material/speed:")
+        if st.button("Switch to the full experiment", key="scale_full"):
+            set_active_experiment(full_experiment(config))
+            st.rerun()
+    else:
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.caption(f"For a first look or a live demo, the quick experiment trains the same attack on {QUICK_SUBSET:,} "
+                     f"images for {QUICK_EPOCHS} epochs, in about a minute, and still shows the whole story.")
+        if right.button("Quick experiment", key="scale_quick", icon=":material/speed:"):
+            set_active_experiment(quick_experiment(config))
+            st.rerun()
+
+
 def _write_query(config: ExperimentConfig) -> None:
     write_experiment_query(config.to_query())
 

@@ -14,7 +14,8 @@ from core.experiment import ExperimentConfig, load_trained, model_path, poisoned
 from core.jobs import RUNNER
 from core.poison import PoisonConfig
 from core.train import TrainConfig
-from pages.common import active_experiment, run_through_app, data_or_stop, follow_job, set_active_experiment
+from pages.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
+                          set_active_experiment)
 from pages.url_state import restore_view
 
 THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
@@ -133,6 +134,7 @@ config = active_experiment()
 restore_view({})  # the experiment is the whole view
 attack_form(config)
 data = data_or_stop()
+experiment_scale_note(config, len(data.train))
 try:
     poisoned = poisoned_data(data, config)
 except ConfigError as exc:
@@ -177,7 +179,7 @@ if trained is None:
         follow_job(key, "Training runs in the background: you can change widgets or leave the page, it goes on.")
     else:
         st.write("No model has been trained for this experiment yet.")
-        if st.button("Train model", type="primary", help="About 3 minutes for the full data on 2 CPU cores"):
+        if st.button("Train model", type="primary", help="A few minutes for the full data on 2 CPU cores; the quick experiment about a minute"):
             RUNNER.submit(key, "Training", lambda progress: train_or_load(config, data, progress=progress))
             st.rerun()
 else:
