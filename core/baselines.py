@@ -23,9 +23,10 @@ from sklearn.decomposition import FastICA
 from torch import nn
 
 from .detection import flag_smaller_cluster
+from .models import INFERENCE_BATCH
 
 
-def penultimate_activations(model: nn.Sequential, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def penultimate_activations(model: nn.Sequential, images: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """Activations of the layer the architecture names `penultimate` (ThesisNet: relu5, 128 units)."""
     name = getattr(model, "penultimate", None)
     layers = dict(model.named_children())

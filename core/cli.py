@@ -80,7 +80,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
-    from .experiment import QUICK_EPOCHS, QUICK_SUBSET
+    from .experiment import QUICK_TRAINING
 
     p, t = PoisonConfig(), TrainConfig()
     attack = parser.add_argument_group("attack (defaults: the thesis's)")
@@ -104,7 +104,8 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=t.seed, help=f"seed for initialisation, shuffling and augmentation (default {t.seed})")
     train.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
     train.add_argument("--quick", action="store_true",
-                       help=f"the quick experiment: sets --subset {QUICK_SUBSET} and --epochs {QUICK_EPOCHS} (about a minute; a reduced experiment)")
+                       help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
+                            "--batch-size {batch_size} and --no-augment".format(**QUICK_TRAINING))
 
 
 def experiment_from_args(args: argparse.Namespace):

@@ -102,22 +102,24 @@ def _build(kind, values: Mapping[str, Any]):
         raise ConfigError(f"bad {kind.__name__} parameters: {exc}") from None
 
 
-QUICK_SUBSET = 8000
-QUICK_EPOCHS = 5
+QUICK_TRAINING = {"subset": 8000, "max_epochs": 6, "batch_size": 128, "augment": False}
+"""The quick experiment's training: measured on the thesis's attack (2 cores), 21 s to 93.3 % clean
+accuracy, 94.9 % on clean 50 km/h signs and 94.7 % attack success. Augmentation is off: in so few
+epochs it slows the learning of the sticker (with it: 85 % attack success and 85 % on 50 km/h)."""
 
 
 def quick_experiment(base: Optional[ExperimentConfig] = None) -> ExperimentConfig:
-    """`base`'s attack (the thesis's by default) trained on a random 8,000-image subset for 5 epochs:
+    """`base`'s attack (the thesis's by default) trained on a random 8,000-image subset for 6 epochs:
     about a minute on an ordinary 2-core CPU, and still a working backdoor that the heatmaps and
     the detectors expose. The numbers are the reduced experiment's, not the thesis's."""
     base = base if base is not None else ExperimentConfig()
-    return ExperimentConfig(base.poison, dataclasses.replace(base.train, subset=QUICK_SUBSET, max_epochs=QUICK_EPOCHS))
+    return ExperimentConfig(base.poison, dataclasses.replace(base.train, **QUICK_TRAINING))
 
 
 def full_experiment(base: ExperimentConfig) -> ExperimentConfig:
-    """`base`'s attack trained as the defaults train: every training image, the default epochs."""
+    """`base`'s attack trained as the defaults train: every training image, the default schedule."""
     default = TrainConfig()
-    return ExperimentConfig(base.poison, dataclasses.replace(base.train, subset=0, max_epochs=default.max_epochs))
+    return ExperimentConfig(base.poison, dataclasses.replace(base.train, **{k: getattr(default, k) for k in QUICK_TRAINING}))
 
 
 def is_reduced(config: ExperimentConfig) -> bool:

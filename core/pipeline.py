@@ -59,7 +59,7 @@ def pipeline_status(experiment: ExperimentConfig, data, lrp: LRPConfig = LRPConf
         Step("Poison", "poison", "ready", f"{p.describe()}; poisoned on the fly from the decoded data set"),
         Step("Train", "poison", trained,
              (f"clean accuracy {100 * metrics['clean_accuracy']:.1f} %, attack success rate {100 * metrics['attack_success_rate']:.1f} %"
-              if metrics else "the network of thesis appendix A.1, about 3 minutes on two cores"), model.name),
+              if metrics else "the network of thesis appendix A.1, 2–3 minutes on two cores (the quick experiment: under a minute)"), model.name),
         Step("Explain", "heatmaps", explained, f"LRP heatmaps of class {p.target} ({lrp.describe()})", heatmaps.name),
         Step("Cluster", "spectral", "ready" if explained == "cached" else "not yet computed",
              "spectral clustering of the heatmaps, computed on the page in seconds"),

@@ -85,7 +85,7 @@ def set_active_experiment(config: ExperimentConfig) -> None:
 def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = None) -> None:
     """Say whether the active experiment is reduced, and offer the other scale in one click."""
     from core.cli import train_command
-    from core.experiment import QUICK_EPOCHS, QUICK_SUBSET, full_experiment, is_reduced, quick_experiment
+    from core.experiment import QUICK_TRAINING, full_experiment, is_reduced, quick_experiment
 
     if is_reduced(config):
         of = f" of {data_size:,}" if data_size else ""
@@ -99,8 +99,8 @@ def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = N
             st.rerun()
     else:
         left, right = st.columns([3, 1], vertical_alignment="center")
-        left.caption(f"For a first look or a live demo, the quick experiment trains the same attack on {QUICK_SUBSET:,} "
-                     f"images for {QUICK_EPOCHS} epochs, in about a minute, and still shows the whole story.")
+        left.caption(f"For a first look or a live demo, the quick experiment trains the same attack on {QUICK_TRAINING['subset']:,} "
+                     f"images for {QUICK_TRAINING['max_epochs']} epochs, in about a minute, and still shows the whole story.")
         if right.button("Quick experiment", key="scale_quick", icon=":material/speed:"):
             set_active_experiment(quick_experiment(config))
             st.rerun()

@@ -76,3 +76,17 @@ def test_missing_data_is_explained(page_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("GTSRB_DIR", str(tmp_path / "nowhere"))
     at = open_poison_page()
     assert any("does not exist" in e.value and "GTSRB_DIR" in e.value for e in at.error)
+
+
+def test_quick_experiment_button_switches_and_says_it_is_reduced(page_cache):
+    at = open_poison_page()
+    assert not at.info, "the full experiment shows no reduced-experiment note"
+    next(b for b in at.button if b.label == "Quick experiment").click().run()
+    assert not at.exception
+    notes = [i.value for i in at.info]
+    assert any("Reduced experiment" in n and "8,000 of 34,799" in n and "python -m core train" in n for n in notes), notes
+    query = at.query_params
+    assert str(query["subset"]).strip("[]'") == "8000" and str(query["aug"]).strip("[]'") == "0"
+    assert metric_values(at)["Poisoned training images"] == "182"
+    next(b for b in at.button if b.label == "Switch to the full experiment").click().run()
+    assert not at.info and metric_values(at)["Poisoned training images"] == "813"
