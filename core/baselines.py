@@ -58,8 +58,18 @@ def _two_clusters(features: np.ndarray, seed: int) -> Tuple[np.ndarray, np.ndarr
 
 
 def activation_clustering(activations: np.ndarray, seed: int = 0, dims: int = 10) -> Tuple[np.ndarray, np.ndarray]:
-    dims = min(dims, activations.shape[1], activations.shape[0])
-    reduced = FastICA(n_components=dims, random_state=seed, max_iter=1000, whiten="unit-variance").fit_transform(activations)
+    """FastICA to at most `dims` components, then 2-means. A briefly trained network can leave
+    most ReLU units dead, so the activations may span fewer than `dims` directions: ICA's
+    whitening would then divide by zero, so it keeps only the directions that vary."""
+    varying = activations[:, activations.std(axis=0) > 0]
+    if varying.shape[1] == 0:
+        return _two_clusters(activations, seed)
+    singular = np.linalg.svd(varying - varying.mean(axis=0), compute_uv=False)
+    rank = int((singular > singular[0] * 1e-6).sum()) if singular[0] > 0 else 0
+    dims = min(dims, rank, activations.shape[0])
+    if dims < 1:
+        return _two_clusters(varying, seed)
+    reduced = FastICA(n_components=dims, random_state=seed, max_iter=1000, whiten="unit-variance").fit_transform(varying)
     return _two_clusters(reduced, seed)
 
 

@@ -105,7 +105,7 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
     train.add_argument("--quick", action="store_true",
                        help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
-                            "--batch-size {batch_size} and --no-augment".format(**QUICK_TRAINING))
+                            "--batch-size {batch_size}, --lr {learning_rate} and --no-augment".format(**QUICK_TRAINING))
 
 
 def experiment_from_args(args: argparse.Namespace):

@@ -158,3 +158,16 @@ def test_balanced_clusters_still_score_the_flagged_one_higher():
     flags, score = raw_image_clustering(images, seed=0)
     assert flags.sum() == 4 and (flags[:4].all() or flags[4:].all())
     assert score[flags].min() > score[~flags].max()
+
+
+def test_activation_clustering_survives_dead_units(activations):
+    """A briefly trained network may leave most ReLU units dead: with 3 live units (fewer than
+    the 10 ICA components asked for) it still flags the smaller cluster; with none it still
+    answers (one flag and a finite score per sample) instead of failing inside ICA."""
+    few = np.zeros_like(activations)
+    few[:, :3] = activations[:, :3] + np.linspace(0, 1, len(activations))[:, None]
+    for features in (few, np.zeros_like(activations)):
+        flagged, score = activation_clustering(features)
+        assert flagged.shape == (len(features),) and np.isfinite(score).all()
+    flagged, _ = activation_clustering(few)
+    assert 0 < flagged.sum() <= len(few) / 2

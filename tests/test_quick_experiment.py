@@ -11,11 +11,11 @@ from core.train import TrainConfig
 
 
 def test_quick_keeps_the_attack_and_reduces_only_the_training():
-    base = ExperimentConfig(PoisonConfig(source=1, target=4, size=3), TrainConfig(seed=7, learning_rate=1e-3))
+    base = ExperimentConfig(PoisonConfig(source=1, target=4, size=3), TrainConfig(seed=7, weight_decay=1e-4))
     quick = quick_experiment(base)
     assert quick.poison == base.poison
     assert {k: getattr(quick.train, k) for k in QUICK_TRAINING} == QUICK_TRAINING
-    assert (quick.train.seed, quick.train.learning_rate) == (7, 1e-3)
+    assert (quick.train.seed, quick.train.weight_decay) == (7, 1e-4)
     assert is_reduced(quick) and not is_reduced(base)
     back = full_experiment(quick)
     assert back == base, "the full experiment is the base again"
