@@ -346,62 +346,75 @@ class GridGW:
             plans, products, potentials = (warm.plans.to(self.dtype).clone(), warm.products.to(self.dtype).clone(),
                                            warm.potentials.to(self.dtype).clone())
         iterations = torch.zeros(count, dtype=torch.long)
-        trust = torch.ones(count, dtype=self.dtype)
-        last_value = torch.full((count,), math.inf, dtype=torch.float64)
         has_padding = bool(padding.any())
-        active = None  # every pair: while all are active, work on the arrays themselves, not copies
         limit = self.max_outer if max_outer is None else max_outer
+        loss = self.linearised_loss(products, cloud, bary, q)
+        # The pairs still going are kept packed in arrays of their own (`where`: their positions in
+        # the chunk, None while it is all of them); a pair that stops is written to the chunk's
+        # arrays once, so no step gathers from or scatters into arrays of mostly finished pairs.
+        where = None
+        state = {"plans": plans, "products": products, "potentials": potentials, "loss": loss, "cloud": cloud, "bary": bary,
+                 "q": q, "padding": padding, "trust": torch.ones(count, dtype=self.dtype),
+                 "value": (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)}
         for taken in range(limit):
-            c = _take(cloud, active)
-            cost = self.linearised_loss(_take(products, active), c, _take(bary, active), _take(q, active))
-            cost.mul_(2.0 * LOG2E / self.epsilon)
-            # E(T) = ⟨L(T), T⟩ of the plans this step starts from.
-            value = (cost * _take(plans, active)).flatten(1).sum(dim=1, dtype=torch.float64) * (self.epsilon / (2.0 * LOG2E))
-            before = _take(last_value, active)
+            s = state
+            c = s["cloud"]
+            cost = s["loss"].mul_(2.0 * LOG2E / self.epsilon)  # L(T) of the plans this step starts from
             if has_padding:
-                cost.masked_fill_(_take(padding, active)[:, :, None], 1e30)
-            step_trust = _take(trust, active)
-            new_plans, new_potentials, error = self._transport(cost, c, _take(q, active), _take(potentials, active),
-                                                               self.newton_steps, step_trust)
-            difference = new_plans - _take(plans, active)
+                cost.masked_fill_(s["padding"][:, :, None], 1e30)
+            new_plans, new_potentials, error = self._transport(cost, c, s["q"], s["potentials"], self.newton_steps, s["trust"])
+            difference = new_plans - s["plans"]
             absolute_change = difference.flatten(1).norm(dim=1)
             change = absolute_change / new_plans.flatten(1).norm(dim=1)
+            # Steps that change a plan by less than `cheap_change` update C T by the cheap product.
+            new_products = self._updated_products(s["products"], difference, new_plans, c, change < self.cheap_change)
+            new_loss = self.linearised_loss(new_products, c, s["bary"], s["q"])  # also the next step's cost
+            new_value = (new_loss * new_plans).flatten(1).sum(dim=1, dtype=torch.float64)
             # POT stops on the plan's change alone. At small ε the plans of clouds keep creeping at
             # their boundaries long after the objective has settled, so a pair also stops once its
-            # change is small and its objective moved by less than `value_tol` (relative) in a step.
-            settled = (change <= self.outer_tol) | ((change <= 30 * self.outer_tol) & ((value - before).abs() <= self.value_tol * value))
+            # change is small and this step moved its objective by less than `value_tol` (relative).
+            settled = (change <= self.outer_tol) | ((change <= 30 * self.outer_tol) & ((new_value - s["value"]).abs() <= self.value_tol * new_value))
             if absolute_tol is not None:
                 settled = absolute_change <= absolute_tol
             going = ~settled | (error > self.marginal_tol)
-            last_value = _put(last_value, active, value)
-            # Small steps of pairs that go on update C T by the cheap product of the change;
-            # a pair's last step gets the exact product (unless `exact_last` is false).
-            if exact_last:
-                cheap = going & (change < self.cheap_change) if taken + 1 < limit else torch.zeros_like(going)
-            else:
-                cheap = change < self.cheap_change
-            if bool(cheap.any()):
-                new_products = torch.empty_like(new_plans)
-                small, large = cheap.nonzero()[:, 0], (~cheap).nonzero()[:, 0]
-                new_products[small] = _take(products, active)[small] + self.change_product(difference[small], c[small])
-                if len(large):
-                    new_products[large] = self.cloud_product(new_plans[large], c[large])
-            else:
-                new_products = self.cloud_product(new_plans, c)
-            if active is None:
-                plans, products, potentials = new_plans, new_products, new_potentials
+            if taken + 1 == limit:
+                going = torch.zeros_like(going)
+            if where is None:
                 iterations += 1
             else:
-                trust[active] = step_trust
-                plans[active], products[active], potentials[active] = new_plans, new_products, new_potentials
-                iterations[active] += 1
-            if not bool(going.any()):
+                iterations[where] += 1
+            if bool(going.all()):
+                s["plans"], s["products"], s["potentials"], s["loss"], s["value"] = new_plans, new_products, new_potentials, new_loss, new_value
+                continue
+            # A pair's last step gets the exact product (unless `exact_last` is false).
+            done = (~going).nonzero()[:, 0]
+            into = done if where is None else where[done]
+            plans[into], potentials[into] = new_plans[done], new_potentials[done]
+            products[into] = self.cloud_product(new_plans[done], c[done]) if exact_last else new_products[done]
+            if len(done) == len(going):
                 break
-            if not bool(going.all()):
-                active = _compose(active, going.nonzero()[:, 0])
+            keep = going.nonzero()[:, 0]
+            where = keep if where is None else where[keep]
+            state = {k: v[keep] for k, v in s.items() if k not in ("plans", "products", "potentials", "loss", "value")}
+            state.update(plans=new_plans[keep], products=new_products[keep], potentials=new_potentials[keep], loss=new_loss[keep],
+                         value=new_value[keep])
         loss = self.linearised_loss(products, cloud, bary, q)
         values = (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)
         return Plans(plans, products, potentials, values, iterations)
+
+    def _updated_products(self, products: torch.Tensor, difference: torch.Tensor, new_plans: torch.Tensor,
+                          cloud: torch.Tensor, cheap: torch.Tensor) -> torch.Tensor:
+        """C T of the new plans: the old C T plus the cheap product of the change where `cheap`,
+        the exact product elsewhere."""
+        if not bool(cheap.any()):
+            return self.cloud_product(new_plans, cloud)
+        if bool(cheap.all()):
+            return products + self.change_product(difference, cloud)
+        small, large = cheap.nonzero()[:, 0], (~cheap).nonzero()[:, 0]
+        result = torch.empty_like(new_plans)
+        result[small] = products[small] + self.change_product(difference[small], cloud[small])
+        result[large] = self.cloud_product(new_plans[large], cloud[large])
+        return result
 
     def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
                    steps: int, trust: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
