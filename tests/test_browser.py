@@ -461,8 +461,8 @@ def test_two_servers_sharing_the_cache_train_a_model_once(server, browser, gtsrb
         while not any(w.count() for w in waiting):
             assert time.time() < deadline, "neither page showed the wait for the other server"
             pages[0].wait_for_timeout(200)
-        for page in pages:
-            expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=180_000)
+        for page in pages:  # on a slow 2-core CPU, jobs of earlier tests may still share the cores
+            expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=600_000)
         written = path.stat().st_mtime_ns
         times = [page.get_by_test_id("stMetric").filter(has_text="Training time").inner_text() for page in pages]
         assert times[0] == times[1]  # the same training run, read from the same file
