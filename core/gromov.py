@@ -351,7 +351,7 @@ class GridGW:
         loss = self.linearised_loss(products, cloud, bary, q)
         # The pairs still going are kept packed in arrays of their own (`where`: their positions in
         # the chunk, None while it is all of them); a pair that stops is written to the chunk's
-        # arrays once, so no step gathers from or scatters into arrays of mostly finished pairs.
+        # arrays once, and the next steps work on the pairs still going alone.
         where = None
         state = {"plans": plans, "products": products, "potentials": potentials, "loss": loss, "cloud": cloud, "bary": bary,
                  "q": q, "padding": padding, "trust": torch.ones(count, dtype=self.dtype),
@@ -383,8 +383,8 @@ class GridGW:
                 iterations += 1
             else:
                 iterations[where] += 1
+            s.update(plans=new_plans, products=new_products, potentials=new_potentials, loss=new_loss, value=new_value)
             if bool(going.all()):
-                s["plans"], s["products"], s["potentials"], s["loss"], s["value"] = new_plans, new_products, new_potentials, new_loss, new_value
                 continue
             # A pair's last step gets the exact product (unless `exact_last` is false).
             done = (~going).nonzero()[:, 0]
@@ -395,9 +395,7 @@ class GridGW:
                 break
             keep = going.nonzero()[:, 0]
             where = keep if where is None else where[keep]
-            state = {k: v[keep] for k, v in s.items() if k not in ("plans", "products", "potentials", "loss", "value")}
-            state.update(plans=new_plans[keep], products=new_products[keep], potentials=new_potentials[keep], loss=new_loss[keep],
-                         value=new_value[keep])
+            state = {k: v[keep] for k, v in s.items()}
         loss = self.linearised_loss(products, cloud, bary, q)
         values = (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)
         return Plans(plans, products, potentials, values, iterations)
