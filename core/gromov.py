@@ -157,11 +157,24 @@ def separable_distance_factors(size: int = GRID_SIZE, rank: int = SEPARABLE_RANK
     return left.reshape(size, size * rank).to(dtype), right.permute(1, 2, 0).reshape(size, rank * size).to(dtype)
 
 
-def separable_product(rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """rows (R, size²) times the grid's distance matrix, through its separable factors."""
+SEPARABLE_BLOCK = 128
+
+
+def separable_product(rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor, block: int = SEPARABLE_BLOCK) -> torch.Tensor:
+    """rows (R, size²) times the grid's distance matrix, through its separable factors.
+
+    The intermediate is `rank` times larger than the rows, so they go through in blocks whose
+    intermediate stays in the CPU's cache (over a whole batch it spills to memory, and the
+    product runs at a third of the speed inside the solver).
+    """
     count, n = rows.shape
     size = left.shape[0]
     rank = left.shape[1] // size
+    if count > block:
+        out = torch.empty_like(rows)
+        for start in range(0, count, block):
+            out[start : start + block] = separable_product(rows[start : start + block], left, right, block)
+        return out
     inner = (rows.reshape(count * size, size) @ right).view(count, size * rank, size)  # (row, (k, r), j)
     return torch.matmul(left, inner).view(count, n)
 
@@ -284,6 +297,29 @@ class GridGW:
         self.weights = w.to(dtype)
         self.log_weights = torch.log(self.weights)  # −inf outside a cloud: no mass goes there
 
+    def transferred(self, plan: Plans, cloud: torch.Tensor) -> Plans:
+        """Warm starts for `cloud`'s pairs with the structure that `plan` (one pair) solved for
+        another cloud: each grid point sends its mass to the barycenter's points in the shares
+        it does in that plan (uniformly where that cloud has no mass).
+
+        All clouds lie on one grid and the class's clouds look alike, so this starts every pair
+        near the optimum in the same orientation of the barycenter, where p qᵀ starts far away.
+        """
+        shares = plan.plans[0].to(self.dtype)  # (m, size²)
+        column = shares.sum(dim=0, keepdim=True)
+        m = shares.shape[0]
+        shares = torch.where(column > 0, shares / column.clamp(min=1e-30), torch.full_like(shares, 1.0 / m))
+        count = len(cloud)
+        plans = torch.empty(count, m, shares.shape[1], dtype=self.dtype)
+        products = torch.empty_like(plans)
+        for start in range(0, count, self.chunk):
+            part = slice(start, start + self.chunk)
+            plans[part] = self.weights[cloud[part]][:, None, :] * shares
+            products[part] = self.cloud_product(plans[part], cloud[part])
+        potentials = plan.potentials[:1].to(self.dtype).expand(count, -1).clone()
+        values = torch.zeros(count, dtype=torch.float64)
+        return Plans(plans, products, potentials, values, torch.zeros(count, dtype=torch.long))
+
     def cloud_product(self, plans: torch.Tensor, cloud: torch.Tensor) -> torch.Tensor:
         """C T for each pair, as (P, m, size²): one product with the grid's distance matrix."""
         count, m, n = plans.shape
@@ -302,10 +338,11 @@ class GridGW:
             product = separable_product(rows.to(self.dtype), self._left, self._right)
         return product.reshape(count, m, n).mul_(self.clouds.scale.to(self.dtype)[cloud][:, None, None])
 
-    def linearised_loss(self, products: torch.Tensor, cloud: torch.Tensor, bary: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T."""
+    def linearised_loss(self, products: torch.Tensor, cloud_term: torch.Tensor, bary: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """L(T) = C² p 1ᵀ + 1 qᵀ C̄² − 2 C T C̄ (barycenter rows, grid columns) from C T and the
+        pairs' rows of `self.cloud_term` (C² p)."""
         bary_term = torch.bmm(bary * bary, q[:, :, None])[:, :, 0]  # (C̄² q)_j
-        return torch.baddbmm(self.cloud_term[cloud][:, None, :] + bary_term[:, :, None], bary, products, alpha=-2.0)
+        return torch.baddbmm(cloud_term[:, None, :] + bary_term[:, :, None], bary, products, alpha=-2.0)
 
     def solve(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans] = None,
               max_outer: Optional[int] = None, weights: Optional[torch.Tensor] = None,
@@ -338,9 +375,11 @@ class GridGW:
         count, m = len(cloud), bary.shape[-1]
         q = torch.full((count, m), 1.0 / m, dtype=self.dtype) if weights is None else weights.to(self.dtype)
         padding = q <= 0
+        # The clouds' rows are gathered once per chunk and packed with the rest of the state.
+        cloud_weights, cloud_term = self.weights[cloud], self.cloud_term[cloud]
         if warm is None:
-            plans = self.weights[cloud][:, None, :] * q[:, :, None]
-            products = self.cloud_product(self.weights[cloud][:, None, :], cloud) * q[:, :, None]  # C p qᵀ
+            plans = cloud_weights[:, None, :] * q[:, :, None]
+            products = self.cloud_product(cloud_weights[:, None, :], cloud) * q[:, :, None]  # C p qᵀ
             potentials = torch.zeros(count, m, dtype=self.dtype)
         else:
             plans, products, potentials = (warm.plans.to(self.dtype).clone(), warm.products.to(self.dtype).clone(),
@@ -348,12 +387,13 @@ class GridGW:
         iterations = torch.zeros(count, dtype=torch.long)
         has_padding = bool(padding.any())
         limit = self.max_outer if max_outer is None else max_outer
-        loss = self.linearised_loss(products, cloud, bary, q)
+        loss = self.linearised_loss(products, cloud_term, bary, q)
         # The pairs still going are kept packed in arrays of their own (`where`: their positions in
         # the chunk, None while it is all of them); a pair that stops is written to the chunk's
         # arrays once, and the next steps work on the pairs still going alone.
         where = None
         state = {"plans": plans, "products": products, "potentials": potentials, "loss": loss, "cloud": cloud, "bary": bary,
+                 "cloud_weights": cloud_weights, "cloud_term": cloud_term,
                  "q": q, "padding": padding, "trust": torch.ones(count, dtype=self.dtype),
                  "value": (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)}
         for taken in range(limit):
@@ -362,13 +402,13 @@ class GridGW:
             cost = s["loss"].mul_(2.0 * LOG2E / self.epsilon)  # L(T) of the plans this step starts from
             if has_padding:
                 cost.masked_fill_(s["padding"][:, :, None], 1e30)
-            new_plans, new_potentials, error = self._transport(cost, c, s["q"], s["potentials"], self.newton_steps, s["trust"])
+            new_plans, new_potentials, error = self._transport(cost, s["cloud_weights"], s["q"], s["potentials"], self.newton_steps, s["trust"])
             difference = new_plans - s["plans"]
             absolute_change = difference.flatten(1).norm(dim=1)
             change = absolute_change / new_plans.flatten(1).norm(dim=1)
             # Steps that change a plan by less than `cheap_change` update C T by the cheap product.
             new_products = self._updated_products(s["products"], difference, new_plans, c, change < self.cheap_change)
-            new_loss = self.linearised_loss(new_products, c, s["bary"], s["q"])  # also the next step's cost
+            new_loss = self.linearised_loss(new_products, s["cloud_term"], s["bary"], s["q"])  # also the next step's cost
             new_value = (new_loss * new_plans).flatten(1).sum(dim=1, dtype=torch.float64)
             # POT stops on the plan's change alone. At small ε the plans of clouds keep creeping at
             # their boundaries long after the objective has settled, so a pair also stops once its
@@ -396,7 +436,7 @@ class GridGW:
             keep = going.nonzero()[:, 0]
             where = keep if where is None else where[keep]
             state = {k: v[keep] for k, v in s.items()}
-        loss = self.linearised_loss(products, cloud, bary, q)
+        loss = self.linearised_loss(products, cloud_term, bary, q)
         values = (loss * plans).flatten(1).sum(dim=1, dtype=torch.float64)
         return Plans(plans, products, potentials, values, iterations)
 
@@ -414,9 +454,9 @@ class GridGW:
         result[large] = self.cloud_product(new_plans[large], cloud[large])
         return result
 
-    def _transport(self, scaled_cost: torch.Tensor, cloud: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
+    def _transport(self, scaled_cost: torch.Tensor, p: torch.Tensor, q: torch.Tensor, potentials: torch.Tensor,
                    steps: int, trust: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Entropic OT from weights q (P, m) to each cloud's weights, cost already divided by ε
+        """Entropic OT from weights q (P, m) to the clouds' weights p (P, N), cost already divided by ε
         and given in bits (× log2 e): base-2 exponentials are several times faster.
 
         Semi-dual in h = g/ε (in bits): T_ja = p_a softmax_j(h_j − K_ja), concave objective
@@ -426,7 +466,6 @@ class GridGW:
         plans, the potentials g and each pair's largest marginal error. `trust` holds each
         pair's first trial step length and is updated in place.
         """
-        p = self.weights[cloud]
         h = potentials * (LOG2E / self.epsilon)
         m = scaled_cost.shape[1]
         # 11ᵀ/m fixes the constant shift; a small ridge keeps columns that lost all mass solvable.
@@ -508,14 +547,15 @@ class GridGW:
         return (structure + structure.T) / 2
 
     def barycenter(self, members: torch.Tensor, start: torch.Tensor, warm: Optional[Plans] = None, *,
-                   max_updates: int = 30, tol: float = 1e-4, inner_steps: int = 2,
+                   max_updates: int = 30, tol: float = 1e-4, inner_steps: int = 1,
                    fresh_updates: int = 0) -> Tuple[torch.Tensor, Plans, int]:
         """Entropic GW barycenter (uniform weights) of the member clouds, from structure `start`.
 
-        Block coordinate descent on Σ_s GW_ε(C̄, C_s): a few warm-started mirror steps for every
-        member's plan, then the closed-form structure update, until the structure's relative
+        Block coordinate descent on Σ_s GW_ε(C̄, C_s): `inner_steps` warm-started mirror steps for
+        every member's plan, then the closed-form structure update, until the structure's relative
         change falls below `tol`. POT solves every member's plan afresh from p qᵀ between
-        updates; the fixed point is the same, reached with far fewer mirror steps. From a random
+        updates; the fixed point is the same, reached with far fewer mirror steps (one step per update
+        took 36 % fewer on class 5 than two, for the same k-means result). From a random
         start, warm-started plans get stuck in poor local optima, so the first `fresh_updates`
         updates solve every plan from p qᵀ with POT's inner stopping rule. Returns the structure, the
         members' plans (against the structure before the last update: warm starts for the next

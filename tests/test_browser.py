@@ -36,6 +36,10 @@ if not Path(CHROMIUM).exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
+# A page draws its parts one after another; on a busy 2-core CPU a chart can follow the text
+# above it by more than Playwright's default 5 s, so an assertion waits up to 30 s unless told.
+expect.set_options(timeout=30_000)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -128,7 +132,7 @@ def test_poison_page_renders_the_samples_and_metrics(server, browser):
     page.goto(f"{server}/poison?{urlencode(SMALL)}")
     expect(page.get_by_text("Attack success rate")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("Poisoned training images")).to_be_visible()
-    expect(page.locator(".js-plotly-plot").first).to_contain_text("Training samples before")
+    expect(page.locator(".js-plotly-plot").first).to_contain_text("Training samples before", timeout=60_000)
 
 
 def test_spectral_page_draws_the_spectrum_and_the_embedding(server, browser):

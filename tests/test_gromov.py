@@ -290,3 +290,25 @@ def test_pooling_keeps_the_relevance_of_each_block():
 def test_bad_gw_distance_settings_are_refused(field, value):
     with pytest.raises(ConfigError):
         GWDistanceConfig(**{field: value})
+
+
+def test_a_seed_plan_transferred_to_like_clouds_starts_them_near_their_optimum():
+    """Clouds that look alike (here: blocks at one place with different weights, like the signs of a
+    class) start from the seed cloud's plan: the right marginal on the cloud's side, fewer mirror
+    steps than from p qᵀ (here 125 against 197; on class 5 of the default experiment 16,497 against
+    47,147), and GW values as low within 2 % (both are local optima: here 1 % above on average, on
+    class 5 0.6 % below)."""
+    rng = np.random.default_rng(4)
+    maps = torch.from_numpy(rng.random((12, 32, 32)) * 0.01).float()
+    maps[:, 10:20, 8:22] += torch.from_numpy(rng.random((12, 10, 14))).float() + 0.2
+    clouds = GridClouds.from_heatmaps(maps, 0.9)
+    solver = GridGW(clouds, 5e-3)
+    structure, seed_plan, _ = solver.barycenter(torch.tensor([0]), random_structure(10, seed=2), fresh_updates=3)
+    everyone = torch.arange(len(clouds))
+    start = solver.transferred(seed_plan, everyone)
+    torch.testing.assert_close(start.plans.sum(dim=1).double(), clouds.weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(start.products, solver.cloud_product(start.plans, everyone), rtol=0, atol=1e-6)
+    cold = solver.solve(everyone, structure.expand(len(clouds), -1, -1))
+    warm = solver.solve(everyone, structure.expand(len(clouds), -1, -1), warm=start)
+    assert int(warm.iterations.sum()) < 0.75 * int(cold.iterations.sum()), (warm.iterations, cold.iterations)
+    assert abs(float(warm.values.mean()) - float(cold.values.mean())) <= 0.02 * float(cold.values.mean()), (warm.values, cold.values)
