@@ -33,6 +33,15 @@ def sparse_heatmaps(count: int, points: int, seed: int) -> torch.Tensor:
     return maps
 
 
+def assert_products_exact(products: torch.Tensor, exact: torch.Tensor) -> None:
+    """C T as the solver carries it against the dense product: within 1e-4 of each pair's largest
+    entry (the float32 path's separable product errs by about 5e-6 on plans of scattered mass and
+    up to 8e-5 on smooth ones, where the kernel's discarded singular values add up; float32's own
+    rounding by 4e-7)."""
+    error = (products.double() - exact.double()).abs().flatten(1).amax(dim=1)
+    assert (error <= 1e-4 * exact.double().abs().flatten(1).amax(dim=1)).all(), error.max()
+
+
 def pot_value(clouds: GridClouds, i: int, structure: torch.Tensor, eps: float) -> float:
     c, p = clouds.structure(i)
     with warnings.catch_warnings():
@@ -119,7 +128,7 @@ def test_shortcuts_at_small_epsilon_keep_the_values(arithmetic):
         difference = (ours.values - reference.values).abs() / reference.values
         assert difference.median() < 1e-4 and difference.max() < 2e-3, difference
         # What is returned carries the exact C T of the returned plans: warm starts stay exact.
-        torch.testing.assert_close(ours.products, fast.cloud_product(ours.plans, cloud), rtol=0, atol=1e-6)
+        assert_products_exact(ours.products, fast.exact_product(ours.plans, cloud))
     assert cold_fast.iterations.sum() < cold_plain.iterations.sum()
 
 
@@ -150,7 +159,7 @@ def test_barycenter_returns_exact_products_and_leaves_the_warm_start_alone():
     kept = warm.plans.clone()
     structure, plans, updates = solver.barycenter(members, start, warm, max_updates=5, tol=1e-9)
     assert updates == 5 and torch.equal(warm.plans, kept)
-    torch.testing.assert_close(plans.products, solver.cloud_product(plans.plans, members), rtol=0, atol=1e-6)
+    assert_products_exact(plans.products, solver.exact_product(plans.plans, members))
     torch.testing.assert_close(structure, structure.T)
 
 
@@ -307,7 +316,7 @@ def test_a_seed_plan_transferred_to_like_clouds_starts_them_near_their_optimum()
     everyone = torch.arange(len(clouds))
     start = solver.transferred(seed_plan, everyone)
     torch.testing.assert_close(start.plans.sum(dim=1).double(), clouds.weights, rtol=0, atol=1e-6)
-    torch.testing.assert_close(start.products, solver.cloud_product(start.plans, everyone), rtol=0, atol=1e-6)
+    assert_products_exact(start.products, solver.exact_product(start.plans, everyone))
     cold = solver.solve(everyone, structure.expand(len(clouds), -1, -1))
     warm = solver.solve(everyone, structure.expand(len(clouds), -1, -1), warm=start)
     assert int(warm.iterations.sum()) < 0.75 * int(cold.iterations.sum()), (warm.iterations, cold.iterations)
