@@ -385,17 +385,23 @@ class GridGW:
         chunks of `chunk` (128 measured fastest here: larger batches, few megabytes each).
         """
         cloud = torch.as_tensor(cloud, dtype=torch.long)
+        # Solving in place: the chunk works in `out`'s own arrays, no copy in and none out.
+        in_place = out is not None and out is warm and all(getattr(warm, f).dtype == self.dtype for f in ("plans", "products", "potentials"))
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
             result = self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer,
-                                       None if weights is None else weights[part], absolute_tol, exact_last)
+                                       None if weights is None else weights[part], absolute_tol, exact_last, in_place)
             if out is None:  # the arrays for every pair, allocated once (concatenating chunks copies them again)
                 out = Plans.empty(len(cloud), result)
-            out.write(part, result)
+            if in_place:
+                out.values[part], out.iterations[part] = result.values, result.iterations
+            else:
+                out.write(part, result)
         return out
 
     def _solve_chunk(self, cloud: torch.Tensor, bary: torch.Tensor, warm: Optional[Plans], max_outer: Optional[int],
-                     weights: Optional[torch.Tensor], absolute_tol: Optional[float], exact_last: bool) -> Plans:
+                     weights: Optional[torch.Tensor], absolute_tol: Optional[float], exact_last: bool,
+                     in_place: bool = False) -> Plans:
         bary = bary.to(self.dtype)
         count, m = len(cloud), bary.shape[-1]
         q = torch.full((count, m), 1.0 / m, dtype=self.dtype) if weights is None else weights.to(self.dtype)
@@ -406,6 +412,8 @@ class GridGW:
             plans = cloud_weights[:, None, :] * q[:, :, None]
             products = self.cloud_product(cloud_weights[:, None, :], cloud) * q[:, :, None]  # C p qᵀ
             potentials = torch.zeros(count, m, dtype=self.dtype)
+        elif in_place:  # the state is packed into arrays of its own before a result is written back
+            plans, products, potentials = warm.plans, warm.products, warm.potentials
         else:
             plans, products, potentials = (warm.plans.to(self.dtype).clone(), warm.products.to(self.dtype).clone(),
                                            warm.potentials.to(self.dtype).clone())
