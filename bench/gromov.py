@@ -18,7 +18,9 @@ a float32 one (`--paths` forces the list). Prints, in one run:
    the POT loop (the smaller cluster, so the arbitrary cluster numbers do not matter), same
    seeds, on a subset of the class (threshold 0.5 and ε = 0.01, where POT
    converges and the POT loop finishes in minutes): with every solve started from p qᵀ as
-   POT does, and with the default warm starts (which may settle in other local optima).
+   POT does, and with the default warm starts (which may settle in other local optima);
+5. the fused float32 kernels of `core.semidual` against the tensor operations they replace
+   (`POISONLAB_FUSED=0` turns them off everywhere, part 1 included), and the ratio.
 """
 
 from __future__ import annotations
@@ -135,6 +137,53 @@ def main() -> None:
     print(f"4. k-means agreement with the POT loop ({len(subset)} clouds, t = 0.5, ε = 0.01, {args.seeds} seeds): "
           f"{100 * agree[False] / total:.1f} % of samples flagged identically with POT-style starts (--no-warm-start), "
           f"{100 * agree[True] / total:.1f} % with warm starts (the default)")
+    fused_against_tensors(clouds)
+
+
+def fused_against_tensors(clouds: GridClouds, pairs: int = 128, repeats: int = 20) -> None:
+    """5. The fused float32 kernels (core.semidual) against the tensor operations they replace, on
+    a chunk of real mirror-descent states: one transport (Newton steps and line search) and one
+    linearised loss with its objective, as the solver calls them."""
+    from core import semidual
+    from core.gromov import LOG2E, _objective
+
+    solver = GridGW(clouds, 5e-4, arithmetic="float32")
+    cloud = torch.arange(pairs)
+    bary = random_structure(10, seed=0).float().expand(pairs, -1, -1)
+    q = torch.full((pairs, 10), 0.1)
+    state = solver.solve(cloud, bary, max_outer=3)
+    loss = solver.linearised_loss(state.products, solver.cloud_term[cloud], bary, q)
+    p = solver.weights[cloud]
+    scale = 2 * LOG2E / solver.epsilon
+    bits = state.potentials * (LOG2E / solver.epsilon)
+
+    def tensors_transport():
+        solver._transport_tensors(loss * scale, p, q, state.potentials, 1, torch.ones(pairs))
+
+    def fused_transport():
+        semidual.transport(loss, scale, p, q, bits, torch.ones(pairs), 1, solver.marginal_tol, solver._ridge,
+                           solver._slack, solver.max_newton, state.plans)
+
+    def tensors_loss():
+        _objective(solver.linearised_loss(state.products, solver.cloud_term[cloud], bary, q), state.plans)
+
+    def fused_loss():
+        semidual.loss_and_value(state.products, solver.cloud_term[cloud], bary, q, state.plans)
+
+    def best(f):
+        f()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    for name, reference, fused in (("transport (one mirror step)", tensors_transport, fused_transport),
+                                   ("linearised loss and objective", tensors_loss, fused_loss)):
+        a, b = best(reference), best(fused)
+        print(f"5. [float32] {name}, {pairs} pairs: tensor operations {1000 * a:.2f} ms, fused kernel {1000 * b:.2f} ms; "
+              f"ratio tensors / fused = {a / b:.1f}")
 
 
 if __name__ == "__main__":

@@ -187,8 +187,14 @@ _CHANGE_PRODUCT_PATH: dict = {}
 
 
 def change_product_path(size: int = GRID_SIZE, rows: int = 320) -> str:
-    """'bfloat16' or 'float32': which product of plan changes is faster on this CPU, measured
-    once per CPU (and per process) on `rows` plan rows, or forced by POISONLAB_ARITHMETIC."""
+    """'bfloat16' or 'float32': which way of carrying C T is faster on this CPU, measured once per
+    CPU (and per process) on `rows` plan rows, or forced by POISONLAB_ARITHMETIC.
+
+    Each candidate is timed as what a mirror step costs on its path: the float32 path's separable
+    product, against the bfloat16 path's product of the change plus the exact product that a
+    quarter of all steps take (the pairs' last steps: 84,000 of 320,000 on class 5). Timing the
+    bfloat16 product alone chose it on a CPU with native bfloat16 where the whole k-means then ran
+    19 % slower than on the float32 path (38.4 s against 32.3 s)."""
     from .arithmetic import forced_path
 
     forced = forced_path()
@@ -197,11 +203,13 @@ def change_product_path(size: int = GRID_SIZE, rows: int = 320) -> str:
     if size not in _CHANGE_PRODUCT_PATH:
         generator = torch.Generator().manual_seed(0)
         sample = torch.rand(rows, size * size, generator=generator) * 1e-4
-        dense = grid_distances(size).bfloat16()
+        dense = grid_distances(size).float()
+        dense_bf16 = dense.bfloat16()
         left, right = separable_distance_factors(size)
-        _CHANGE_PRODUCT_PATH[size] = choose(f"gw-change-product-{size}", {
+        last = sample[: rows // 4]
+        _CHANGE_PRODUCT_PATH[size] = choose(f"gw-step-product-{size}", {
             "float32": lambda: separable_product(sample, left, right),
-            "bfloat16": lambda: (sample.bfloat16() @ dense).float(),
+            "bfloat16": lambda: ((sample.bfloat16() @ dense_bf16).float(), last @ dense),
         })
     return _CHANGE_PRODUCT_PATH[size]
 
@@ -490,7 +498,7 @@ class GridGW:
     def _mirror_step(self, s: dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One mirror step's transport from the state's loss: new plans, potentials, marginal errors,
         and the Frobenius norms of the plans' change and of the new plans. In float32 by the fused
-        kernel of `core.semidual` (seven times faster on 2 cores: each pair's block stays in cache),
+        kernel of `core.semidual` (four times faster on 2 cores, bench/gromov.py: each pair's block stays in cache),
         else as tensor operations. The state's loss is overwritten."""
         scale = 2.0 * LOG2E / self.epsilon
         if self.dtype == torch.float32 and semidual.available():

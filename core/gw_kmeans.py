@@ -282,7 +282,7 @@ def mds_embedding(structure, seed: int = 0) -> np.ndarray:
 
 
 THESIS_GW_RATES = {"accuracy": 0.9817, "tpr": 0.9698, "tnr": 0.9891}  # thesis table 2, s = 2, pp = 0.33
-_ARTIFACT_VERSION = 5  # 5: first solves against a seed start from its plan; one mirror step per barycenter update
+_ARTIFACT_VERSION = 6  # 6: float32 C T all separable, fused transport and loss; 5: seed plans as first starts
 
 
 def detection_path(heatmaps_file: str, config: GWConfig):
