@@ -29,11 +29,11 @@ and GW is E(T) = ⟨L(T), T⟩ at the end. What makes it fast here:
   as tensor operations make some twenty passes through memory.
 - Which product gives C T cheaply depends on the CPU (`core.arithmetic` measures it once). The
   float32 path uses a rank-6 separable approximation of D for every product: the grid's
-  distances depend only on the offset (Δr, Δc), and the 63×63 kernel √(Δr² + Δc²) has
-  singular values that fall below 4e-5 of the first after six terms, so C T is Σ_r A_r T B_rᵀ with 32×32 Toeplitz
-  factors: a third of the arithmetic, with an error of 5e-6 to 1e-4 of C T. Where the CPU has
-  native bfloat16, plan changes update C T by a bfloat16 product of the change with D (error
-  about 2e-3 of C ΔT), with the exact product at every pair's last step.
+  distances depend only on the offset (Δr, Δc), and the singular values of the 63×63 kernel
+  √(Δr² + Δc²) fall below 4e-5 of the first after six terms, so C T is Σ_r A_r T B_rᵀ with
+  32×32 Toeplitz factors: a third of the arithmetic, with an error of 5e-6 to 1e-4 of C T.
+  The bfloat16 path updates C T by a bfloat16 product of each plan change with D (error about
+  2e-3 of C ΔT), with the exact product at every pair's last step.
 """
 
 from __future__ import annotations
@@ -394,7 +394,8 @@ class GridGW:
         """
         cloud = torch.as_tensor(cloud, dtype=torch.long)
         # Solving in place: the chunk works in `out`'s own arrays, no copy in and none out.
-        in_place = out is not None and out is warm and all(getattr(warm, f).dtype == self.dtype for f in ("plans", "products", "potentials"))
+        in_place = out is not None and out is warm and all(
+            getattr(warm, f).dtype == self.dtype for f in ("plans", "products", "potentials"))
         for start in range(0, len(cloud), self.chunk):
             part = slice(start, start + self.chunk)
             result = self._solve_chunk(cloud[part], bary[part], None if warm is None else warm.select(part), max_outer,
