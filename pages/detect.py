@@ -114,7 +114,8 @@ key = path.name
 if not path.is_file():
     settle_job(key, "GW k-means", "GW k-means runs in the background: switching pages or changing controls does not stop it.")
     st.write(f"GW k-means has not run yet for class {class_id} with these settings. On the whole default class "
-             "(2,463 clouds of about 1,000 points) it takes 70–80 s on two cores; smaller thresholds are no faster, "
+             "(2,463 clouds of about 1,000 points) it takes 30–45 s on two cores, depending on the CPU (the first run "
+             "also compiles the solver's kernels, a few seconds); smaller thresholds are no faster, "
              "because every cloud lives on the same 32×32 grid.")
     if st.button("Run GW k-means", type="primary"):
         RUNNER.submit(key, "GW k-means", lambda progress: experiment_gw(experiment, class_id, lrp, config, data, progress=progress))
