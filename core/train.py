@@ -10,6 +10,19 @@ and 98.1 %. Label smoothing raised both by about half a point, but it erases the
 within a class that the heatmap clustering finds the poison by (spectral clustering of class
 5 then flagged 346 of 813 poisoned samples instead of 808), so it is not used.
 Early stopping watches the validation loss and restores the best weights.
+
+Clean accuracy sits at 96.7 % +- 0.2 across every variant tried below: the same recipe gives
+96.4 % with seed 0 on one thread and 96.7 % on two (the kernels sum in another order), 96.9 % and
+96.8 % with seeds 1 and 2. Variants, seed 0 on one thread unless noted, none clearly better: 13 and
+16 epochs 96.7 % and 96.5 %; weights averaged over the steps (decay 0.99 - 0.999) no better than the
+final ones (seeds 0 and 1); AdamW with decoupled decay 0.05 96.5 % and SGD with Nesterov momentum at
+0.05 95.9 % (both on two threads); no augmentation 96.2 %; stronger augmentation (+-15 degrees,
++-15 %, +-3 px, with or without blur) 95.6 %; warm-up over 20 % of the steps 96.6 %. Label smoothing
+0.05 in all but the last two epochs gives 97.1 %, 96.9 %, 96.9 % (seeds 0-2) and 96.7 % (seed 0, two
+threads), attack success 99.6 - 100 %, and leaves spectral clustering of class 5 at 795 of 813 with
+one false alarm, but activation clustering falls from 98 % to 92 %: too small and too uncertain a
+gain for what the detectors lose. The thesis's 96.8 % (its table 3) is its Inception v3's, whose
+runs span 96.1 - 97.0 %.
 """
 
 from __future__ import annotations
