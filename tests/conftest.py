@@ -1,5 +1,11 @@
 """Shared fixtures: the real GTSRB (decoded once per session, through the on-disk cache),
-private cache folders, and a small generated class-folder tree."""
+private cache folders, and a small generated class-folder tree; the test tiers.
+
+Every test is marked from the fixtures it uses (directly or through other fixtures): `data`
+when it reads the real GTSRB, `training` when it trains a model, `browser` when it drives
+Chromium; a test that reaches them another way is marked where it is written, as are `cli` (a
+subprocess: the command line or a second process) and `slow`. `fast` is what is left
+(`pytest -m fast`)."""
 
 from __future__ import annotations
 
@@ -15,6 +21,30 @@ os.environ.setdefault("GTSRB_DIR", str((ROOT.parent / "shared" / "data" / "gtsrb
 
 from core.data import dataset_cache_path, load_gtsrb  # noqa: E402
 from trees import make_class_folder_tree  # noqa: E402
+
+
+DATA_FIXTURES = {"gtsrb", "gtsrb_cache_file", "seeded_cache"}
+TRAINING_FIXTURES = {"small_victim", "quick_run", "tiny_run", "tiny_artifact", "tiny", "quick", "small_experiment",
+                     "small_heatmaps", "small_cache"}
+BROWSER_FIXTURES = {"browser", "server"}
+TIERS = (("data", DATA_FIXTURES), ("training", TRAINING_FIXTURES), ("browser", BROWSER_FIXTURES))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in TIERS:
+            if used & fixtures:
+                item.add_marker(marker)
+        if not any(item.get_closest_marker(name) for name in ("data", "training", "browser", "cli", "slow")):
+            item.add_marker("fast")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_read_no_data(request, monkeypatch):
+    """A `fast` test that reaches for GTSRB fails at once instead of quietly slowing the tier."""
+    if request.node.get_closest_marker("fast"):
+        monkeypatch.setenv("GTSRB_DIR", str(ROOT / "no-gtsrb-in-the-fast-tier--mark-the-test-data"))
 
 
 @pytest.fixture(scope="session")

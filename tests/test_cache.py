@@ -248,6 +248,7 @@ def test_config_hash_is_stable():
     assert config_hash(config, length=32).startswith(config_hash(config))
 
 
+@pytest.mark.cli
 def test_config_hash_is_the_same_in_another_process():
     """Artifacts are shared between the app, the CLI and later runs: no per-process salt."""
     code = "from core.cache import config_hash; from core.experiment import ExperimentConfig; print(config_hash(1, 'x', ExperimentConfig().to_dict()))"
@@ -273,6 +274,7 @@ while True:  # a large artifact rewritten forever, each version filled with its 
 """
 
 
+@pytest.mark.cli
 def test_a_writer_killed_mid_write_never_leaves_a_partial_artifact_to_read(tmp_path):
     """SIGKILL a process that keeps rewriting a 16 MB artifact while this one keeps reading it:
     every read is a whole, verified version; the leftover temporary files are listed as

@@ -23,6 +23,8 @@ from core.relevance import LRPConfig, experiment_heatmaps
 from core.spectral import SpectralConfig
 from core.train import TrainConfig
 
+pytestmark = pytest.mark.cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_KEYS = {"clean_accuracy", "source_accuracy", "attack_success_rate", "epochs", "train_seconds", "n_poisoned"}
 

@@ -61,6 +61,7 @@ def test_grid_clouds_are_the_point_clouds_of_core_pointcloud():
             assert torch.equal(clouds.support(i), reference.coords[:, 0] * 32 + reference.coords[:, 1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.1, 0.01])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
 def test_gw_values_match_pot_on_random_clouds(eps, dtype, tolerance):
@@ -241,6 +242,7 @@ def test_kmeans_separates_two_shapes_and_flags_the_smaller_group():
     assert result.converged and len(result.iterations) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_grid_and_pot_solvers_agree_on_the_assignments(warm_start):
     heatmaps, truth = two_shapes(8, 5, seed=1)

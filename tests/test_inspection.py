@@ -110,12 +110,14 @@ def test_cli_commands_carry_every_setting_that_differs_from_the_defaults():
     (["--test-index", "1", "--eps", "-1"], "eps must be"),
     (["--test-index", "1", "--tau", "0"], "tau must be"),
 ])
+@pytest.mark.data  # the test split is read before the index is checked
 def test_cli_inspect_refuses_bad_input_with_a_message(argv, message, capsys):
     assert main(["inspect", "--quiet", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
 
 
+@pytest.mark.data
 def test_cli_inspect_refuses_a_file_that_is_not_png_or_jpeg(tmp_path, capsys):
     path = tmp_path / "sign.gif"
     path.write_bytes(_encoded("GIF"))

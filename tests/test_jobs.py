@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from core.jobs import JobRunner
 from core.progress import Progress
 
@@ -58,6 +60,7 @@ def test_a_failing_job_reports_its_error_and_the_worker_goes_on():
     assert runner.wait("good", timeout=10).result == "ok"
 
 
+@pytest.mark.cli
 def test_a_running_job_does_not_keep_the_process_alive():
     script = textwrap.dedent(
         """
@@ -95,6 +98,7 @@ print(RUNNER.wait(artifact.name, timeout=60).result, flush=True)
 """
 
 
+@pytest.mark.cli
 def test_two_processes_sharing_the_cache_compute_an_artifact_once(tmp_path):
     """Two server processes (or a server and the CLI) ask for the same artifact at once."""
     artifact = tmp_path / "model-x-0123456789abcdef.safetensors"
@@ -106,6 +110,7 @@ def test_two_processes_sharing_the_cache_compute_an_artifact_once(tmp_path):
     assert len(artifact.with_suffix(".log").read_text().split()) == 1
 
 
+@pytest.mark.cli
 def test_a_job_waiting_for_another_process_can_be_cancelled(tmp_path, monkeypatch):
     from core.jobs import artifact_lock, locked_elsewhere
 

@@ -375,6 +375,7 @@ def test_tsne_is_finite_and_deterministic_per_seed():
     assert first.std(axis=0).min() > 0, "not collapsed onto a line or a point"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 def test_umap_is_finite_and_deterministic_per_seed():
     """~60 points; the first call compiles numba code (about 8 s on two cores)."""
