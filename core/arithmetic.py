@@ -20,7 +20,7 @@ from typing import Callable, Dict, Mapping, Optional
 
 import torch
 
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
 
 OVERRIDE_ENV = "POISONLAB_ARITHMETIC"
 PATHS = ("float32", "bfloat16")
@@ -63,17 +63,13 @@ def _store_path() -> Path:
 
 
 def _read_store(path: Path) -> Dict[str, object]:
-    from .cache import discard, load_artifact
+    from .cache import load_cached
 
-    try:
-        _, meta = load_artifact(path)
-    except FileNotFoundError:
-        return {}
-    except ArtifactError:
-        discard(path)
-        return {}
-    decisions = meta.get("decisions")
-    return dict(decisions) if isinstance(decisions, dict) else {}
+    def decisions(tensors, meta) -> Dict[str, object]:
+        value = meta.get("decisions")
+        return dict(value) if isinstance(value, dict) else {}
+
+    return load_cached(path, decisions) or {}
 
 
 def _time(candidate: Callable[[], object], repeats: int, give_up: float = float("inf")) -> float:

@@ -5,6 +5,11 @@ metadata. Every file carries a SHA-256 of its tensors and one of its metadata (w
 holds results such as a model's metrics), both checked on load, and is written to a
 temporary file and renamed into place, so a killed process never leaves a half
 artifact under the final name.
+
+`cached` is the one way an artifact is made: under the artifact's cross-process file lock
+it loads the file if it is there and sound (a damaged one is removed), or computes, saves
+and returns it. The app's jobs, the CLI and any other process sharing the folder therefore
+compute each artifact once.
 """
 
 from __future__ import annotations
@@ -18,14 +23,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import ArtifactError, ConfigError
+from .progress import ProgressCallback, report
 
 _CHECKSUM_KEY = "poisonlab.sha256"
 _META_KEY = "poisonlab.meta"
@@ -248,3 +255,105 @@ def delete_artifacts(names: list[str], directory: Path | None = None) -> int:
         except FileNotFoundError:
             pass
     return deleted
+
+
+def artifact_lock(key: str) -> FileLock:
+    """The inter-process lock of the computation of `key` (a file in `lock_dir()`).
+
+    One lock object per file in this process, re-entrant in the thread that holds it, so a
+    job and the core function it calls can both lock the same artifact.
+    """
+    return FileLock(_lock_file(key), is_singleton=True)
+
+
+def lock_dir() -> Path:
+    """Where the artifact locks are: beside the cache folder (`.cache-locks` for `cache/`), so that the
+    cache itself holds nothing but artifacts; inside it where its parent cannot be written."""
+    directory = cache_dir()
+    beside = directory.parent / f".{directory.name}-locks"
+    try:
+        beside.mkdir(exist_ok=True)
+        return beside
+    except OSError:
+        inside = directory / ".locks"
+        inside.mkdir(exist_ok=True)
+        return inside
+
+
+def _lock_file(key: str) -> Path:
+    return lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
+
+
+def locked_elsewhere(key: str) -> bool:
+    """True while a computation holds the lock of `key`, in any process (this one included)."""
+    lock = FileLock(_lock_file(key))  # its own file descriptor, so a holder in this process counts too
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+WAITING = "waiting: another process is computing this"
+
+T = TypeVar("T")
+Encoded = Tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]
+
+
+def cached(
+    path: Path,
+    compute: Callable[[], T],
+    encode: Callable[[T], Encoded],
+    decode: Callable[[Dict[str, torch.Tensor], Dict[str, Any]], T],
+    use_cache: bool = True,
+    progress: Optional[ProgressCallback] = None,
+) -> T:
+    """`decode` of the artifact at `path`, or `compute()` stored there through `encode`.
+
+    Everything happens under the artifact's lock, so a second process asking for the same
+    artifact waits (reporting WAITING every second) and then loads what the first one stored. A file that
+    fails its checksum or that `decode` cannot read is removed and recomputed. With
+    `use_cache=False` nothing is read, written or locked.
+    """
+    if not use_cache:
+        return compute()
+    path = Path(path)
+    try:  # a finished artifact needs no lock: it is only ever replaced whole, by a rename
+        return decode(*load_artifact(path))
+    except FileNotFoundError:
+        pass
+    except (ArtifactError, KeyError, TypeError, ValueError, RuntimeError):
+        pass  # removed under the lock below, where no other process can be storing it
+    lock = artifact_lock(path.name)
+    while True:
+        try:
+            lock.acquire(timeout=0 if progress is None else 1)
+            break
+        except Timeout:  # reported every second, so that a job's cancel (raised from its progress) can end the wait
+            report(progress, path.name, 0, 0, WAITING)
+            if progress is None:
+                lock.acquire()
+                break
+    try:
+        found = load_cached(path, decode)
+        if found is not None:
+            return found
+        result = compute()
+        save_artifact(path, *encode(result))
+        return result
+    finally:
+        lock.release()
+
+
+def load_cached(path: Path, decode: Callable[[Dict[str, torch.Tensor], Dict[str, Any]], T]) -> Optional[T]:
+    """`decode` of the artifact at `path` if it is there and sound, else None; computes nothing
+    and takes no lock (a damaged file is removed, as `cached` would)."""
+    path = Path(path)
+    try:
+        return decode(*load_artifact(path))
+    except FileNotFoundError:
+        return None
+    except (ArtifactError, KeyError, TypeError, ValueError, RuntimeError):
+        discard(path)
+        return None

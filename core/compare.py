@@ -78,9 +78,8 @@ def gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceCo
     and the distance matrix."""
     import torch
 
-    from .cache import discard, load_artifact, save_artifact
+    from .cache import cached
     from .data import load_gtsrb
-    from .errors import ArtifactError
     from .experiment import model_path
     from .gromov import pairwise_gw
     from .relevance import heatmaps_path
@@ -88,20 +87,24 @@ def gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceCo
     class_id = check_class(class_id)
     data = data if data is not None else load_gtsrb(progress=progress)
     heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress)
-    path = gw_distances_path(experiment, class_id, lrp, config, data)
     name = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
-    if use_cache and path.is_file():
-        try:
-            tensors, _ = load_artifact(path)
-            return heatmaps, tensors["subset"].numpy(), tensors["distances"].numpy()
-        except (ArtifactError, KeyError):
-            discard(path)
-    count = min(config.samples, len(heatmaps))
-    subset = np.sort(np.random.default_rng(config.seed).choice(len(heatmaps), count, replace=False))
-    distances = pairwise_gw(heatmaps.heatmaps[torch.from_numpy(subset)], config.threshold, config.epsilon, config.pool, progress=progress)
-    if use_cache:
-        save_artifact(path, {"subset": torch.from_numpy(subset), "distances": distances}, {"config": config.__dict__, "heatmaps": name})
-    return heatmaps, subset, distances.numpy()
+
+    def compute():
+        count = min(config.samples, len(heatmaps))
+        subset = np.sort(np.random.default_rng(config.seed).choice(len(heatmaps), count, replace=False))
+        distances = pairwise_gw(heatmaps.heatmaps[torch.from_numpy(subset)], config.threshold, config.epsilon, config.pool,
+                                progress=progress)
+        return subset, distances.numpy()
+
+    def encode(result):
+        subset, distances = result
+        return {"subset": torch.from_numpy(subset), "distances": torch.from_numpy(distances)}, {"config": config.__dict__, "heatmaps": name}
+
+    def decode(tensors, meta):
+        return tensors["subset"].numpy(), tensors["distances"].numpy()
+
+    subset, distances = cached(gw_distances_path(experiment, class_id, lrp, config, data), compute, encode, decode, use_cache, progress)
+    return heatmaps, subset, distances
 
 
 BASELINES = ("activation clustering", "spectral signatures", "raw images")

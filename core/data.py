@@ -18,14 +18,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .cache import cache_dir, discard, load_artifact, save_artifact, tensors_checksum
-from .errors import ArtifactError, DataError
+from .cache import cache_dir, cached, load_cached, tensors_checksum
+from .errors import DataError
 from .progress import ProgressCallback, report
 
 NUM_CLASSES = 43
@@ -166,20 +166,25 @@ def load_gtsrb(
     path = resolve_root(root)
     layout, entries = _list_entries(path)
     cache_file = _cache_file(path, layout, entries)
-    if use_cache:
-        try:
-            tensors, meta = load_artifact(cache_file)
-            return _from_tensors(tensors, str(path), meta["layout"], meta["checksum"])
-        except FileNotFoundError:
-            pass
-        except ArtifactError:
-            discard(cache_file)
-    if not decode:
-        raise NotCached(str(cache_file))
-    tensors = _decode_all(entries, progress)
-    if use_cache:
-        save_artifact(cache_file, tensors, {"layout": layout, "root": str(path), "format": _FORMAT_VERSION})
-    return _from_tensors(tensors, str(path), layout, tensors_checksum(tensors))
+
+    def decode_tensors(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> GTSRB:
+        return _from_tensors(tensors, str(path), meta["layout"], meta["checksum"])
+
+    if not decode:  # the quick answer or none: no decoding, no waiting for a process that decodes
+        found = load_cached(cache_file, decode_tensors) if use_cache else None
+        if found is None:
+            raise NotCached(str(cache_file))
+        return found
+
+    def encode(data: GTSRB):
+        tensors = {f"{s}_{part}": getattr(data.split(s), part) for s in SPLITS for part in ("images", "labels")}
+        return tensors, {"layout": layout, "root": str(path), "format": _FORMAT_VERSION}
+
+    def compute() -> GTSRB:
+        tensors = _decode_all(entries, progress)
+        return _from_tensors(tensors, str(path), layout, tensors_checksum(tensors))
+
+    return cached(cache_file, compute, encode, decode_tensors, use_cache, progress)
 
 
 def dataset_cache_path(root: Optional[os.PathLike | str] = None) -> Path:

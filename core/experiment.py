@@ -17,9 +17,9 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
+from .cache import cache_dir, cached, config_hash, load_cached
 from .data import GTSRB, NUM_CLASSES, Split, load_gtsrb
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
 from .models import build_model, predict
 from .poison import PoisonConfig, PoisonedSplit, attack_test_set, poison_split
 from .progress import ProgressCallback
@@ -186,20 +186,20 @@ def evaluate(model: nn.Module, poisoned: PoisonedData, config: ExperimentConfig)
     }
 
 
+def _decoder(config: ExperimentConfig, path: Path):
+    def decode(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> TrainedModel:
+        model = build_model(config.train.architecture)
+        model.load_state_dict(tensors)  # a RuntimeError for weights of another shape: the file is rebuilt
+        model.eval()
+        return TrainedModel(model, meta["metrics"], path, True)
+
+    return decode
+
+
 def load_trained(data: GTSRB, config: ExperimentConfig) -> Optional[TrainedModel]:
     """The cached model of `config`, or None when it is absent (a damaged file is removed)."""
     path = model_path(data, config)
-    try:
-        tensors, meta = load_artifact(path)
-        model = build_model(config.train.architecture)
-        model.load_state_dict(tensors)
-    except FileNotFoundError:
-        return None
-    except (ArtifactError, RuntimeError, KeyError):
-        discard(path)
-        return None
-    model.eval()
-    return TrainedModel(model, meta["metrics"], path, True)
+    return load_cached(path, _decoder(config, path))
 
 
 def train_or_load(
@@ -208,18 +208,18 @@ def train_or_load(
     progress: Optional[ProgressCallback] = None,
     use_cache: bool = True,
 ) -> TrainedModel:
-    """The trained model of `config` with its metrics; trains and caches it when needed."""
+    """The trained model of `config` with its metrics; trains and caches it when needed (another
+    process training the same model is waited for, through the artifact's lock)."""
     data = data if data is not None else load_gtsrb(progress=progress)
-    if not use_cache:
-        return _train(config, data, progress, use_cache)
-    from .jobs import artifact_lock
+    path = model_path(data, config)
 
-    with artifact_lock(model_path(data, config).name):  # another process may be training the same model
-        cached = load_trained(data, config)
-        return cached if cached is not None else _train(config, data, progress, use_cache)
+    def encode(trained: TrainedModel):
+        return trained.model.state_dict(), {"config": config.to_dict(), "data": data.content_id, "metrics": trained.metrics}
+
+    return cached(path, lambda: _train(config, data, path, progress), encode, _decoder(config, path), use_cache, progress)
 
 
-def _train(config: ExperimentConfig, data: GTSRB, progress: Optional[ProgressCallback], use_cache: bool) -> TrainedModel:
+def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional[ProgressCallback]) -> TrainedModel:
     poisoned = poisoned_data(data, config)
     torch.manual_seed(config.train.seed)
     model = build_model(config.train.architecture)
@@ -230,7 +230,4 @@ def _train(config: ExperimentConfig, data: GTSRB, progress: Optional[ProgressCal
         epochs=result.epochs, best_epoch=result.best_epoch,
         train_seconds=round(time.perf_counter() - started, 2), history=result.history,
     )
-    path = model_path(data, config)
-    if use_cache:
-        save_artifact(path, model.state_dict(), {"config": config.to_dict(), "data": data.content_id, "metrics": metrics})
     return TrainedModel(model, metrics, path, False)

@@ -291,36 +291,33 @@ def detection_path(heatmaps_file: str, config: GWConfig):
     return cache_dir() / f"gw-{config_hash(_ARTIFACT_VERSION, heatmaps_file, asdict(config))}.safetensors"
 
 
-def _save(path, result: GWResult) -> None:
-    from .cache import save_artifact
-
+def _encode(result: GWResult):
     tensors = {"assignments": torch.from_numpy(np.stack([it.assignments for it in result.iterations]).astype(np.int8)),
                "distances": torch.from_numpy(result.distances), "barycenters": torch.from_numpy(result.barycenters)}
     meta = {"config": asdict(result.config), "seeds": result.seeds, "seconds": result.seconds, "converged": result.converged,
             "iterations": [{"counts": it.counts, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates} for it in result.iterations]}
-    save_artifact(path, tensors, meta)
+    return tensors, meta
 
 
-def _load(path, config: GWConfig) -> GWResult:
-    from .cache import load_artifact
+def _decoder(config: GWConfig):
+    def decode(tensors, meta) -> GWResult:
+        assignments = tensors["assignments"].long().numpy()
+        iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"])
+                      for a, it in zip(assignments, meta["iterations"])]
+        return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"],
+                        meta["seconds"], meta["converged"])
 
-    tensors, meta = load_artifact(path)
-    assignments = tensors["assignments"].long().numpy()
-    iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"]) for a, it in zip(assignments, meta["iterations"])]
-    return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"], meta["seconds"], meta["converged"])
+    return decode
 
 
 def cached_gw(experiment, class_id: int, lrp, config: GWConfig, data) -> Optional[GWResult]:
     """The class's GW k-means result if it is in the cache, else None (nothing is computed)."""
-    from .errors import ArtifactError
+    from .cache import load_cached
     from .experiment import model_path
     from .relevance import check_class, heatmaps_path
 
     path = detection_path(heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name, config)
-    try:
-        return _load(path, config)
-    except (FileNotFoundError, ArtifactError, KeyError, TypeError, ValueError):
-        return None
+    return load_cached(path, _decoder(config))
 
 
 def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, progress: Optional[ProgressCallback] = None,
@@ -329,9 +326,8 @@ def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, p
 
     Returns the class's heatmaps and the result; the truth is the heatmaps' poison mask.
     """
-    from .cache import discard
+    from .cache import cached
     from .data import load_gtsrb
-    from .errors import ArtifactError
     from .experiment import model_path
     from .relevance import check_class, experiment_heatmaps, heatmaps_path
 
@@ -341,13 +337,9 @@ def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, p
     data = data if data is not None else load_gtsrb(progress=progress)
     heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress, use_cache=use_cache)
     path = detection_path(heatmaps_path(model_path(data, experiment).name, class_id, lrp).name, config)
-    if use_cache and path.is_file():
-        try:
-            return heatmaps, _load(path, config)
-        except (ArtifactError, KeyError, TypeError, ValueError):
-            discard(path)
-    clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, config.threshold)
-    result = gw_kmeans(clouds, config, truth=heatmaps.poison_mask.numpy(), progress=progress)
-    if use_cache:
-        _save(path, result)
-    return heatmaps, result
+
+    def compute() -> GWResult:
+        clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, config.threshold)
+        return gw_kmeans(clouds, config, truth=heatmaps.poison_mask.numpy(), progress=progress)
+
+    return heatmaps, cached(path, compute, _encode, _decoder(config), use_cache, progress)

@@ -17,7 +17,6 @@ next report after `cancel` raises `Cancelled` inside the job.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import sys
 import threading
@@ -26,9 +25,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 
-from .cache import cache_dir
+from .cache import WAITING, artifact_lock
 from .errors import PoisonLabError
 from .progress import Estimator, Progress
 
@@ -60,32 +59,6 @@ class Job:
 
 
 Work = Callable[[Callable[[Progress], None]], Any]
-
-
-def artifact_lock(key: str) -> FileLock:
-    """The inter-process lock of the computation of `key` (a file under cache/.locks).
-
-    One lock object per file in this process, re-entrant in the thread that holds it, so a
-    job and the core function it calls can both lock the same artifact.
-    """
-    return FileLock(_lock_file(key), is_singleton=True)
-
-
-def _lock_file(key: str):
-    directory = cache_dir() / ".locks"
-    directory.mkdir(exist_ok=True)
-    return directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
-
-
-def locked_elsewhere(key: str) -> bool:
-    """True while a job holds the lock of `key`, in any process (this one included)."""
-    lock = FileLock(_lock_file(key))  # its own file descriptor, so a holder in this process counts too
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 class JobRunner:
@@ -169,7 +142,7 @@ class JobRunner:
             try:
                 lock.acquire(blocking=False)
             except Timeout:
-                on_progress(Progress(job.title, 0, 0, "waiting: another process is computing this"))
+                on_progress(Progress(job.title, 0, 0, WAITING))
                 try:
                     lock.acquire(cancel_check=lambda: job.cancel_requested)
                 except Timeout:

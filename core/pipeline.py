@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .cache import artifact_meta
+from .cache import artifact_meta, locked_elsewhere
 from .errors import ArtifactError
 from .experiment import ExperimentConfig, model_path
 from .gw_kmeans import GWConfig, detection_path
-from .jobs import RUNNER, locked_elsewhere
+from .jobs import RUNNER
 from .relevance import LRPConfig, heatmaps_path
 from .robustness import RobustnessConfig, table_path
 

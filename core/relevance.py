@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
+from .cache import cache_dir, cached, config_hash
 from .data import NUM_CLASSES
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
 from .progress import ProgressCallback, report
 
 _ARTIFACT_VERSION = 1
@@ -581,45 +581,46 @@ def class_heatmaps(
     training), so the heatmaps are recomputed whenever any of those change.
     """
     class_id = check_class(class_id)
-    path = heatmaps_path(model_file, class_id, config)
-    if use_cache:
-        try:
-            tensors, meta = load_artifact(path)
-            return ClassHeatmaps(**tensors, class_id=class_id, config=config, seconds=meta["seconds"])
-        except FileNotFoundError:
-            pass
-        except (ArtifactError, TypeError, KeyError):
-            discard(path)
     indices = torch.nonzero(labels == class_id).flatten()
     if len(indices) == 0:
         raise ConfigError(f"the training split has no images labelled {class_id}")
-    started = time.perf_counter()
-    class_images = images[indices]
-    class_labels = labels[indices]
-    if config.target == "prediction":
-        from .models import predict
 
-        explained = predict(model, class_images)
-    else:
-        explained = class_labels
-    heatmaps, logits = explain(model, class_images, explained, config, progress=progress)
-    probabilities = logits.softmax(dim=1)
-    result = ClassHeatmaps(
-        heatmaps=heatmaps.float().contiguous(),
-        indices=indices,
-        poison_mask=poison_mask[indices].clone(),
-        explained=explained.clone(),
-        logit=logits.gather(1, explained[:, None])[:, 0].float(),
-        confidence=probabilities.gather(1, class_labels[:, None])[:, 0].float(),
-        predicted=logits.argmax(dim=1),
-        class_id=class_id,
-        config=config,
-        seconds=round(time.perf_counter() - started, 3),
-    )
-    if use_cache:
-        tensors = {k: getattr(result, k) for k in ("heatmaps", "indices", "poison_mask", "explained", "logit", "confidence", "predicted")}
-        save_artifact(path, tensors, {"seconds": result.seconds, "class_id": class_id, "model": model_file, "config": config.__dict__})
-    return result
+    def compute() -> ClassHeatmaps:
+        started = time.perf_counter()
+        class_images = images[indices]
+        class_labels = labels[indices]
+        if config.target == "prediction":
+            from .models import predict
+
+            explained = predict(model, class_images)
+        else:
+            explained = class_labels
+        heatmaps, logits = explain(model, class_images, explained, config, progress=progress)
+        probabilities = logits.softmax(dim=1)
+        return ClassHeatmaps(
+            heatmaps=heatmaps.float().contiguous(),
+            indices=indices,
+            poison_mask=poison_mask[indices].clone(),
+            explained=explained.clone(),
+            logit=logits.gather(1, explained[:, None])[:, 0].float(),
+            confidence=probabilities.gather(1, class_labels[:, None])[:, 0].float(),
+            predicted=logits.argmax(dim=1),
+            class_id=class_id,
+            config=config,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def encode(result: ClassHeatmaps):
+        tensors = {k: getattr(result, k) for k in _HEATMAP_TENSORS}
+        return tensors, {"seconds": result.seconds, "class_id": class_id, "model": model_file, "config": config.__dict__}
+
+    def decode(tensors, meta) -> ClassHeatmaps:
+        return ClassHeatmaps(**{k: tensors[k] for k in _HEATMAP_TENSORS}, class_id=class_id, config=config, seconds=meta["seconds"])
+
+    return cached(heatmaps_path(model_file, class_id, config), compute, encode, decode, use_cache, progress)
+
+
+_HEATMAP_TENSORS = ("heatmaps", "indices", "poison_mask", "explained", "logit", "confidence", "predicted")
 
 
 def experiment_heatmaps(

@@ -17,7 +17,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .defense import DefenseConfig, purify
-from .errors import ArtifactError, ConfigError
+from .errors import ConfigError
 from .evasion import ATTACKS, AttackConfig, attack
 from .progress import ProgressCallback, report
 
@@ -67,26 +67,23 @@ def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: t
                          batch: int = 64, defense: Optional[DefenseConfig] = None) -> torch.Tensor:
     """Attacked versions of `images` (test images `index`), cached per model, attack and image
     set (and, for the adaptive attack, the defense it attacks)."""
-    from .cache import cache_dir, config_hash, discard, load_artifact, save_artifact
+    from .cache import cache_dir, cached, config_hash
 
     attacked = asdict(defense) if config.name == "bpda" and defense is not None else None
     parts_of_key = (_ARTIFACT_VERSION, model_name, asdict(config), index.tolist())
     key = config_hash(*parts_of_key, attacked) if attacked is not None else config_hash(*parts_of_key)
-    path = cache_dir() / f"adv-{config.name}-{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            return load_artifact(path)[0]["images"]
-        except (ArtifactError, KeyError):
-            discard(path)
-    parts = []
-    for start in range(0, len(images), batch):
-        report(progress, ATTACKS[config.name], start, len(images), f"{start} of {len(images)} images")
-        parts.append(attack(model, images[start:start + batch], labels[start:start + batch], replace(config, seed=config.seed + start),
-                            defense=defense))
-    adversarial = torch.cat(parts)
-    if use_cache:
-        save_artifact(path, {"images": adversarial.contiguous()}, {"attack": asdict(config), "model": model_name})
-    return adversarial
+
+    def compute() -> torch.Tensor:
+        parts = []
+        for start in range(0, len(images), batch):
+            report(progress, ATTACKS[config.name], start, len(images), f"{start} of {len(images)} images")
+            parts.append(attack(model, images[start:start + batch], labels[start:start + batch],
+                                replace(config, seed=config.seed + start), defense=defense))
+        return torch.cat(parts)
+
+    return cached(cache_dir() / f"adv-{config.name}-{key}.safetensors", compute,
+                  lambda adversarial: ({"images": adversarial.contiguous()}, {"attack": asdict(config), "model": model_name}),
+                  lambda tensors, meta: tensors["images"], use_cache, progress)
 
 
 def _purified(images: torch.Tensor, defense: DefenseConfig, progress: Optional[ProgressCallback], task: str,
@@ -104,39 +101,38 @@ def table_path(model_name: str, config: RobustnessConfig):
     return cache_dir() / f"robustness-{config_hash(_ARTIFACT_VERSION, model_name, asdict(config))}.safetensors"
 
 
+def _table(tensors, meta) -> Dict[str, object]:
+    return {k: v for k, v in meta.items() if k != "checksum"}
+
+
 def cached_table(model_name: str, config: RobustnessConfig) -> Optional[Dict[str, object]]:
     """The table of a finished run with these settings, or None."""
-    from .cache import discard, load_artifact
+    from .cache import load_cached
 
-    path = table_path(model_name, config)
-    try:
-        meta = load_artifact(path)[1]
-        meta.pop("checksum", None)
-        return meta
-    except FileNotFoundError:
-        return None
-    except ArtifactError:
-        discard(path)
-        return None
+    return load_cached(table_path(model_name, config), _table)
 
 
 def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), data=None,
                      progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> Dict[str, object]:
     """AA and BA per attack, clean and clean-barycenter accuracy (B6 and B4), and the
     sticker's success rate with and without the barycenter, for the model of `experiment`."""
-    from .cache import save_artifact
+    from .cache import cached
     from .data import load_gtsrb
-    from .experiment import poisoned_data, train_or_load
-    from .models import predict
+    from .experiment import train_or_load
 
     if not isinstance(config, RobustnessConfig):
         raise ConfigError("config must be a RobustnessConfig")
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
-    if use_cache:
-        table = cached_table(trained.path.name, config)
-        if table is not None:
-            return table
+    return cached(table_path(trained.path.name, config), lambda: _measure(experiment, config, data, trained, progress, use_cache),
+                  lambda out: ({}, out), _table, use_cache, progress)
+
+
+def _measure(experiment, config: RobustnessConfig, data, trained, progress: Optional[ProgressCallback],
+             use_cache: bool) -> Dict[str, object]:
+    from .experiment import poisoned_data
+    from .models import predict
+
     model = trained.model.eval()
     index = sample_test_images(config.images, len(data.test), config.seed)
     images = data.test.images[index].float() / 255
@@ -168,7 +164,5 @@ def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), 
     out["trigger"] = {"images": len(chosen), "source": experiment.poison.source, "target": target,
                       "success_rate": round(float(on_target.float().mean()), 4),
                       "success_rate_barycenter": round(float(on_target_bary.float().mean()), 4)}
-    if use_cache:
-        save_artifact(table_path(trained.path.name, config), {}, out)
     report(progress, "robustness", 1, 1, "done")
     return out

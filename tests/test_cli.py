@@ -394,3 +394,62 @@ def test_inspect_prints_the_defense_pages_numbers(gtsrb, seeded_cache):
     printed = report["sensitivity"]["rows"]
     assert [[(c["parameter"], c["predicted"], c["confidence"]) for c in row] for row in printed] == \
         [[(c.parameter, c.predicted, c.confidence) for c in row] for row in grid]
+
+
+def _stderr_until(process: subprocess.Popen, text: str, seconds: float) -> str:
+    """What `process` wrote to stderr until `text` appeared in it (tqdm redraws with \\r, not lines)."""
+    import selectors
+    import time
+
+    seen, deadline = b"", time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while text.encode() not in seen and time.monotonic() < deadline and process.poll() is None:
+            if selector.select(timeout=1):
+                seen += os.read(process.stderr.fileno(), 65536)
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", ["heatmaps", "detect"])
+def test_the_command_line_waits_for_an_artifact_another_process_is_computing(gtsrb, seeded_cache, command):
+    """Two processes, one computation: while this process holds the lock of the artifact the
+    command needs (the class's heatmaps, or its GW k-means), the command waits; then it reads
+    what this process stored and computes nothing itself."""
+    from core.cache import WAITING, artifact_lock
+    from core.experiment import model_path
+    from core.gw_kmeans import GWConfig, detection_path, experiment_gw
+    from core.relevance import heatmaps_path
+
+    config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
+    lrp, gw = LRPConfig(), GWConfig(max_iter=2)
+    train_or_load(config, gtsrb)
+    heatmaps_file = heatmaps_path(model_path(gtsrb, config).name, 5, lrp)
+    if command == "heatmaps":
+        artifact, compute = heatmaps_file, lambda: experiment_heatmaps(config, 5, lrp, gtsrb)
+        args = ("heatmaps", "--subset", "2000", "--epochs", "2")
+    else:
+        experiment_heatmaps(config, 5, lrp, gtsrb)
+        artifact, compute = detection_path(heatmaps_file.name, gw), lambda: experiment_gw(config, 5, lrp, gw, gtsrb)
+        args = ("detect", "--method", "gw", "--max-iter", "2", "--subset", "2000", "--epochs", "2")
+    assert not artifact.exists()
+
+    lock = artifact_lock(artifact.name)
+    lock.acquire()
+    env = {**os.environ, "POISONLAB_CACHE": str(seeded_cache), "COLUMNS": "100"}
+    process = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        waited = _stderr_until(process, WAITING, seconds=300)
+        assert WAITING in waited, waited[-2000:]
+        assert not artifact.exists(), "the command computed while the lock was held"
+        compute()  # this process's computation, under the lock it holds
+        stored = artifact.stat()
+    finally:
+        lock.release()
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    after = artifact.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (stored.st_ino, stored.st_mtime_ns), "the command rewrote the artifact"
+    report = json.loads(stdout.decode().splitlines()[-1])
+    ours = compute()  # from the cache now
+    assert report["seconds"] == (ours.seconds if command == "heatmaps" else ours[1].seconds), "read, not computed again"

@@ -112,10 +112,10 @@ def test_two_processes_sharing_the_cache_compute_an_artifact_once(tmp_path):
 
 @pytest.mark.cli
 def test_a_job_waiting_for_another_process_can_be_cancelled(tmp_path, monkeypatch):
-    from core.jobs import artifact_lock, locked_elsewhere
+    from core.cache import artifact_lock, locked_elsewhere
 
     monkeypatch.setenv("POISONLAB_CACHE", str(tmp_path))
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.jobs import artifact_lock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from core.cache import artifact_lock; "
                                "lock = artifact_lock('held'); lock.acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, env={**os.environ, "POISONLAB_CACHE": str(tmp_path)}, stdout=subprocess.PIPE, text=True)
     try:

@@ -38,7 +38,7 @@ def test_home_shows_where_the_experiment_stands(seeded_cache, gtsrb):
 
     # Another process (a second server or the CLI) holds the model's lock: the step is running.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from core.jobs import artifact_lock; lock = artifact_lock(sys.argv[1]); "
+        [sys.executable, "-c", "import sys, time; from core.cache import artifact_lock; lock = artifact_lock(sys.argv[1]); "
          "lock.acquire(); print('held', flush=True); time.sleep(60)", model_path(gtsrb, config).name],
         cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, text=True)
     try:
