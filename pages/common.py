@@ -84,7 +84,7 @@ def set_active_experiment(config: ExperimentConfig) -> None:
 
 def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = None) -> None:
     """Say whether the active experiment is reduced, and offer the other scale in one click."""
-    from core.cli import train_command
+    from core.commands import train_command
     from core.experiment import QUICK_TRAINING, full_experiment, is_reduced, quick_experiment
 
     if is_reduced(config):

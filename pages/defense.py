@@ -12,7 +12,7 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from core.cli import defend_command, inspect_command
+from core.commands import defend_command, inspect_command
 from core.data import CLASS_NAMES, NUM_CLASSES, decode_upload
 from core.defense import DefenseConfig
 from core.errors import ConfigError, PoisonLabError

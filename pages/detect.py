@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.cli import train_command
+from core.commands import train_command
 from core.compare import heatmap_spectral
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError

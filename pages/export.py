@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.cli import export_command
+from core.commands import export_command
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.export import detection_frame, experiment_json, experiment_record, virelay_zip
 from core.relevance import LRPConfig

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.cli import train_command
+from core.commands import train_command
 from core.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load

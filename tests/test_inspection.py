@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.cli import build_parser, defend_command, defense_from_args, experiment_from_args, inspect_command, main
+from core.cli import build_parser, defense_from_args, experiment_from_args, main
+from core.commands import defend_command, inspect_command
 from core.data import decode_upload
 from core.defense import DefenseConfig, purify
 from core.errors import ConfigError, DataError

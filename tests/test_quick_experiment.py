@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from core.cli import build_parser, experiment_from_args, train_command
+from core.cli import build_parser, experiment_from_args
+from core.commands import train_command
 from core.experiment import QUICK_TRAINING, ExperimentConfig, full_experiment, is_reduced, quick_experiment
 from core.poison import PoisonConfig
 from core.train import TrainConfig

@@ -1,0 +1,70 @@
+"""The `python -m core` command lines that reproduce what a page shows.
+
+Pages print them beside their numbers, so a user can rerun the same computation headless; they
+live apart from the command-line parser so that the pages need not import it. Each spells out
+every experiment option, and the tests parse them back into the same configuration.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from .defense import DefenseConfig
+from .evasion import ATTACKS
+
+
+def train_command(config) -> str:
+    """The `python -m core train` invocation that reproduces `config`'s numbers."""
+    p, t = config.poison, config.train
+    parts = [
+        "python -m core train",
+        f"--source {p.source}", f"--target {p.target}", f"--size {p.size}",
+        "--color {} {} {}".format(*p.color), f"--x-range {p.x_range[0]}-{p.x_range[1]}",
+        f"--y-range {p.y_range[0]}-{p.y_range[1]}", f"--fraction {p.fraction!r}", f"--poison-seed {p.seed}",
+        f"--architecture {t.architecture}", f"--epochs {t.max_epochs}", f"--patience {t.patience}",
+        f"--batch-size {t.batch_size}", f"--lr {t.learning_rate!r}", f"--weight-decay {t.weight_decay!r}",
+        f"--subset {t.subset}", f"--seed {t.seed}",
+    ]
+    if not t.augment:
+        parts.append("--no-augment")
+    return " ".join(parts)
+
+
+def _defense_flags(defense: DefenseConfig) -> List[str]:
+    base, flags = DefenseConfig(), []
+    for flag, name in (("--marginals", "marginals"), ("--iterations", "iterations"), ("--defense-gamma", "gamma"), ("--theta", "theta"),
+                       ("--tau", "tau"), ("--tol", "tol"), ("--cost-unit", "cost_unit")):
+        value = getattr(defense, name)
+        if value != getattr(base, name):
+            flags.append(f"{flag} {value}" if isinstance(value, str) else f"{flag} {value!r}")
+    return flags
+
+
+def inspect_command(experiment, model: str, source: str, attack_config, defense: DefenseConfig, sensitivity: Optional[str] = None) -> str:
+    """The `python -m core inspect` invocation that reproduces the Defense page's numbers;
+    `source` is "--test-index N …" or "--image FILE"."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core inspect", 1), source, f"--model {model}",
+             f"--attack {attack_config.name}", f"--eps {attack_config.budget!r}", f"--attack-seed {attack_config.seed}",
+             *_defense_flags(defense)]
+    if sensitivity:
+        parts.append(f"--sensitivity {sensitivity}")
+    return " ".join(parts)
+
+
+def defend_command(experiment, model: str, robustness) -> str:
+    """The `python -m core defend` invocation that reproduces the Defense page's table."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core defend", 1), f"--models {model}",
+             f"--images {robustness.images}", f"--eps-linf {robustness.eps_linf!r}", f"--eps-l2 {robustness.eps_l2!r}",
+             f"--sample-seed {robustness.seed}", *_defense_flags(robustness.defense)]
+    if tuple(robustness.attacks) != tuple(ATTACKS):
+        parts.append("--attacks " + " ".join(robustness.attacks))
+    return " ".join(parts)
+
+
+def export_command(experiment, class_id: int, virelay_classes=None) -> str:
+    """The `python -m core export` invocation that writes the Export page's files."""
+    parts = [train_command(experiment).replace("python -m core train", "python -m core export", 1), f"--class {class_id}",
+             "--csv detections.csv --json experiment.json"]
+    if virelay_classes:
+        parts.append("--virelay poisonlab-virelay --virelay-classes " + " ".join(str(c) for c in sorted(set(virelay_classes))))
+    return " ".join(parts)

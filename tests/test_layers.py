@@ -1,0 +1,40 @@
+"""The layers: core computes and never imports streamlit; pages show and never import the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set:
+    """Every module a file imports, at any depth (function-level imports included), as written."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add("." * node.level + node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_never_imports_streamlit(path):
+    assert not {name for name in imported_modules(path) if name.split(".")[0] == "streamlit"}
+
+
+@pytest.mark.parametrize("path", [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))], ids=lambda p: p.name)
+def test_pages_never_import_the_command_line(path):
+    assert not {name for name in imported_modules(path) if name in ("core.cli", "cli")}
+
+
+def test_the_pages_command_lines_parse_back_into_the_same_experiment():
+    from core.cli import build_parser, experiment_from_args
+    from core.commands import train_command
+    from core.experiment import ExperimentConfig, quick_experiment
+
+    for config in (ExperimentConfig(), quick_experiment()):
+        assert experiment_from_args(build_parser().parse_args(train_command(config).split()[3:])) == config
