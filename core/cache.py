@@ -296,6 +296,8 @@ def locked_elsewhere(key: str) -> bool:
 
 
 WAITING = "waiting: another process is computing this"
+_UNREADABLE = (ArtifactError, KeyError, TypeError, ValueError, RuntimeError)
+"""A damaged file, or one written by another version that `decode` cannot read."""
 
 T = TypeVar("T")
 Encoded = Tuple[Mapping[str, torch.Tensor], Mapping[str, Any]]
@@ -311,10 +313,10 @@ def cached(
 ) -> T:
     """`decode` of the artifact at `path`, or `compute()` stored there through `encode`.
 
-    Everything happens under the artifact's lock, so a second process asking for the same
-    artifact waits (reporting WAITING every second) and then loads what the first one stored. A file that
-    fails its checksum or that `decode` cannot read is removed and recomputed. With
-    `use_cache=False` nothing is read, written or locked.
+    Computing happens under the artifact's lock, so a second process asking for the same
+    artifact waits (reporting WAITING every second) and then loads what the first one stored.
+    A file that fails its checksum or that `decode` cannot read is removed and recomputed.
+    With `use_cache=False` nothing is read, written or locked.
     """
     if not use_cache:
         return compute()
@@ -323,18 +325,19 @@ def cached(
         return decode(*load_artifact(path))
     except FileNotFoundError:
         pass
-    except (ArtifactError, KeyError, TypeError, ValueError, RuntimeError):
+    except _UNREADABLE:
         pass  # removed under the lock below, where no other process can be storing it
     lock = artifact_lock(path.name)
-    while True:
-        try:
-            lock.acquire(timeout=0 if progress is None else 1)
-            break
-        except Timeout:  # reported every second, so that a job's cancel (raised from its progress) can end the wait
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        while True:  # reported every second, so that a job's cancel (raised from its progress) can end the wait
             report(progress, path.name, 0, 0, WAITING)
-            if progress is None:
-                lock.acquire()
+            try:
+                lock.acquire(timeout=-1 if progress is None else 1)
                 break
+            except Timeout:
+                continue
     try:
         found = load_cached(path, decode)
         if found is not None:
@@ -354,6 +357,6 @@ def load_cached(path: Path, decode: Callable[[Dict[str, torch.Tensor], Dict[str,
         return decode(*load_artifact(path))
     except FileNotFoundError:
         return None
-    except (ArtifactError, KeyError, TypeError, ValueError, RuntimeError):
+    except _UNREADABLE:
         discard(path)
         return None
