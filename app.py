@@ -25,6 +25,7 @@ def pipeline_diagram(steps) -> str:
 
 
 def home() -> None:
+    from core.params import parameter_rows
     from core.pipeline import pipeline_status
     from pages.common import active_experiment, data_or_stop, experiment_scale_note
     from pages.url_state import restore_view
@@ -56,16 +57,8 @@ def home() -> None:
                "The steps use each view's default settings for the target class.")
     st.subheader("Active experiment")
     st.write(config.poison.describe())
-    p, t = config.poison, config.train
-    st.dataframe(
-        [{"parameter": name, "value": value} for name, value in [
-            ("source class", p.source), ("target class", p.target), ("sticker size (px)", p.size),
-            ("sticker colour (RGB)", str(p.color)), ("sticker x window", f"{p.x_range[0]}–{p.x_range[1]}"),
-            ("sticker y window", f"{p.y_range[0]}–{p.y_range[1]}"), ("poison fraction pp", p.fraction), ("poison seed", p.seed),
-            ("architecture", t.architecture), ("epochs at most", t.max_epochs), ("early-stopping patience", t.patience),
-            ("batch size", t.batch_size), ("learning rate", t.learning_rate), ("weight decay", t.weight_decay),
-            ("augmentation", t.augment), ("training subset (0: all)", t.subset), ("training seed", t.seed)]],
-        hide_index=True, width=520, height=35 * 18 + 3)
+    rows = parameter_rows(config)
+    st.dataframe(rows, hide_index=True, width=520, height=35 * (len(rows) + 1) + 3)
     st.caption("Change it on the Poison page; the link in the address bar carries it, so a copied link opens the same experiment.")
     st.page_link(EXPORT, label="Take the results away: CSV, JSON and a ViRelAy project", icon=":material/download:",
                  query_params=config.to_query())

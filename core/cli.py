@@ -13,12 +13,12 @@ import os
 import sys
 from typing import List, Optional
 
+from . import params
 from .defense import DefenseConfig
 from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
-from .train import TrainConfig
 
 
 class _Bar:
@@ -61,16 +61,6 @@ class _Bar:
             bar.close()
 
 
-def _pair(text: str):
-    parts = text.replace(",", " ").replace("-", " ").split()
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected two numbers like 16-17, got {text!r}")
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two whole numbers like 16-17, got {text!r}") from None
-
-
 ATTACK_NAMES = tuple(ATTACKS)
 
 
@@ -80,50 +70,21 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
-    from .experiment import QUICK_TRAINING
+    from .experiment import QUICK_TRAINING, ExperimentConfig
 
-    p, t = PoisonConfig(), TrainConfig()
-    attack = parser.add_argument_group("attack (defaults: the thesis's)")
-    attack.add_argument("--source", type=int, default=p.source, help=f"class whose images get the sticker (default {p.source}: 50 km/h)")
-    attack.add_argument("--target", type=int, default=p.target, help=f"class they are relabelled as (default {p.target}: 80 km/h)")
-    attack.add_argument("--size", type=int, default=p.size, help=f"sticker side in pixels (default {p.size})")
-    attack.add_argument("--color", type=int, nargs=3, metavar=("R", "G", "B"), default=p.color, help="sticker colour, 0-255 each (default 245 255 0)")
-    attack.add_argument("--x-range", type=_pair, default=p.x_range, metavar="FIRST-LAST", help="columns for the sticker's left edge, inclusive (default 16-17)")
-    attack.add_argument("--y-range", type=_pair, default=p.y_range, metavar="FIRST-LAST", help="rows for the sticker's top edge, inclusive (default 16-19)")
-    attack.add_argument("--fraction", type=float, default=p.fraction, help=f"share pp of the target class that is poisoned, 0 <= pp < 1 (default {p.fraction})")
-    attack.add_argument("--poison-seed", type=int, default=p.seed, help=f"seed for choosing and stickering images (default {p.seed})")
-    train = parser.add_argument_group("training")
-    train.add_argument("--architecture", default=t.architecture, help=f"network (default {t.architecture}: thesis appendix A.1)")
-    train.add_argument("--epochs", type=int, default=t.max_epochs, help=f"maximum epochs (default {t.max_epochs})")
-    train.add_argument("--patience", type=int, default=t.patience, help=f"early stopping: epochs without a lower validation loss (default {t.patience})")
-    train.add_argument("--batch-size", type=int, default=t.batch_size, help=f"batch size (default {t.batch_size})")
-    train.add_argument("--lr", type=float, default=t.learning_rate, help=f"peak learning rate of the one-cycle schedule on Adam (default {t.learning_rate})")
-    train.add_argument("--weight-decay", type=float, default=t.weight_decay, help=f"Adam weight decay (default {t.weight_decay})")
-    train.add_argument("--no-augment", action="store_true", help="train without the random rotation/scale/shift/brightness augmentation")
-    train.add_argument("--subset", type=int, default=t.subset, help="train on this many random training images (default 0: all)")
-    train.add_argument("--seed", type=int, default=t.seed, help=f"seed for initialisation, shuffling and augmentation (default {t.seed})")
-    train.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
-    train.add_argument("--quick", action="store_true",
-                       help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
-                            "--batch-size {batch_size}, --lr {learning_rate} and --no-augment".format(**QUICK_TRAINING))
+    params.add_options(parser, ExperimentConfig, {"poison": "attack (defaults: the thesis's)", "train": "training"})
+    run = parser.add_argument_group("run")
+    run.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
+    run.add_argument("--quick", action="store_true",
+                     help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
+                          "--batch-size {batch_size}, --lr {learning_rate} and --no-augment".format(**QUICK_TRAINING))
 
 
 def experiment_from_args(args: argparse.Namespace):
-    from .experiment import ExperimentConfig
+    from .experiment import ExperimentConfig, quick_experiment
 
-    poison = PoisonConfig(
-        source=args.source, target=args.target, size=args.size, color=tuple(args.color),
-        x_range=tuple(args.x_range), y_range=tuple(args.y_range), fraction=args.fraction, seed=args.poison_seed,
-    )
-    train = TrainConfig(
-        architecture=args.architecture, max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
-        learning_rate=args.lr, weight_decay=args.weight_decay, augment=not args.no_augment, subset=args.subset, seed=args.seed,
-    )
-    if getattr(args, "quick", False):
-        from .experiment import quick_experiment
-
-        return quick_experiment(ExperimentConfig(poison, train))
-    return ExperimentConfig(poison, train)
+    config = params.from_args(ExperimentConfig, args)
+    return quick_experiment(config) if getattr(args, "quick", False) else config
 
 
 def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:

@@ -10,24 +10,13 @@ from __future__ import annotations
 from typing import List, Optional
 
 from .defense import DefenseConfig
+from .params import command_options
 from .evasion import ATTACKS
 
 
 def train_command(config) -> str:
     """The `python -m core train` invocation that reproduces `config`'s numbers."""
-    p, t = config.poison, config.train
-    parts = [
-        "python -m core train",
-        f"--source {p.source}", f"--target {p.target}", f"--size {p.size}",
-        "--color {} {} {}".format(*p.color), f"--x-range {p.x_range[0]}-{p.x_range[1]}",
-        f"--y-range {p.y_range[0]}-{p.y_range[1]}", f"--fraction {p.fraction!r}", f"--poison-seed {p.seed}",
-        f"--architecture {t.architecture}", f"--epochs {t.max_epochs}", f"--patience {t.patience}",
-        f"--batch-size {t.batch_size}", f"--lr {t.learning_rate!r}", f"--weight-decay {t.weight_decay!r}",
-        f"--subset {t.subset}", f"--seed {t.seed}",
-    ]
-    if not t.augment:
-        parts.append("--no-augment")
-    return " ".join(parts)
+    return " ".join(["python -m core train", *command_options(config)])
 
 
 def _defense_flags(defense: DefenseConfig) -> List[str]:

@@ -47,7 +47,6 @@ convex conjugate of its J. Choices where the paper is silent (all visible in Def
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .validation import real_number, whole_number
 
 MARGINAL_SETS = {"B6": (2.0, -2.0, 3.0, -3.0), "B4": (2.0, -2.0)}
 
@@ -78,15 +78,10 @@ class DefenseConfig:
         if not isinstance(self.marginals, str) or self.marginals not in MARGINAL_SETS:
             raise ConfigError(f"marginals must be one of {sorted(MARGINAL_SETS)}, got {self.marginals!r}")
         for name, low, high in (("gamma", 1e-4, 100.0), ("theta", 1e-6, 1e12), ("tau", 1e-6, 100.0), ("cost_unit", 1e-4, 100.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real) or not 0 <= self.tol < 1:
-            raise ConfigError(f"tol must be a number in [0, 1), got {self.tol!r}")
+            real_number(name, getattr(self, name), low, high)
+        real_number("tol", self.tol, 0.0, 1.0, open_high=True)
         for name, low, high in (("window", 1, 15), ("iterations", 1, 100_000), ("shift", 0, 8)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+            whole_number(name, getattr(self, name), low, high)
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"precision must be 'float32' or 'float64', got {self.precision!r}")
         if self.window % 2 == 0:

@@ -24,8 +24,6 @@ the last iterate that the defended model misclassifies, if any.
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .validation import real_number, whole_number
 
 ATTACKS = {
     "fgsm": "FGSM (L∞)",
@@ -60,13 +59,10 @@ class AttackConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or self.name not in ATTACKS:
             raise ConfigError(f"unknown attack {self.name!r}; choose one of {', '.join(ATTACKS)}")
-        if self.eps is not None and (isinstance(self.eps, bool) or not isinstance(self.eps, numbers.Real)
-                                     or not math.isfinite(self.eps) or not 0 < self.eps <= 32):
-            raise ConfigError(f"eps must be a number in (0, 32], got {self.eps!r}")
+        if self.eps is not None:
+            real_number("eps", self.eps, 0.0, 32.0, open_low=True)
         for name, low, high in (("seed", 0, 2**32 - 1), ("batch_size", 1, 4096)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+            whole_number(name, getattr(self, name), low, high)
 
     @property
     def norm(self) -> str:

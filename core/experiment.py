@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
+from . import params
 from .cache import cache_dir, cached, config_hash, load_cached
 from .data import GTSRB, NUM_CLASSES, Split, load_gtsrb
 from .errors import ConfigError
@@ -47,45 +48,12 @@ class ExperimentConfig:
 
     def to_query(self) -> Dict[str, str]:
         """Flat string parameters for a URL query string (see `from_query`)."""
-        p, t = self.poison, self.train
-        return {
-            "source": str(p.source), "target": str(p.target), "size": str(p.size),
-            "color": "%02x%02x%02x" % p.color, "x": f"{p.x_range[0]}-{p.x_range[1]}",
-            "y": f"{p.y_range[0]}-{p.y_range[1]}", "pp": repr(p.fraction), "pseed": str(p.seed),
-            "arch": t.architecture, "epochs": str(t.max_epochs), "patience": str(t.patience),
-            "batch": str(t.batch_size), "lr": repr(t.learning_rate), "wd": repr(t.weight_decay),
-            "aug": "1" if t.augment else "0", "subset": str(t.subset), "seed": str(t.seed),
-        }
+        return params.to_query(self)
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> "ExperimentConfig":
         """Parse `to_query` output; absent keys take defaults, malformed ones raise ConfigError."""
-        default = cls().to_query()
-        q = {k: str(query.get(k, default[k])) for k in default}
-        try:
-            color_hex = q["color"].lstrip("#")
-            if len(color_hex) != 6:
-                raise ValueError(f"colour {q['color']!r} is not six hex digits")
-            poison = PoisonConfig(
-                source=int(q["source"]), target=int(q["target"]), size=int(q["size"]),
-                color=tuple(int(color_hex[i : i + 2], 16) for i in (0, 2, 4)),
-                x_range=_pair(q["x"]), y_range=_pair(q["y"]), fraction=float(q["pp"]), seed=int(q["pseed"]),
-            )
-            train = TrainConfig(
-                architecture=q["arch"], max_epochs=int(q["epochs"]), patience=int(q["patience"]),
-                batch_size=int(q["batch"]), learning_rate=float(q["lr"]), weight_decay=float(q["wd"]),
-                augment=q["aug"] == "1", subset=int(q["subset"]), seed=int(q["seed"]),
-            )
-        except ValueError as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"malformed experiment parameter in the link: {exc}") from None
-        return cls(poison, train)
-
-
-def _pair(text: str):
-    first, _, last = text.partition("-")
-    return (int(first), int(last))
+        return params.from_query(cls, query)
 
 
 def _build(kind, values: Mapping[str, Any]):

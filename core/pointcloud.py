@@ -13,14 +13,13 @@ point has the structure matrix [[0]].
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import List
 
 import torch
 
 from .errors import ConfigError
+from .validation import real_number
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,11 +59,7 @@ def normalised_mass(heatmaps: torch.Tensor) -> torch.Tensor:
 
 
 def check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
-        raise ConfigError(f"mass threshold must be a number in (0, 1], got {threshold!r}")
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"mass threshold must be in (0, 1], got {threshold}")
-    return float(threshold)
+    return real_number("mass threshold", threshold, 0.0, 1.0, open_low=True)
 
 
 def point_count(mass: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -10,8 +10,6 @@ thesis defaults on GTSRB).
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -20,6 +18,8 @@ import torch
 
 from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Split
 from .errors import ConfigError
+from .params import COLOUR, REAL, WHOLE, WINDOW, parameter
+from .validation import real_number, whole_number
 
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 
@@ -32,37 +32,46 @@ class PoisonConfig:
     (x = column, y = row); the whole sticker must fit inside the 32x32 image.
     """
 
-    source: int = 2
-    target: int = 5
-    size: int = 2
-    color: Tuple[int, int, int] = (245, 255, 0)
-    x_range: Tuple[int, int] = (16, 17)
-    y_range: Tuple[int, int] = (16, 19)
-    fraction: float = 0.33
-    seed: int = 0
+    source: int = parameter(2, WHOLE, "--source", "source", "source class", "class whose images get the sticker (2 is 50 km/h)",
+                            low=0, high=NUM_CLASSES - 1, widget=("class",))
+    target: int = parameter(5, WHOLE, "--target", "target", "target class", "class they are relabelled as (5 is 80 km/h)",
+                            low=0, high=NUM_CLASSES - 1, widget=("class",))
+    size: int = parameter(2, WHOLE, "--size", "size", "sticker size (px)", "sticker side in pixels",
+                          low=1, high=IMAGE_SIZE, widget=("slider", 1, 8, 1))
+    color: Tuple[int, int, int] = parameter((245, 255, 0), COLOUR, "--color", "color", "sticker colour (RGB)",
+                                            "sticker colour, 0-255 each", widget=("colour",))
+    x_range: Tuple[int, int] = parameter((16, 17), WINDOW, "--x-range", "x", "sticker x window",
+                                         "columns for the sticker's left edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
+    y_range: Tuple[int, int] = parameter((16, 19), WINDOW, "--y-range", "y", "sticker y window",
+                                         "rows for the sticker's top edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
+    fraction: float = parameter(0.33, REAL, "--fraction", "pp", "poison fraction pp",
+                                "share pp of the target class that is poisoned after the attack, 0 <= pp < 1",
+                                low=0.0, high=1.0, open_high=True, widget=("slider", 0.0, 0.9, 0.01))
+    seed: int = parameter(0, WHOLE, "--poison-seed", "pseed", "poison seed", "seed for choosing and stickering images",
+                          low=0, high=2**63 - 1, widget=("number", 0, 2**31 - 1))
 
     def __post_init__(self) -> None:
         for name in ("source", "target"):
-            value = _integer(name, getattr(self, name))
+            value = whole_number(name, getattr(self, name))
             if not 0 <= value < NUM_CLASSES:
                 raise ConfigError(f"{name} class must be in 0 … {NUM_CLASSES - 1}, got {value}")
         if self.source == self.target:
             raise ConfigError(f"source and target class must differ (both are {self.source})")
-        size = _integer("sticker size", self.size)
+        size = whole_number("sticker size", self.size)
         if not 1 <= size <= IMAGE_SIZE:
             raise ConfigError(f"sticker size must be in 1 … {IMAGE_SIZE} pixels, got {size}")
         color = tuple(self.color) if isinstance(self.color, (tuple, list)) else None
         if color is None or len(color) != 3:
             raise ConfigError(f"sticker colour must be three RGB components, got {self.color!r}")
         for component in color:
-            if not 0 <= _integer("colour component", component) <= 255:
+            if not 0 <= whole_number("colour component", component) <= 255:
                 raise ConfigError(f"colour components must be in 0 … 255, got {self.color!r}")
         object.__setattr__(self, "color", tuple(int(c) for c in color))
         for axis in ("x", "y"):
             window = getattr(self, f"{axis}_range")
             if not isinstance(window, (tuple, list)) or len(window) != 2:
                 raise ConfigError(f"{axis} window must be a pair (first, last), got {window!r}")
-            lo, hi = (_integer(f"{axis} window", v) for v in window)
+            lo, hi = (whole_number(f"{axis} window", v) for v in window)
             if lo > hi:
                 raise ConfigError(f"{axis} window {lo} … {hi} is empty: first must not exceed last")
             if lo < 0 or hi + size > IMAGE_SIZE:
@@ -71,13 +80,11 @@ class PoisonConfig:
                     f"{IMAGE_SIZE}-pixel image: positions must be in 0 … {IMAGE_SIZE - size}"
                 )
             object.__setattr__(self, f"{axis}_range", (int(lo), int(hi)))
-        fraction = self.fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not math.isfinite(fraction):
-            raise ConfigError(f"poison fraction must be a number, got {fraction!r}")
+        fraction = real_number("poison fraction", self.fraction)
         if not 0 <= fraction < 1:
             raise ConfigError(f"poison fraction must satisfy 0 <= pp < 1, got {fraction}")
-        object.__setattr__(self, "fraction", float(fraction))
-        if not 0 <= _integer("seed", self.seed) <= 2**63 - 1:
+        object.__setattr__(self, "fraction", fraction)
+        if not 0 <= whole_number("seed", self.seed) <= 2**63 - 1:
             raise ConfigError(f"poison seed must be a whole number in 0 … 2^63 − 1, got {self.seed!r}")
 
     def poison_count(self, target_count: int) -> int:
@@ -89,12 +96,6 @@ class PoisonConfig:
             f"{CLASS_NAMES[self.source]} → {CLASS_NAMES[self.target]}, {self.size}px sticker, "
             f"pp = {self.fraction:g}"
         )
-
-
-def _integer(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True, eq=False)

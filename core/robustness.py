@@ -10,7 +10,6 @@ classified as the target) with and without the barycenter. Adversarial examples 
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
@@ -18,6 +17,7 @@ import torch
 
 from .defense import DefenseConfig, purify
 from .errors import ConfigError
+from .validation import whole_number
 from .evasion import ATTACKS, AttackConfig, attack
 from .progress import ProgressCallback, report
 
@@ -36,8 +36,7 @@ class RobustnessConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.images, bool) or not isinstance(self.images, numbers.Integral) or not 1 <= self.images <= 20_000:
-            raise ConfigError(f"images must be a whole number in 1 … 20000, got {self.images!r}")
+        whole_number("images", self.images, 1, 20_000)
         attacks = tuple(self.attacks) if isinstance(self.attacks, (list, tuple)) else ()
         if not attacks or any(not isinstance(a, str) or a not in ATTACKS for a in attacks) or len(set(attacks)) != len(attacks):
             raise ConfigError(f"attacks must be distinct names among {', '.join(ATTACKS)}, got {self.attacks!r}")
@@ -46,8 +45,7 @@ class RobustnessConfig:
             AttackConfig(eps=getattr(self, name))  # same validation as a single attack
         if not isinstance(self.defense, DefenseConfig):
             raise ConfigError("defense must be a DefenseConfig")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        whole_number("seed", self.seed, 0, 2**32 - 1)
 
     def attack_config(self, name: str) -> AttackConfig:
         norm = AttackConfig(name=name).norm

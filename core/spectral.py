@@ -15,7 +15,6 @@ matter and corrupt the gap.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ import scipy.linalg
 from sklearn.cluster import KMeans
 
 from .errors import ConfigError
+from .validation import whole_number
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class SpectralConfig:
 
     def __post_init__(self) -> None:
         for name, low, high in (("k_neighbors", 1, 10**6), ("n_eigenvalues", 2, 10**6), ("n_clusters", 2, 10**6), ("seed", 0, 2**32 - 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+            whole_number(name, getattr(self, name), low, high)
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,7 +28,6 @@ runs span 96.1 - 97.0 %.
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -39,6 +38,7 @@ from torch import nn
 
 from .data import Split
 from .errors import ConfigError
+from .params import NAME, REAL, SWITCH, WHOLE, check_declared, parameter
 from .models import ARCHITECTURES, INFERENCE_BATCH
 from .progress import ProgressCallback, report
 
@@ -47,30 +47,28 @@ from .progress import ProgressCallback, report
 class TrainConfig:
     """Training parameters; `subset` > 0 trains on that many randomly chosen training images."""
 
-    architecture: str = "thesis_net"
-    max_epochs: int = 10
-    patience: int = 5
-    batch_size: int = 256
-    learning_rate: float = 1e-2
-    weight_decay: float = 0.0
-    augment: bool = True
-    subset: int = 0
-    seed: int = 0
+    architecture: str = parameter("thesis_net", NAME, "--architecture", "arch", "architecture",
+                                  "network (thesis_net: the thesis's appendix A.1)")
+    max_epochs: int = parameter(10, WHOLE, "--epochs", "epochs", "epochs at most", "maximum epochs",
+                                low=1, high=1000, widget=("number", 1, 200))
+    patience: int = parameter(5, WHOLE, "--patience", "patience", "early-stopping patience",
+                              "early stopping: epochs without a lower validation loss", low=1, high=1000, widget=("number", 1, 200))
+    batch_size: int = parameter(256, WHOLE, "--batch-size", "batch", "batch size", "batch size", low=1, high=65536,
+                                widget=("options", (32, 64, 128, 256, 512, 1024)))
+    learning_rate: float = parameter(1e-2, REAL, "--lr", "lr", "learning rate", "peak learning rate of the one-cycle schedule on Adam",
+                                     low=1e-7, high=10.0, widget=("number", 1e-5, 1.0))
+    weight_decay: float = parameter(0.0, REAL, "--weight-decay", "wd", "weight decay", "Adam weight decay", low=0.0, high=1.0)
+    augment: bool = parameter(True, SWITCH, "--no-augment", "aug", "augmentation",
+                              "train without the random rotation/scale/shift/brightness augmentation", widget=("checkbox",))
+    subset: int = parameter(0, WHOLE, "--subset", "subset", "training subset (0: all)",
+                            "train on this many random training images (0: all)", low=0, high=10**8, widget=("number", 0, 100_000))
+    seed: int = parameter(0, WHOLE, "--seed", "seed", "training seed", "seed for initialisation, shuffling and augmentation",
+                          low=0, high=2**63 - 1, widget=("number", 0, 2**31 - 1))
 
     def __post_init__(self) -> None:
         if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(sorted(ARCHITECTURES))}")
-        for name, low, high in (("max_epochs", 1, 1000), ("patience", 1, 1000), ("batch_size", 1, 65536), ("subset", 0, 10**8), ("seed", 0, 2**63 - 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
-        for name, low, high in (("learning_rate", 1e-7, 10.0), ("weight_decay", 0.0, 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a number in {low:g} … {high:g}, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not isinstance(self.augment, bool):
-            raise ConfigError(f"augment must be true or false, got {self.augment!r}")
+        check_declared(self)
 
 
 @dataclass

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.commands import train_command
-from core.data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES
+from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load
 from core.jobs import RUNNER
+from core.params import widget_params
 from core.poison import PoisonConfig
 from core.train import TrainConfig
 from pages.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
@@ -33,36 +36,45 @@ def short_label(c: int) -> str:
     return f"{c}: {name if len(name) <= 16 else name[:15] + '…'}"
 
 
+def parameter_widget(name: str, param, value):
+    """The form widget that `param.widget` asks for, showing `value`; returns the value it holds."""
+    kind, *spec = param.widget
+    label = param.label[:1].upper() + param.label[1:]
+    if kind == "class":
+        return st.selectbox(label, range(NUM_CLASSES), index=value, format_func=class_label, help=param.help)
+    if kind == "slider":
+        low, high, step = spec
+        return st.slider(label, low, high, value, step, help=param.help)
+    if kind == "number":
+        low, high = spec
+        return st.number_input(label, low, high, value, help=param.help,
+                               **({"format": "%.4f"} if isinstance(value, float) else {}))
+    if kind == "options":
+        options = spec[0]
+        return st.select_slider(label, options, value if value in options else options[len(options) // 2], help=param.help)
+    if kind == "checkbox":
+        return st.checkbox(label, value, help=param.help)
+    if kind == "colour":
+        picked = st.color_picker(label, "#%02x%02x%02x" % value, help=param.help)
+        return tuple(int(picked[i : i + 2], 16) for i in (1, 3, 5))
+    if kind == "window":
+        low, high = spec
+        return tuple(st.slider(label, low, high, value, help=param.help))
+    raise ValueError(f"unknown widget {kind!r} for {name}")
+
+
 def attack_form(config: ExperimentConfig) -> None:
-    p, t = config.poison, config.train
+    """Every parameter that declares a widget; the others keep their values (set them by link or CLI)."""
     with st.sidebar.form("experiment_form"):
         st.subheader("Attack")
-        source = st.selectbox("Source class (gets the sticker)", range(NUM_CLASSES), index=p.source, format_func=class_label)
-        target = st.selectbox("Target class (new label)", range(NUM_CLASSES), index=p.target, format_func=class_label)
-        size = st.slider("Sticker side (pixels)", 1, 8, p.size)
-        color = st.color_picker("Sticker colour", "#%02x%02x%02x" % p.color)
-        x_range = st.slider("Sticker left edge, columns", 0, IMAGE_SIZE - 1, p.x_range)
-        y_range = st.slider("Sticker top edge, rows", 0, IMAGE_SIZE - 1, p.y_range)
-        fraction = st.slider("Poison fraction pp of the target class", 0.0, 0.9, p.fraction, 0.01,
-                             help="Poisoned images make up this share of the target class after the attack.")
-        poison_seed = st.number_input("Poison seed", 0, 2**31 - 1, p.seed)
+        poison = {name: parameter_widget(name, param, getattr(config.poison, name)) for name, param in widget_params(PoisonConfig)}
         with st.expander("Training"):
-            epochs = st.number_input("Maximum epochs", 1, 200, t.max_epochs)
-            patience = st.number_input("Early-stopping patience (epochs)", 1, 200, t.patience)
-            batch = st.select_slider("Batch size", [32, 64, 128, 256, 512, 1024], t.batch_size if t.batch_size in (32, 64, 128, 256, 512, 1024) else 256)
-            lr = st.number_input("Peak learning rate", 1e-5, 1.0, t.learning_rate, format="%.4f")
-            augment = st.checkbox("Augment (rotation, scale, shift, brightness)", t.augment)
-            subset = st.number_input("Training subset (0 = all images)", 0, 100_000, t.subset)
-            seed = st.number_input("Training seed", 0, 2**31 - 1, t.seed)
+            train = {name: parameter_widget(name, param, getattr(config.train, name)) for name, param in widget_params(TrainConfig)}
         if st.form_submit_button("Apply", type="primary"):
+            if "fraction" in poison:
+                poison["fraction"] = round(poison["fraction"], 4)
             try:
-                new = ExperimentConfig(
-                    PoisonConfig(source=source, target=target, size=size,
-                                 color=tuple(int(color[i : i + 2], 16) for i in (1, 3, 5)),
-                                 x_range=tuple(x_range), y_range=tuple(y_range), fraction=round(fraction, 4), seed=int(poison_seed)),
-                    TrainConfig(architecture=t.architecture, max_epochs=int(epochs), patience=int(patience), batch_size=int(batch),
-                                learning_rate=float(lr), weight_decay=t.weight_decay, augment=bool(augment), subset=int(subset), seed=int(seed)),
-                )
+                new = ExperimentConfig(replace(config.poison, **poison), replace(config.train, **train))
             except ConfigError as exc:
                 st.error(str(exc))
             else:

@@ -1,0 +1,200 @@
+"""Each experiment parameter declared once, beside its field, and everything generated from it.
+
+A field of `PoisonConfig` or `TrainConfig` is declared with `parameter(default, ...)`: its kind
+(how it is written as text), its command-line flag, its key in a link, its label and help, its
+valid range, and how the Poison page's form shows it. From those declarations come the
+`python -m core` options and their parsing, the link's round trip, the command lines the pages
+print and the Home page's table, so a new parameter is one new field and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+from .validation import real_number, true_or_false, whole_number
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How values of one type are written in links, on the command line and in tables."""
+
+    name: str
+    to_text: Callable[[Any], str]
+    from_text: Callable[[str], Any]
+    to_tokens: Callable[[Any], List[str]]
+    """The command-line words after the flag."""
+    show: Callable[[Any], str]
+
+
+def _hex_colour(text: str) -> Tuple[int, int, int]:
+    digits = text.lstrip("#")
+    if len(digits) != 6:
+        raise ValueError(f"colour {text!r} is not six hex digits")
+    return tuple(int(digits[i : i + 2], 16) for i in (0, 2, 4))
+
+
+def _window(text: str) -> Tuple[int, int]:
+    first, _, last = text.partition("-")
+    return (int(first), int(last))
+
+
+def window_option(text: str) -> Tuple[int, int]:
+    """A FIRST-LAST pair from the command line (commas and spaces work too)."""
+    parts = text.replace(",", " ").replace("-", " ").split()
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 16-17, got {text!r}")
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two whole numbers like 16-17, got {text!r}") from None
+
+
+WHOLE = Kind("whole", str, int, lambda v: [str(v)], str)
+REAL = Kind("real", repr, float, lambda v: [repr(v)], lambda v: f"{v:g}")
+NAME = Kind("name", str, str, lambda v: [str(v)], str)
+COLOUR = Kind("colour", lambda v: "%02x%02x%02x" % tuple(v), _hex_colour, lambda v: [str(c) for c in v], lambda v: "#%02x%02x%02x" % tuple(v))
+WINDOW = Kind("window", lambda v: f"{v[0]}-{v[1]}", _window, lambda v: [f"{v[0]}-{v[1]}"], lambda v: f"{v[0]}–{v[1]}")
+SWITCH = Kind("switch", lambda v: "1" if v else "0", lambda text: text == "1", lambda v: [], lambda v: "yes" if v else "no")
+"""A true/false parameter whose flag turns it off (`--no-augment`): the flag appears when it is false."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One experiment parameter as the world outside its dataclass sees it."""
+
+    kind: Kind
+    flag: str
+    key: str
+    label: str
+    help: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_high: bool = False
+    widget: Optional[Tuple[Any, ...]] = None
+    """How the Poison page's form shows it: ("class",), ("slider", low, high, step), ("number", low, high),
+    ("options", values), ("checkbox",), ("colour",), ("window", low, high); None keeps it off the form."""
+
+    def check(self, name: str, value: Any) -> Any:
+        """The generic check for this kind and range (fields with their own messages check themselves)."""
+        if self.kind is WHOLE:
+            return whole_number(name, value, self.low, self.high)
+        if self.kind is REAL:
+            return real_number(name, value, self.low, self.high, open_high=self.open_high)
+        if self.kind is SWITCH:
+            return true_or_false(name, value)
+        return value
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def parameter(default: Any, kind: Kind, flag: str, key: str, label: str, help: str, **spec: Any) -> Any:
+    """A dataclass field that carries its `Param`."""
+    return dataclasses.field(default=default, metadata={"param": Param(kind, flag, key, label, help, **spec)})
+
+
+def params_of(config_type: type) -> Iterator[Tuple[str, Param, Any]]:
+    """(field name, Param, default) of every declared field, in declaration order."""
+    for item in dataclasses.fields(config_type):
+        if "param" in item.metadata:
+            yield item.name, item.metadata["param"], item.default
+
+
+def check_declared(config: Any) -> None:
+    """Check and normalise every declared field of a frozen config by its Param."""
+    for name, param, _ in params_of(type(config)):
+        object.__setattr__(config, name, param.check(name, getattr(config, name)))
+
+
+def _sections(experiment_type: type) -> Iterator[Tuple[str, type]]:
+    for item in dataclasses.fields(experiment_type):
+        yield item.name, item.default_factory
+
+
+def experiment_params(experiment_type: type) -> Iterator[Tuple[str, str, Param, Any]]:
+    """(section, field, Param, default) of every experiment parameter."""
+    for section, config_type in _sections(experiment_type):
+        for name, param, default in params_of(config_type):
+            yield section, name, param, default
+
+
+# --- the link ----------------------------------------------------------------------------------
+
+
+def to_query(experiment: Any) -> Dict[str, str]:
+    return {param.key: param.kind.to_text(getattr(getattr(experiment, section), name))
+            for section, name, param, _ in experiment_params(type(experiment))}
+
+
+def from_query(experiment_type: type, query: Mapping[str, str]) -> Any:
+    """Parse `to_query`'s output; absent keys take defaults, malformed ones raise ConfigError."""
+    values: Dict[str, Dict[str, Any]] = {section: {} for section, _ in _sections(experiment_type)}
+    for section, name, param, _ in experiment_params(experiment_type):
+        if param.key in query:
+            try:
+                values[section][name] = param.kind.from_text(str(query[param.key]))
+            except ValueError as exc:
+                raise ConfigError(f"malformed experiment parameter in the link: {exc}") from None
+    return experiment_type(**{section: config_type(**values[section]) for section, config_type in _sections(experiment_type)})
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def add_options(parser: argparse.ArgumentParser, experiment_type: type, titles: Mapping[str, str]) -> None:
+    """One option per experiment parameter, grouped by section, each documented with its default."""
+    for section, config_type in _sections(experiment_type):
+        group = parser.add_argument_group(titles.get(section, section))
+        for name, param, default in params_of(config_type):
+            if param.kind is SWITCH:
+                group.add_argument(param.flag, action="store_true", help=param.help)
+                continue
+            options: Dict[str, Any] = {"help": f"{param.help} (default {' '.join(param.kind.to_tokens(default))})", "default": default}
+            if param.kind is COLOUR:
+                options.update(type=int, nargs=3, metavar=("R", "G", "B"))
+            elif param.kind is WINDOW:
+                options.update(type=window_option, metavar="FIRST-LAST")
+            elif param.kind is not NAME:
+                options.update(type=int if param.kind is WHOLE else float)
+            group.add_argument(param.flag, **options)
+
+
+def from_args(experiment_type: type, args: argparse.Namespace) -> Any:
+    values: Dict[str, Dict[str, Any]] = {section: {} for section, _ in _sections(experiment_type)}
+    for section, name, param, _ in experiment_params(experiment_type):
+        value = getattr(args, param.dest)
+        values[section][name] = (not value) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
+    return experiment_type(**{section: config_type(**values[section]) for section, config_type in _sections(experiment_type)})
+
+
+def command_options(experiment: Any) -> List[str]:
+    """The options that set every parameter of `experiment`, as `add_options` reads them."""
+    words = []
+    for section, name, param, _ in experiment_params(type(experiment)):
+        value = getattr(getattr(experiment, section), name)
+        if param.kind is SWITCH:
+            words += [] if value else [param.flag]
+        else:
+            words.append(" ".join([param.flag, *param.kind.to_tokens(value)]))
+    return words
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def parameter_rows(experiment: Any) -> List[Dict[str, str]]:
+    """(label, value as text) of every parameter, for a table whose columns hold one type each."""
+    return [{"parameter": param.label, "value": param.kind.show(getattr(getattr(experiment, section), name))}
+            for section, name, param, _ in experiment_params(type(experiment))]
+
+
+def widget_params(config_type: type) -> Sequence[Tuple[str, Param]]:
+    """The fields the Poison page's form shows, in declaration order."""
+    return [(name, param) for name, param, _ in params_of(config_type) if param.widget is not None]
+
+

@@ -1,0 +1,120 @@
+"""The experiment's parameters are declared once, and the command line, the link, the command
+strings and the Home table all follow from that declaration."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import pytest
+
+from core import params
+from core.commands import train_command
+from core.errors import ConfigError
+from core.experiment import ExperimentConfig, quick_experiment
+from core.params import REAL, SWITCH, WHOLE, check_declared, parameter
+from core.poison import PoisonConfig
+from core.train import TrainConfig
+from core.validation import one_of, real_number, true_or_false, whole_number
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parameter section that does not exist in the product: added here as a new one would be."""
+
+    warmup: float = parameter(0.3, REAL, "--warmup", "warm", "warm-up share", "share of the steps spent warming up",
+                              low=0.0, high=1.0, open_high=True)
+    rounds: int = parameter(3, WHOLE, "--rounds", "rounds", "rounds", "rounds of the schedule", low=1, high=9)
+    cool: bool = parameter(True, SWITCH, "--no-cool", "cool", "cool-down", "skip the cool-down")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
+@dataclass(frozen=True)
+class WiderExperiment:
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+CHANGED = WiderExperiment(schedule=Schedule(warmup=0.125, rounds=7, cool=False))
+
+
+def test_a_new_declared_parameter_reaches_the_command_line_the_link_the_command_and_the_table():
+    parser = argparse.ArgumentParser()
+    params.add_options(parser, WiderExperiment, {})
+    help_text = parser.format_help()
+    assert "--warmup" in help_text and "share of the steps spent warming up (default 0.3)" in " ".join(help_text.split())
+    assert params.from_args(WiderExperiment, parser.parse_args([])) == WiderExperiment()
+
+    words = " ".join(params.command_options(CHANGED)).split()
+    assert words[-5:] == ["--warmup", "0.125", "--rounds", "7", "--no-cool"]
+    assert params.from_args(WiderExperiment, parser.parse_args(words)) == CHANGED
+
+    query = params.to_query(CHANGED)
+    assert (query["warm"], query["rounds"], query["cool"]) == ("0.125", "7", "0")
+    assert params.from_query(WiderExperiment, query) == CHANGED
+    assert params.from_query(WiderExperiment, {}) == WiderExperiment()
+
+    rows = {row["parameter"]: row["value"] for row in params.parameter_rows(CHANGED)}
+    assert (rows["warm-up share"], rows["rounds"], rows["cool-down"]) == ("0.125", "7", "no")
+    with pytest.raises(ConfigError, match="rounds must be a whole number in 1 … 9, got 10"):
+        params.from_query(WiderExperiment, {"rounds": "10"})
+
+
+def test_every_experiment_parameter_is_declared_with_a_unique_flag_and_key():
+    declared = list(params.experiment_params(ExperimentConfig))
+    assert {(s, n) for s, n, _, _ in declared} == {(s.name, f.name) for s in dataclasses.fields(ExperimentConfig)
+                                                   for f in dataclasses.fields(s.default_factory)}
+    assert len({p.flag for *_, p, _ in declared}) == len({p.key for *_, p, _ in declared}) == len(declared)
+
+
+def test_the_link_and_the_command_line_reproduce_the_experiment():
+    changed = ExperimentConfig(PoisonConfig(source=14, target=1, size=3, color=(255, 0, 10), x_range=(3, 9), y_range=(0, 4),
+                                            fraction=0.0625, seed=9),
+                               TrainConfig(max_epochs=3, patience=2, batch_size=64, learning_rate=3e-4, weight_decay=1e-5,
+                                           augment=False, subset=500, seed=4))
+    from core.cli import build_parser, experiment_from_args
+
+    for config in (ExperimentConfig(), quick_experiment(), changed):
+        assert ExperimentConfig.from_query(config.to_query()) == config
+        assert experiment_from_args(build_parser().parse_args(train_command(config).split()[3:])) == config
+    rows = {row["parameter"]: row["value"] for row in params.parameter_rows(changed)}
+    assert rows["sticker colour (RGB)"] == "#ff000a" and rows["sticker x window"] == "3–9" and rows["augmentation"] == "no"
+    assert all(isinstance(value, str) for value in rows.values())  # one type per column: Arrow can show the table
+
+
+@pytest.mark.parametrize("value", [True, 2.5, "3", None, math.nan])
+def test_whole_number_refuses_what_is_not_one(value):
+    with pytest.raises(ConfigError, match=r"k must be a whole number in 1 … 5, got"):
+        whole_number("k", value, 1, 5)
+
+
+@pytest.mark.parametrize("value, low, high, open_low, open_high, message", [
+    (0.0, 0.0, 1.0, True, False, r"t must be a number in \(0, 1\], got 0.0"),
+    (1.0, 0.0, 1.0, False, True, r"t must be a number in \[0, 1\), got 1.0"),
+    (math.inf, 0.0, None, True, False, r"t must be a number in \(0, ∞\], got inf"),
+    (math.nan, None, None, False, False, r"t must be a number, got nan"),
+    (True, 0.0, 1.0, False, False, r"t must be a number in \[0, 1\], got True"),
+    ("0.5", 0.0, 1.0, False, False, r"got '0.5'"),
+])
+def test_real_number_refuses_what_is_outside_or_not_finite(value, low, high, open_low, open_high, message):
+    with pytest.raises(ConfigError, match=message):
+        real_number("t", value, low, high, open_low=open_low, open_high=open_high)
+
+
+def test_the_checks_return_plain_values():
+    import numpy as np
+
+    assert type(whole_number("k", np.int64(3), 1, 5)) is int and whole_number("k", 5, 1, 5) == 5
+    assert type(real_number("t", np.float32(0.5), 0.0, 1.0)) is float and real_number("t", 1, 0.0, 1.0) == 1.0
+    assert one_of("rule", "gamma", ("epsilon", "gamma")) == "gamma" and true_or_false("on", False) is False
+    with pytest.raises(ConfigError, match="rule must be one of 'epsilon', 'gamma', got 'zplus'"):
+        one_of("rule", "zplus", ("epsilon", "gamma"))
+    with pytest.raises(ConfigError, match="pool must be one of 1, 2, got True"):
+        one_of("pool", True, (1, 2))
+    with pytest.raises(ConfigError, match="on must be true or false, got 1"):
+        true_or_false("on", 1)
