@@ -19,6 +19,7 @@ from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
+from .spectral import SpectralConfig
 
 
 class _Bar:
@@ -72,7 +73,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     from .experiment import QUICK_TRAINING, ExperimentConfig
 
-    params.add_options(parser, ExperimentConfig, {"poison": "attack (defaults: the thesis's)", "train": "training"})
+    params.add_experiment_options(parser, ExperimentConfig, {"poison": "attack (defaults: the thesis's)", "train": "training"})
     run = parser.add_argument_group("run")
     run.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
     run.add_argument("--quick", action="store_true",
@@ -83,7 +84,7 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
 def experiment_from_args(args: argparse.Namespace):
     from .experiment import ExperimentConfig, quick_experiment
 
-    config = params.from_args(ExperimentConfig, args)
+    config = params.experiment_from_args(ExperimentConfig, args)
     return quick_experiment(config) if getattr(args, "quick", False) else config
 
 
@@ -205,8 +206,7 @@ def _models(args: argparse.Namespace) -> dict:
 
 
 def defense_from_args(args: argparse.Namespace) -> DefenseConfig:
-    return DefenseConfig(marginals=args.marginals, iterations=args.iterations, gamma=args.defense_gamma, theta=args.theta,
-                         tau=args.tau, tol=args.tol, cost_unit=args.cost_unit)
+    return params.config_from_args(DefenseConfig, args)
 
 
 def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
@@ -258,14 +258,7 @@ def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def _add_defense_options(group) -> None:
-    base = DefenseConfig()
-    group.add_argument("--marginals", default=base.marginals, choices=("B6", "B4"), help="marginal set of the defense (default B6)")
-    group.add_argument("--iterations", type=int, default=base.iterations, help=f"iterations of Algorithm 1 (default {base.iterations})")
-    group.add_argument("--defense-gamma", type=float, default=base.gamma, help=f"entropic regularisation γ of the barycenter (default {base.gamma})")
-    group.add_argument("--theta", type=float, default=base.theta, help=f"weight θ of the pull towards the input (default {base.theta:g})")
-    group.add_argument("--tau", type=float, default=base.tau, help=f"step τ of the proximal gradient (default {base.tau})")
-    group.add_argument("--tol", type=float, default=base.tol, help="stop an image early once its barycenter moves less than this per iteration (default 0: never)")
-    group.add_argument("--cost-unit", type=float, default=base.cost_unit, help="cost of a one-pixel step (default 1/32: offsets in units of the image side)")
+    params.add_options(group, DefenseConfig)
 
 
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
@@ -362,10 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "normalised Laplacian, the eigengap, spectral clustering, and the smaller cluster scored as poisoned.")
     _add_lrp_options(spectral)
     group = spectral.add_argument_group("spectral analysis")
-    group.add_argument("--k", type=int, default=10, help="neighbours in the kNN graph (default 10, as in the thesis)")
-    group.add_argument("--eigenvalues", type=int, default=30, help="how many of the smallest eigenvalues to report (default 30)")
-    group.add_argument("--clusters", type=int, default=2, help="number of spectral clusters (default 2)")
-    group.add_argument("--cluster-seed", type=int, default=0, help="seed of k-means and of the GW subset (default 0)")
+    params.add_options(group, SpectralConfig)
     group.add_argument("--distance", default="euclidean", choices=("euclidean", "gw"),
                        help="distances between heatmaps: Euclidean (all samples) or Gromov-Wasserstein between point clouds (a random subset)")
     group.add_argument("--gw-samples", type=int, default=200, help="with --distance gw: samples in the subset (default 200)")

@@ -10,23 +10,17 @@ from __future__ import annotations
 from typing import List, Optional
 
 from .defense import DefenseConfig
-from .params import command_options
+from .params import command_options, experiment_options
 from .evasion import ATTACKS
 
 
 def train_command(config) -> str:
     """The `python -m core train` invocation that reproduces `config`'s numbers."""
-    return " ".join(["python -m core train", *command_options(config)])
+    return " ".join(["python -m core train", *experiment_options(config)])
 
 
 def _defense_flags(defense: DefenseConfig) -> List[str]:
-    base, flags = DefenseConfig(), []
-    for flag, name in (("--marginals", "marginals"), ("--iterations", "iterations"), ("--defense-gamma", "gamma"), ("--theta", "theta"),
-                       ("--tau", "tau"), ("--tol", "tol"), ("--cost-unit", "cost_unit")):
-        value = getattr(defense, name)
-        if value != getattr(base, name):
-            flags.append(f"{flag} {value}" if isinstance(value, str) else f"{flag} {value!r}")
-    return flags
+    return command_options(defense, changed_only=True)
 
 
 def inspect_command(experiment, model: str, source: str, attack_config, defense: DefenseConfig, sensitivity: Optional[str] = None) -> str:

@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .validation import real_number, whole_number
+from .params import NAME, REAL, WHOLE, check_declared, parameter
+from .validation import whole_number
 
 MARGINAL_SETS = {"B6": (2.0, -2.0, 3.0, -3.0), "B4": (2.0, -2.0)}
 
@@ -63,24 +64,25 @@ MARGINAL_SETS = {"B6": (2.0, -2.0, 3.0, -3.0), "B4": (2.0, -2.0)}
 class DefenseConfig:
     """The paper's settings: B6, γ = 0.02, θ = 1e5, τ = 0.2, local 7×7 l1 cost."""
 
-    marginals: str = "B6"
-    gamma: float = 0.02
-    theta: float = 1e5
-    tau: float = 0.2
+    marginals: str = parameter("B6", NAME, "--marginals", label="marginal set", help="marginal set of the defense",
+                               choices=tuple(MARGINAL_SETS))
+    gamma: float = parameter(0.02, REAL, "--defense-gamma", label="γ", help="entropic regularisation γ of the barycenter",
+                             low=1e-4, high=100.0)
+    theta: float = parameter(1e5, REAL, "--theta", label="θ", help="weight θ of the pull towards the input", low=1e-6, high=1e12)
+    tau: float = parameter(0.2, REAL, "--tau", label="τ", help="step τ of the proximal gradient", low=1e-6, high=100.0)
     window: int = 7
-    iterations: int = 300
-    tol: float = 0.0
+    iterations: int = parameter(300, WHOLE, "--iterations", label="iterations", help="iterations of Algorithm 1", low=1, high=100_000)
+    tol: float = parameter(0.0, REAL, "--tol", label="tolerance",
+                           help="stop an image early once its barycenter moves less than this per iteration (0: never)",
+                           low=0.0, high=1.0, open_high=True)
     shift: int = 3
-    cost_unit: float = 1.0 / 32  # a pixel step costs this much: offsets in units of the image side
+    cost_unit: float = parameter(1.0 / 32, REAL, "--cost-unit", label="cost of one pixel step",
+                                 help="cost of a one-pixel step (1/32: offsets in units of the image side)", low=1e-4, high=100.0)
     precision: str = "float32"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.marginals, str) or self.marginals not in MARGINAL_SETS:
-            raise ConfigError(f"marginals must be one of {sorted(MARGINAL_SETS)}, got {self.marginals!r}")
-        for name, low, high in (("gamma", 1e-4, 100.0), ("theta", 1e-6, 1e12), ("tau", 1e-6, 100.0), ("cost_unit", 1e-4, 100.0)):
-            real_number(name, getattr(self, name), low, high)
-        real_number("tol", self.tol, 0.0, 1.0, open_high=True)
-        for name, low, high in (("window", 1, 15), ("iterations", 1, 100_000), ("shift", 0, 8)):
+        check_declared(self)
+        for name, low, high in (("window", 1, 15), ("shift", 0, 8)):
             whole_number(name, getattr(self, name), low, high)
         if self.precision not in ("float32", "float64"):
             raise ConfigError(f"precision must be 'float32' or 'float64', got {self.precision!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
-from .validation import real_number, true_or_false, whole_number
+from .validation import one_of, real_number, true_or_false, whole_number
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,11 @@ class Param:
 
     kind: Kind
     flag: str
-    key: str
     label: str
     help: str
+    key: Optional[str] = None
+    """Its key in a link (experiment parameters; a view's own fields are declared by the page)."""
+    choices: Tuple[Any, ...] = ()
     low: Optional[float] = None
     high: Optional[float] = None
     open_high: bool = False
@@ -86,6 +88,8 @@ class Param:
             return real_number(name, value, self.low, self.high, open_high=self.open_high)
         if self.kind is SWITCH:
             return true_or_false(name, value)
+        if self.choices:
+            return one_of(name, value, self.choices)
         return value
 
     @property
@@ -93,9 +97,9 @@ class Param:
         return self.flag.lstrip("-").replace("-", "_")
 
 
-def parameter(default: Any, kind: Kind, flag: str, key: str, label: str, help: str, **spec: Any) -> Any:
+def parameter(default: Any, kind: Kind, flag: str, label: str, help: str, **spec: Any) -> Any:
     """A dataclass field that carries its `Param`."""
-    return dataclasses.field(default=default, metadata={"param": Param(kind, flag, key, label, help, **spec)})
+    return dataclasses.field(default=default, metadata={"param": Param(kind, flag, label, help, **spec)})
 
 
 def params_of(config_type: type) -> Iterator[Tuple[str, Param, Any]]:
@@ -146,42 +150,60 @@ def from_query(experiment_type: type, query: Mapping[str, str]) -> Any:
 # --- the command line ---------------------------------------------------------------------------
 
 
-def add_options(parser: argparse.ArgumentParser, experiment_type: type, titles: Mapping[str, str]) -> None:
-    """One option per experiment parameter, grouped by section, each documented with its default."""
-    for section, config_type in _sections(experiment_type):
-        group = parser.add_argument_group(titles.get(section, section))
-        for name, param, default in params_of(config_type):
-            if param.kind is SWITCH:
-                group.add_argument(param.flag, action="store_true", help=param.help)
-                continue
-            options: Dict[str, Any] = {"help": f"{param.help} (default {' '.join(param.kind.to_tokens(default))})", "default": default}
-            if param.kind is COLOUR:
-                options.update(type=int, nargs=3, metavar=("R", "G", "B"))
-            elif param.kind is WINDOW:
-                options.update(type=window_option, metavar="FIRST-LAST")
-            elif param.kind is not NAME:
-                options.update(type=int if param.kind is WHOLE else float)
-            group.add_argument(param.flag, **options)
+def add_options(parser: Any, config_type: type) -> None:
+    """One option per declared field of `config_type`, documented with its default."""
+    for _, param, default in params_of(config_type):
+        if param.kind is SWITCH:
+            parser.add_argument(param.flag, action="store_true", help=param.help)
+            continue
+        shown = param.kind.show(default) if param.kind is REAL else " ".join(param.kind.to_tokens(default))
+        options: Dict[str, Any] = {"help": f"{param.help} (default {shown})", "default": default}
+        if param.kind is COLOUR:
+            options.update(type=int, nargs=3, metavar=("R", "G", "B"))
+        elif param.kind is WINDOW:
+            options.update(type=window_option, metavar="FIRST-LAST")
+        elif param.kind is not NAME:
+            options.update(type=int if param.kind is WHOLE else float)
+        if param.choices:
+            options.update(choices=param.choices)
+        parser.add_argument(param.flag, **options)
 
 
-def from_args(experiment_type: type, args: argparse.Namespace) -> Any:
-    values: Dict[str, Dict[str, Any]] = {section: {} for section, _ in _sections(experiment_type)}
-    for section, name, param, _ in experiment_params(experiment_type):
+def config_from_args(config_type: type, args: argparse.Namespace) -> Any:
+    """The config the options of `add_options` describe."""
+    values = {}
+    for name, param, _ in params_of(config_type):
         value = getattr(args, param.dest)
-        values[section][name] = (not value) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
-    return experiment_type(**{section: config_type(**values[section]) for section, config_type in _sections(experiment_type)})
+        values[name] = (not value) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
+    return config_type(**values)
 
 
-def command_options(experiment: Any) -> List[str]:
-    """The options that set every parameter of `experiment`, as `add_options` reads them."""
+def command_options(config: Any, changed_only: bool = False) -> List[str]:
+    """The options that set `config`'s declared fields (or those that differ from the defaults)."""
     words = []
-    for section, name, param, _ in experiment_params(type(experiment)):
-        value = getattr(getattr(experiment, section), name)
+    for name, param, default in params_of(type(config)):
+        value = getattr(config, name)
+        if changed_only and value == default:
+            continue
         if param.kind is SWITCH:
             words += [] if value else [param.flag]
         else:
             words.append(" ".join([param.flag, *param.kind.to_tokens(value)]))
     return words
+
+
+def add_experiment_options(parser: argparse.ArgumentParser, experiment_type: type, titles: Mapping[str, str]) -> None:
+    for section, config_type in _sections(experiment_type):
+        add_options(parser.add_argument_group(titles.get(section, section)), config_type)
+
+
+def experiment_from_args(experiment_type: type, args: argparse.Namespace) -> Any:
+    return experiment_type(**{section: config_from_args(config_type, args) for section, config_type in _sections(experiment_type)})
+
+
+def experiment_options(experiment: Any) -> List[str]:
+    """The options that set every parameter of `experiment`, as `add_experiment_options` reads them."""
+    return [word for section, _ in _sections(type(experiment)) for word in command_options(getattr(experiment, section))]
 
 
 # --- tables -------------------------------------------------------------------------------------

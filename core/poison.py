@@ -32,22 +32,22 @@ class PoisonConfig:
     (x = column, y = row); the whole sticker must fit inside the 32x32 image.
     """
 
-    source: int = parameter(2, WHOLE, "--source", "source", "source class", "class whose images get the sticker (2 is 50 km/h)",
+    source: int = parameter(2, WHOLE, "--source", key="source", label="source class", help="class whose images get the sticker (2 is 50 km/h)",
                             low=0, high=NUM_CLASSES - 1, widget=("class",))
-    target: int = parameter(5, WHOLE, "--target", "target", "target class", "class they are relabelled as (5 is 80 km/h)",
+    target: int = parameter(5, WHOLE, "--target", key="target", label="target class", help="class they are relabelled as (5 is 80 km/h)",
                             low=0, high=NUM_CLASSES - 1, widget=("class",))
-    size: int = parameter(2, WHOLE, "--size", "size", "sticker size (px)", "sticker side in pixels",
+    size: int = parameter(2, WHOLE, "--size", key="size", label="sticker size (px)", help="sticker side in pixels",
                           low=1, high=IMAGE_SIZE, widget=("slider", 1, 8, 1))
-    color: Tuple[int, int, int] = parameter((245, 255, 0), COLOUR, "--color", "color", "sticker colour (RGB)",
-                                            "sticker colour, 0-255 each", widget=("colour",))
-    x_range: Tuple[int, int] = parameter((16, 17), WINDOW, "--x-range", "x", "sticker x window",
-                                         "columns for the sticker's left edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
-    y_range: Tuple[int, int] = parameter((16, 19), WINDOW, "--y-range", "y", "sticker y window",
-                                         "rows for the sticker's top edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
-    fraction: float = parameter(0.33, REAL, "--fraction", "pp", "poison fraction pp",
-                                "share pp of the target class that is poisoned after the attack, 0 <= pp < 1",
+    color: Tuple[int, int, int] = parameter((245, 255, 0), COLOUR, "--color", key="color", label="sticker colour (RGB)",
+                                            help="sticker colour, 0-255 each", widget=("colour",))
+    x_range: Tuple[int, int] = parameter((16, 17), WINDOW, "--x-range", key="x", label="sticker x window",
+                                         help="columns for the sticker's left edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
+    y_range: Tuple[int, int] = parameter((16, 19), WINDOW, "--y-range", key="y", label="sticker y window",
+                                         help="rows for the sticker's top edge, inclusive", widget=("window", 0, IMAGE_SIZE - 1))
+    fraction: float = parameter(0.33, REAL, "--fraction", key="pp", label="poison fraction pp",
+                                help="share pp of the target class that is poisoned after the attack, 0 <= pp < 1",
                                 low=0.0, high=1.0, open_high=True, widget=("slider", 0.0, 0.9, 0.01))
-    seed: int = parameter(0, WHOLE, "--poison-seed", "pseed", "poison seed", "seed for choosing and stickering images",
+    seed: int = parameter(0, WHOLE, "--poison-seed", key="pseed", label="poison seed", help="seed for choosing and stickering images",
                           low=0, high=2**63 - 1, widget=("number", 0, 2**31 - 1))
 
     def __post_init__(self) -> None:

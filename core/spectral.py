@@ -22,19 +22,21 @@ import scipy.linalg
 from sklearn.cluster import KMeans
 
 from .errors import ConfigError
-from .validation import whole_number
+from .params import WHOLE, check_declared, parameter
 
 
 @dataclass(frozen=True)
 class SpectralConfig:
-    k_neighbors: int = 10
-    n_eigenvalues: int = 30
-    n_clusters: int = 2
-    seed: int = 0
+    k_neighbors: int = parameter(10, WHOLE, "--k", label="neighbours k", help="neighbours in the kNN graph (10 in the thesis)",
+                                 low=1, high=10**6)
+    n_eigenvalues: int = parameter(30, WHOLE, "--eigenvalues", label="eigenvalues",
+                                   help="how many of the smallest eigenvalues to report", low=2, high=10**6)
+    n_clusters: int = parameter(2, WHOLE, "--clusters", label="clusters", help="number of spectral clusters", low=2, high=10**6)
+    seed: int = parameter(0, WHOLE, "--cluster-seed", label="cluster seed", help="seed of k-means and of the GW subset",
+                          low=0, high=2**32 - 1)
 
     def __post_init__(self) -> None:
-        for name, low, high in (("k_neighbors", 1, 10**6), ("n_eigenvalues", 2, 10**6), ("n_clusters", 2, 10**6), ("seed", 0, 2**32 - 1)):
-            whole_number(name, getattr(self, name), low, high)
+        check_declared(self)
 
 
 @dataclass(frozen=True, eq=False)

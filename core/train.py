@@ -47,22 +47,22 @@ from .progress import ProgressCallback, report
 class TrainConfig:
     """Training parameters; `subset` > 0 trains on that many randomly chosen training images."""
 
-    architecture: str = parameter("thesis_net", NAME, "--architecture", "arch", "architecture",
-                                  "network (thesis_net: the thesis's appendix A.1)")
-    max_epochs: int = parameter(10, WHOLE, "--epochs", "epochs", "epochs at most", "maximum epochs",
+    architecture: str = parameter("thesis_net", NAME, "--architecture", key="arch", label="architecture",
+                                  help="network (thesis_net: the thesis's appendix A.1)")
+    max_epochs: int = parameter(10, WHOLE, "--epochs", key="epochs", label="epochs at most", help="maximum epochs",
                                 low=1, high=1000, widget=("number", 1, 200))
-    patience: int = parameter(5, WHOLE, "--patience", "patience", "early-stopping patience",
-                              "early stopping: epochs without a lower validation loss", low=1, high=1000, widget=("number", 1, 200))
-    batch_size: int = parameter(256, WHOLE, "--batch-size", "batch", "batch size", "batch size", low=1, high=65536,
+    patience: int = parameter(5, WHOLE, "--patience", key="patience", label="early-stopping patience",
+                              help="early stopping: epochs without a lower validation loss", low=1, high=1000, widget=("number", 1, 200))
+    batch_size: int = parameter(256, WHOLE, "--batch-size", key="batch", label="batch size", help="batch size", low=1, high=65536,
                                 widget=("options", (32, 64, 128, 256, 512, 1024)))
-    learning_rate: float = parameter(1e-2, REAL, "--lr", "lr", "learning rate", "peak learning rate of the one-cycle schedule on Adam",
+    learning_rate: float = parameter(1e-2, REAL, "--lr", key="lr", label="learning rate", help="peak learning rate of the one-cycle schedule on Adam",
                                      low=1e-7, high=10.0, widget=("number", 1e-5, 1.0))
-    weight_decay: float = parameter(0.0, REAL, "--weight-decay", "wd", "weight decay", "Adam weight decay", low=0.0, high=1.0)
-    augment: bool = parameter(True, SWITCH, "--no-augment", "aug", "augmentation",
-                              "train without the random rotation/scale/shift/brightness augmentation", widget=("checkbox",))
-    subset: int = parameter(0, WHOLE, "--subset", "subset", "training subset (0: all)",
-                            "train on this many random training images (0: all)", low=0, high=10**8, widget=("number", 0, 100_000))
-    seed: int = parameter(0, WHOLE, "--seed", "seed", "training seed", "seed for initialisation, shuffling and augmentation",
+    weight_decay: float = parameter(0.0, REAL, "--weight-decay", key="wd", label="weight decay", help="Adam weight decay", low=0.0, high=1.0)
+    augment: bool = parameter(True, SWITCH, "--no-augment", key="aug", label="augmentation",
+                              help="train without the random rotation/scale/shift/brightness augmentation", widget=("checkbox",))
+    subset: int = parameter(0, WHOLE, "--subset", key="subset", label="training subset (0: all)",
+                            help="train on this many random training images (0: all)", low=0, high=10**8, widget=("number", 0, 100_000))
+    seed: int = parameter(0, WHOLE, "--seed", key="seed", label="training seed", help="seed for initialisation, shuffling and augmentation",
                           low=0, high=2**63 - 1, widget=("number", 0, 2**31 - 1))
 
     def __post_init__(self) -> None:

@@ -24,10 +24,10 @@ from core.validation import one_of, real_number, true_or_false, whole_number
 class Schedule:
     """A parameter section that does not exist in the product: added here as a new one would be."""
 
-    warmup: float = parameter(0.3, REAL, "--warmup", "warm", "warm-up share", "share of the steps spent warming up",
+    warmup: float = parameter(0.3, REAL, "--warmup", key="warm", label="warm-up share", help="share of the steps spent warming up",
                               low=0.0, high=1.0, open_high=True)
-    rounds: int = parameter(3, WHOLE, "--rounds", "rounds", "rounds", "rounds of the schedule", low=1, high=9)
-    cool: bool = parameter(True, SWITCH, "--no-cool", "cool", "cool-down", "skip the cool-down")
+    rounds: int = parameter(3, WHOLE, "--rounds", key="rounds", label="rounds", help="rounds of the schedule", low=1, high=9)
+    cool: bool = parameter(True, SWITCH, "--no-cool", key="cool", label="cool-down", help="skip the cool-down")
 
     def __post_init__(self) -> None:
         check_declared(self)
@@ -45,14 +45,14 @@ CHANGED = WiderExperiment(schedule=Schedule(warmup=0.125, rounds=7, cool=False))
 
 def test_a_new_declared_parameter_reaches_the_command_line_the_link_the_command_and_the_table():
     parser = argparse.ArgumentParser()
-    params.add_options(parser, WiderExperiment, {})
+    params.add_experiment_options(parser, WiderExperiment, {})
     help_text = parser.format_help()
     assert "--warmup" in help_text and "share of the steps spent warming up (default 0.3)" in " ".join(help_text.split())
-    assert params.from_args(WiderExperiment, parser.parse_args([])) == WiderExperiment()
+    assert params.experiment_from_args(WiderExperiment, parser.parse_args([])) == WiderExperiment()
 
-    words = " ".join(params.command_options(CHANGED)).split()
+    words = " ".join(params.experiment_options(CHANGED)).split()
     assert words[-5:] == ["--warmup", "0.125", "--rounds", "7", "--no-cool"]
-    assert params.from_args(WiderExperiment, parser.parse_args(words)) == CHANGED
+    assert params.experiment_from_args(WiderExperiment, parser.parse_args(words)) == CHANGED
 
     query = params.to_query(CHANGED)
     assert (query["warm"], query["rounds"], query["cool"]) == ("0.125", "7", "0")
