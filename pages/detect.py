@@ -15,8 +15,9 @@ from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data
 from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment_gw, mds_embedding
+from core.heatmaps import class_heatmaps, heatmaps_path
 from core.jobs import RUNNER
-from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
+from core.lrp import RULE_NAMES, LRPConfig
 from core.spectral import SpectralConfig
 from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links

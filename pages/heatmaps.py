@@ -11,10 +11,11 @@ from plotly.subplots import make_subplots
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
 from core.experiment import load_trained, model_path
+from core.heatmaps import ClassHeatmaps, class_heatmaps, experiment_heatmaps, heatmaps_path
 from core.jobs import RUNNER
+from core.lrp import RULE_NAMES, LRPConfig
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
-from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
 from pages.common import active_experiment, run_through_app, data_or_stop, settle_job, view_links
 from pages.url_state import Choice, Number, remember_view, restore_view
 

@@ -9,13 +9,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.compare import THESIS_EUCLIDEAN_SPECTRAL, GWDistanceConfig, gw_distances, gw_distances_path
+from core.heatmaps import class_heatmaps, heatmaps_path
 from core.jobs import RUNNER
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.detection import flag_smaller_cluster, score_detection
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, load_trained, poisoned_data
+from core.lrp import RULE_NAMES, LRPConfig
 from core.pointcloud import normalised_mass
-from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from pages.charts import confusion_chart
 from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
