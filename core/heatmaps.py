@@ -154,11 +154,34 @@ def experiment_heatmaps(
 ) -> ClassHeatmaps:
     """Heatmaps of `class_id` in the (poisoned) training split of `experiment`, training its model if needed."""
     from .data import load_gtsrb
-    from .experiment import poisoned_data, train_or_load
+    from .experiment import train_or_load
 
     class_id = check_class(class_id)  # before loading data and training, which can take minutes
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
+    return model_heatmaps(trained, experiment, class_id, config, data, progress=progress, use_cache=use_cache)
+
+
+def model_heatmaps(
+    trained,
+    experiment,
+    class_id: int,
+    config: LRPConfig,
+    data,
+    progress: Optional[ProgressCallback] = None,
+    use_cache: bool = True,
+) -> ClassHeatmaps:
+    """Heatmaps of `class_id` for `experiment`'s model once it is trained: the one place that
+    pairs the model with its own (poisoned) training split."""
+    from .experiment import poisoned_data
+
     train = poisoned_data(data, experiment).train
     return class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask,
                           class_id, config, progress=progress, use_cache=use_cache)
+
+
+def experiment_heatmaps_path(experiment, class_id: int, config: LRPConfig, data):
+    """Where the heatmaps of `class_id` for `experiment` are cached, whether or not they are computed yet."""
+    from .experiment import model_path
+
+    return heatmaps_path(model_path(data, experiment).name, class_id, config)
