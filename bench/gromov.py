@@ -43,7 +43,8 @@ from core.data import load_gtsrb  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
 from core.gromov import GridClouds, GridGW, random_structure  # noqa: E402
 from core.gw_kmeans import GWConfig, gw_kmeans  # noqa: E402
-from core.relevance import LRPConfig, experiment_heatmaps  # noqa: E402
+from core.heatmaps import experiment_heatmaps  # noqa: E402
+from core.lrp import LRPConfig  # noqa: E402
 
 
 def pot_pair(clouds: GridClouds, i: int, structure: torch.Tensor, eps: float) -> float:

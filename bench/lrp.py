@@ -34,7 +34,8 @@ from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig, load_trained, poisoned_data, train_or_load  # noqa: E402
-from core.relevance import RULE_NAMES, LRP, LRPConfig, canonical_copy, captum_relevance, gradient_times_input  # noqa: E402
+from core.lrp import RULE_NAMES, LRP, LRPConfig, canonical_copy, gradient_times_input  # noqa: E402
+from core.lrp_reference import captum_relevance  # noqa: E402
 
 REFERENCE = "gradient x input"
 

@@ -102,8 +102,9 @@ def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:
 
 def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
+    from .heatmaps import check_class, experiment_heatmaps
+    from .lrp import LRPConfig
     from .poison import sticker_window
-    from .relevance import LRPConfig, check_class, experiment_heatmaps
 
     from .pointcloud import check_threshold
 
@@ -118,7 +119,7 @@ def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def _lrp_from_args(args: argparse.Namespace):
-    from .relevance import LRPConfig
+    from .lrp import LRPConfig
 
     return LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
 
@@ -128,7 +129,7 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
 
     from .compare import THESIS_EUCLIDEAN_SPECTRAL, heatmap_spectral, spectral_summary
     from .data import load_gtsrb
-    from .relevance import check_class
+    from .heatmaps import check_class
     from .spectral import SpectralConfig
 
     config = experiment_from_args(args)
@@ -162,7 +163,7 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
     from .compare import baseline_scores, heatmap_spectral
     from .data import load_gtsrb
-    from .relevance import check_class
+    from .heatmaps import check_class
     from .spectral import SpectralConfig
 
     config = experiment_from_args(args)
@@ -180,7 +181,7 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
     from .compare import THESIS_GROMOV_WASSERSTEIN
     from .data import load_gtsrb
     from .gw_kmeans import THESIS_GW_RATES, GWConfig, experiment_gw, result_summary
-    from .relevance import check_class
+    from .heatmaps import check_class
 
     config = experiment_from_args(args)
     lrp = _lrp_from_args(args)
@@ -292,7 +293,7 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
     from .cache import atomic_write_bytes
     from .data import load_gtsrb
     from .export import detection_frame, experiment_json, experiment_record, export_virelay
-    from .relevance import check_class
+    from .heatmaps import check_class
     from .spectral import SpectralConfig
 
     if not (args.csv or args.json or args.virelay):

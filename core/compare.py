@@ -19,7 +19,8 @@ from .detection import DetectionScore, flag_smaller_cluster, score_detection
 from .errors import ConfigError
 from .pointcloud import normalised_mass
 from .progress import ProgressCallback, report
-from .relevance import LRPConfig, check_class, experiment_heatmaps
+from .heatmaps import check_class, experiment_heatmaps
+from .lrp import LRPConfig
 from .spectral import SpectralConfig, SpectralResult, analyse, euclidean_distances, fiedler_score
 
 THESIS_EUCLIDEAN_SPECTRAL = {"tn": 1650, "fp": 0, "fn": 386, "tp": 427}
@@ -65,7 +66,7 @@ class GWDistanceConfig:
 def gw_distances_path(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data):
     from .cache import cache_dir, config_hash
     from .experiment import model_path
-    from .relevance import heatmaps_path
+    from .heatmaps import heatmaps_path
 
     name = heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name
     return cache_dir() / f"gwdist-{config_hash(1, name, config)}.safetensors"
@@ -82,7 +83,7 @@ def gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceCo
     from .data import load_gtsrb
     from .experiment import model_path
     from .gromov import pairwise_gw
-    from .relevance import heatmaps_path
+    from .heatmaps import heatmaps_path
 
     class_id = check_class(class_id)
     data = data if data is not None else load_gtsrb(progress=progress)

@@ -28,9 +28,10 @@ from .detection import score_detection
 from .errors import ArtifactError, ConfigError
 from .experiment import ExperimentConfig, model_path, poisoned_data, train_or_load
 from .gw_kmeans import GWConfig, cached_gw
+from .heatmaps import check_class
+from .lrp import LRPConfig
 from .pointcloud import normalised_mass
 from .progress import ProgressCallback, report
-from .relevance import LRPConfig, check_class
 from .spectral import SpectralConfig, embed_2d, fiedler_score
 
 ANALYSIS_METHOD = "spectral_analysis"  # ViRelAy maps "_" to "-" in URLs and back, so the name must not hold a "-"

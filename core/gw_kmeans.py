@@ -314,7 +314,7 @@ def cached_gw(experiment, class_id: int, lrp, config: GWConfig, data) -> Optiona
     """The class's GW k-means result if it is in the cache, else None (nothing is computed)."""
     from .cache import load_cached
     from .experiment import model_path
-    from .relevance import check_class, heatmaps_path
+    from .heatmaps import check_class, heatmaps_path
 
     path = detection_path(heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name, config)
     return load_cached(path, _decoder(config))
@@ -329,7 +329,7 @@ def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, p
     from .cache import cached
     from .data import load_gtsrb
     from .experiment import model_path
-    from .relevance import check_class, experiment_heatmaps, heatmaps_path
+    from .heatmaps import check_class, experiment_heatmaps, heatmaps_path
 
     if not isinstance(config, GWConfig):
         raise ConfigError("config must be a GWConfig")

@@ -18,8 +18,8 @@ from torch import nn
 from .defense import DefenseConfig, check_images, purify
 from .errors import ConfigError
 from .evasion import AttackConfig, attack
+from .lrp import LRPConfig, explain
 from .progress import ProgressCallback, report
-from .relevance import LRPConfig, explain
 
 VERSIONS = ("clean", "attacked", "barycenter", "clean_barycenter")
 

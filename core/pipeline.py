@@ -16,8 +16,9 @@ from .cache import artifact_meta, locked_elsewhere
 from .errors import ArtifactError
 from .experiment import ExperimentConfig, model_path
 from .gw_kmeans import GWConfig, detection_path
+from .heatmaps import heatmaps_path
 from .jobs import RUNNER
-from .relevance import LRPConfig, heatmaps_path
+from .lrp import LRPConfig
 from .robustness import RobustnessConfig, table_path
 
 

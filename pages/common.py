@@ -10,8 +10,10 @@ import streamlit as st
 
 from core.data import ENV_VAR, GTSRB, NotCached, load_gtsrb
 from core.errors import ConfigError, PoisonLabError
-from core.experiment import ExperimentConfig
+from core.experiment import ExperimentConfig, load_trained
+from core.heatmaps import ClassHeatmaps, experiment_heatmaps_path, model_heatmaps
 from core.jobs import RUNNER, Job
+from core.lrp import LRPConfig
 from core.progress import time_left_text
 from pages.url_state import write_experiment_query
 
@@ -116,6 +118,21 @@ def cached_baselines(experiment_query: tuple, class_id: int, seed: int, _data):
     from core.compare import baseline_scores
 
     return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
+
+
+def computed_heatmaps(experiment: ExperimentConfig, class_id: int, lrp: LRPConfig, data: GTSRB) -> Optional[ClassHeatmaps]:
+    """The class's heatmaps once they are computed, else None: a page shows them and leaves training
+    and LRP to a job with a progress bar. Kept in memory per file, as every widget reruns the page."""
+    trained = load_trained(data, experiment)
+    path = experiment_heatmaps_path(experiment, class_id, lrp, data)
+    if trained is None or not path.is_file():
+        return None
+    return _heatmaps_in_memory(path.name, lambda: model_heatmaps(trained, experiment, class_id, lrp, data))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _heatmaps_in_memory(path_name: str, _loader) -> ClassHeatmaps:
+    return _loader()
 
 
 def gtsrb_root() -> Optional[str]:

@@ -13,13 +13,14 @@ from core.commands import train_command
 from core.compare import heatmap_spectral
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
-from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data
+from core.experiment import ExperimentConfig, poisoned_data
 from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment_gw, mds_embedding
+from core.heatmaps import experiment_heatmaps_path
 from core.jobs import RUNNER
-from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
+from core.lrp import RULE_NAMES, LRPConfig
 from core.spectral import SpectralConfig
 from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
+from pages.common import active_experiment, cached_baselines, computed_heatmaps, data_or_stop, run_through_app, settle_job, view_links
 from pages.hover_preview import hover_preview
 from pages.tiles import diverging_rgb
 from pages.url_state import Choice, Number, remember_view, restore_view
@@ -102,13 +103,13 @@ except ConfigError as exc:
     st.error(str(exc))
     st.stop()
 data = data_or_stop()
-trained = load_trained(data, experiment)
-if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
+heatmaps = computed_heatmaps(experiment, class_id, lrp, data)
+if heatmaps is None:
     st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
     st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {rule})", icon=":material/blur_on:",
                  query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": rule})
     st.stop()
-heatmaps_file = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
+heatmaps_file = experiment_heatmaps_path(experiment, class_id, lrp, data).name
 path = detection_path(heatmaps_file, config)
 key = path.name
 if not path.is_file():
@@ -123,7 +124,6 @@ if not path.is_file():
     st.stop()
 
 train = poisoned_data(data, experiment).train
-heatmaps = class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
 _, result = load_result(key, lambda: experiment_gw(experiment, class_id, lrp, config, data))
 truth = heatmaps.poison_mask.numpy()
 score = result.score(truth)

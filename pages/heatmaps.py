@@ -10,12 +10,13 @@ from plotly.subplots import make_subplots
 
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
-from core.experiment import load_trained, model_path
+from core.experiment import load_trained
+from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path
 from core.jobs import RUNNER
+from core.lrp import RULE_NAMES, LRPConfig
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
-from core.relevance import RULE_NAMES, ClassHeatmaps, LRPConfig, class_heatmaps, experiment_heatmaps, heatmaps_path
-from pages.common import active_experiment, run_through_app, data_or_stop, settle_job, view_links
+from pages.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
 from pages.url_state import Choice, Number, remember_view, restore_view
 
 RULE_LABELS = {
@@ -56,11 +57,6 @@ def lrp_controls() -> tuple[int, LRPConfig]:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def load_heatmaps(path_name: str, _loader) -> ClassHeatmaps:
-    return _loader()
 
 
 def symmetric_range(*arrays: np.ndarray) -> float:
@@ -151,21 +147,13 @@ restore_view(VIEW)
 class_id, lrp = lrp_controls()
 remember_view(VIEW)
 data = data_or_stop()
-key = heatmaps_path(model_path(data, experiment).name, class_id, lrp).name
+key = experiment_heatmaps_path(experiment, class_id, lrp, data).name
 
-heatmaps = None
-trained = load_trained(data, experiment)
-if trained is not None and heatmaps_path(trained.path.name, class_id, lrp).is_file():
-    from core.experiment import poisoned_data
-
-    def loader() -> ClassHeatmaps:
-        train = poisoned_data(data, experiment).train
-        return class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, lrp)
-
-    heatmaps = load_heatmaps(key, loader)
+heatmaps = computed_heatmaps(experiment, class_id, lrp, data)
 if heatmaps is None:
     settle_job(key, "Computing the heatmaps",
                "LRP for a class takes about a second; if the model is not trained yet, it is trained first (about 3 minutes).")
+    trained = load_trained(data, experiment)
     note = "" if trained is not None else " The model of this experiment is not trained yet: it will be trained first (about 3 minutes)."
     st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}.{note}")
     if st.button("Compute heatmaps", type="primary"):

@@ -122,6 +122,23 @@ def small_victim(gtsrb):
 
 
 @pytest.fixture(scope="session")
+def quick(gtsrb):
+    """A small real ThesisNet trained on the default attack (not cached), and its training split:
+    the model of the LRP and heatmap tests (trains in ~5 s on two cores; enough for BatchNorm
+    statistics far from (0, 1) and a learnt backdoor)."""
+    from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+    from core.train import TrainConfig
+
+    config = ExperimentConfig(train=TrainConfig(subset=3000, max_epochs=2, batch_size=128, augment=False))
+    trained = train_or_load(config, gtsrb, use_cache=False)
+    model = trained.model.eval()
+    for norm in (model.norm2, model.norm4):  # folding must have something to fold
+        assert norm.running_mean.abs().max() > 0.1
+        assert (norm.running_var - 1).abs().max() > 0.1
+    return model, poisoned_data(gtsrb, config).train
+
+
+@pytest.fixture(scope="session")
 def virelay_python() -> Path:
     """The interpreter of a private venv holding the ViRelAy viewer (PyPI `virelay`), built on
     first use: its pins (pillow < 11) clash with ours, so it cannot share our venv."""

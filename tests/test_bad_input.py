@@ -17,8 +17,8 @@ from core.errors import ConfigError
 from core.evasion import AttackConfig
 from core.experiment import ExperimentConfig
 from core.gw_kmeans import GWConfig
+from core.lrp import LRPConfig
 from core.poison import PoisonConfig
-from core.relevance import LRPConfig
 from core.robustness import RobustnessConfig
 from core.spectral import SpectralConfig
 from core.train import TrainConfig

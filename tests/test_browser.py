@@ -20,7 +20,8 @@ import pytest
 
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
 from core.gw_kmeans import GWConfig, experiment_gw
-from core.relevance import LRPConfig, class_heatmaps
+from core.heatmaps import class_heatmaps
+from core.lrp import LRPConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

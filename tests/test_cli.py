@@ -18,8 +18,9 @@ import torch
 from core.cli import build_parser, main
 from core.compare import baseline_scores, heatmap_spectral
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
+from core.heatmaps import experiment_heatmaps
+from core.lrp import LRPConfig
 from core.poison import PoisonConfig, poison_split, sticker_window
-from core.relevance import LRPConfig, experiment_heatmaps
 from core.spectral import SpectralConfig
 from core.train import TrainConfig
 
@@ -418,7 +419,7 @@ def test_the_command_line_waits_for_an_artifact_another_process_is_computing(gts
     from core.cache import WAITING, artifact_lock
     from core.experiment import model_path
     from core.gw_kmeans import GWConfig, detection_path, experiment_gw
-    from core.relevance import heatmaps_path
+    from core.heatmaps import heatmaps_path
 
     config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
     lrp, gw = LRPConfig(), GWConfig(max_iter=2)

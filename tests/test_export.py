@@ -18,7 +18,8 @@ from core.compare import baseline_scores, heatmap_spectral
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, train_or_load
 from core.export import detection_frame, detection_scores, experiment_json, experiment_record, export_virelay
-from core.relevance import LRPConfig, experiment_heatmaps
+from core.heatmaps import experiment_heatmaps
+from core.lrp import LRPConfig
 from core.spectral import SpectralConfig
 
 SMALL = ExperimentConfig.from_query({"subset": "4000", "epochs": "3", "patience": "3"})

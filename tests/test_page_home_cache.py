@@ -75,7 +75,8 @@ def test_cache_view_lists_the_artifacts_by_kind(seeded_cache):
 
 
 def test_a_damaged_artifact_is_reported_and_recomputed_never_shown(seeded_cache, gtsrb):
-    from core.relevance import LRPConfig, experiment_heatmaps, heatmaps_path
+    from core.heatmaps import experiment_heatmaps, heatmaps_path
+    from core.lrp import LRPConfig
 
     config = ExperimentConfig.from_query(SMALL)
     experiment_heatmaps(config, 5, LRPConfig(), gtsrb)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.experiment import ExperimentConfig, poisoned_data
-from core.relevance import LRPConfig, experiment_heatmaps
+from core.heatmaps import experiment_heatmaps
+from core.lrp import LRPConfig
 
 from apptest import open_page, wait_for_jobs
 

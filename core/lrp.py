@@ -1,4 +1,4 @@
-"""Layer-wise relevance propagation (LRP) heatmaps of a whole class, in one backward pass.
+"""Layer-wise relevance propagation (LRP): the relevance of a batch of images in one backward pass.
 
 Concepts, each small and independent (after Zennit):
 
@@ -17,8 +17,9 @@ Concepts, each small and independent (after Zennit):
 Each Conv2d/Linear runs as one autograd Function whose forward returns the true output y
 and whose backward applies the rule, so autograd's single backward pass yields the
 relevance ("LRP as modified gradient"). That keeps every rule within about 1.4x of
-gradient x input, where captum's hook-based `LRP` takes 2.3-2.8x; `captum_relevance`
-runs captum on the same rules and tests hold both to the same heatmaps.
+gradient x input, where captum's hook-based `LRP` takes 2.3-2.8x;
+`core.lrp_reference.captum_relevance` runs captum on the same rules and tests hold both
+to the same heatmaps.
 
 InstanceNorm (per-image statistics, cannot be folded) is propagated as the linear map
 y = (x - mean(x)) * stopgrad(1/std): centring is a bias-free linear map, so relevance is
@@ -33,7 +34,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Union
@@ -42,12 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import cache_dir, cached, config_hash
 from .data import NUM_CLASSES
 from .errors import ConfigError
 from .progress import ProgressCallback, report
 
-_ARTIFACT_VERSION = 1
 RULE_NAMES = ("composite", "epsilon", "gamma", "alpha1beta0")
 
 
@@ -192,7 +190,8 @@ def without_biases(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------ the attributor
 
 
-def _conv_options(layer: nn.Module) -> dict:
+def conv_options(layer: nn.Module) -> dict:
+    """The layer's geometry, for the functional calls that apply a rule's modified weights."""
     return dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
 
 
@@ -219,7 +218,7 @@ class _ZBoxTerms:
             low = torch.full((1,) + key, self.rule.low, dtype=weight.dtype)
             high = torch.full((1,) + key, self.rule.high, dtype=weight.dtype)
             if isinstance(layer, nn.Conv2d):
-                options = _conv_options(layer)
+                options = conv_options(layer)
                 value = F.conv2d(low, weight.clamp(min=0), None, **options) + F.conv2d(high, weight.clamp(max=0), None, **options)
             else:
                 value = F.linear(low, weight.clamp(min=0)) + F.linear(high, weight.clamp(max=0))
@@ -236,7 +235,7 @@ class _RuleLayer(torch.autograd.Function):
     def forward(ctx, a, step):
         layer = step.layer
         is_conv = isinstance(layer, nn.Conv2d)
-        options = _conv_options(layer) if is_conv else {}
+        options = conv_options(layer) if is_conv else {}
 
         def apply(weight, bias):
             return F.conv2d(a, weight, bias, **options) if is_conv else F.linear(a, weight, bias)
@@ -363,172 +362,6 @@ class LRP:
         return relevance.detach(), h.detach()
 
 
-def gradient_times_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The reference cost of one backward pass (used by the benchmark)."""
-    with torch.enable_grad():
-        x = x.detach().clone().requires_grad_(True)
-        logits = model(x)
-        (grad,) = torch.autograd.grad(logits.gather(1, target.reshape(-1, 1)).sum(), x)
-    return (x * grad).detach()
-
-
-# ------------------------------------------------------------------ captum, the reference
-
-
-def captum_relevance(model: nn.Sequential, rules: Dict[str, Rule], x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """captum's LRP with the same rules on the same canonical model (for tests and benchmarks).
-
-    captum deletes every `.rule` after each call and has no rule for Flatten, InstanceNorm
-    or z^B, so rules are attached afresh on every call and the missing ones are supplied.
-    """
-    from captum.attr import LRP as CaptumLRP
-    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule
-
-    net = copy.deepcopy(model).eval()
-    net = nn.Sequential(OrderedDict((n, m) for n, m in net.named_children() if not isinstance(m, (nn.Identity,))))
-    for name, module in list(net.named_children()):
-        if isinstance(module, nn.InstanceNorm2d):
-            setattr(net, name, _CaptumCentredInstanceNorm(module.eps))
-    for name, module in net.named_children():
-        rule = rules.get(name, Epsilon()) if isinstance(module, (nn.Conv2d, nn.Linear)) else None
-        if isinstance(rule, Epsilon):
-            module.rule = EpsilonRule(epsilon=rule.eps)
-        elif isinstance(rule, Gamma):
-            module.rule = GammaRule(gamma=rule.gamma)
-        elif isinstance(rule, Alpha1Beta0):
-            module.rule = Alpha1_Beta0_Rule()
-        elif isinstance(rule, ZBox):
-            module.rule = _captum_zbox_rule()(rule.low, rule.high, rule.eps)
-        elif isinstance(module, (nn.Flatten, _CaptumCentredInstanceNorm, nn.MaxPool2d)):
-            module.rule = EpsilonRule(epsilon=1e-30)
-    return CaptumLRP(net).attribute(x.detach().clone(), target=target).detach()
-
-
-class _CaptumCentredInstanceNorm(nn.Module):
-    def __init__(self, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps).detach()
-
-
-def _captum_zbox_rule():
-    """captum has no z^B rule; this PropagationRule adds it (inputs bounded in [low, high])."""
-    from captum.attr._utils.lrp_rules import PropagationRule
-
-    class ZBoxRule(PropagationRule):
-        def __init__(self, low: float, high: float, epsilon: float) -> None:
-            self.low, self.high, self.STABILITY_FACTOR = low, high, epsilon
-
-        def _manipulate_weights(self, module, inputs, outputs) -> None:
-            pass
-
-        def forward_hook(self, module, inputs, outputs):
-            x = inputs[0]
-            weight = module.weight.detach()
-            self._module, self._x_shape = module, x.shape
-            conv = isinstance(module, nn.Conv2d)
-            options = _conv_options(module) if conv else {}
-            apply = (lambda t, w: F.conv2d(t, w, None, **options)) if conv else (lambda t, w: F.linear(t, w))
-            with torch.no_grad():
-                bound = apply(torch.full_like(x, self.low), weight.clamp(min=0)) + apply(torch.full_like(x, self.high), weight.clamp(max=0))
-            shifted = outputs - bound
-            self._has_single_input = True
-            self._handle_input_hooks = []
-            if not hasattr(x, "hook_registered"):
-                self._handle_input_hooks.append(x.register_hook(self._create_backward_hook_input(x.data)))
-                x.hook_registered = True
-            self._handle_output_hook = shifted.register_hook(self._create_backward_hook_output(shifted.data))
-            return shifted.clone()
-
-        def _create_backward_hook_output(self, outputs):
-            def hook(grad):
-                sign = torch.sign(outputs)
-                sign[sign == 0] = 1
-                s = grad / (outputs + sign * self.STABILITY_FACTOR)
-                self.relevance_output[grad.device] = grad.data
-                self._s = s.detach()
-                return s
-
-            return hook
-
-        def _create_backward_hook_input(self, inputs):
-            def hook(grad):
-                module, s = self._module, self._s
-                weight = module.weight.detach()
-                if isinstance(module, nn.Conv2d):
-                    options = _conv_options(module)
-                    back = lambda w: torch.nn.grad.conv2d_input(self._x_shape, w, s, **options)  # noqa: E731
-                else:
-                    back = lambda w: s @ w  # noqa: E731
-                relevance = grad * inputs - self.low * back(weight.clamp(min=0)) - self.high * back(weight.clamp(max=0))
-                self.relevance_input[grad.device] = relevance.data
-                grad.replace_out = relevance
-                return relevance
-
-            return hook
-
-    return ZBoxRule
-
-
-# ------------------------------------------------------------------ heatmaps of a class (artifact)
-
-
-@dataclass(frozen=True, eq=False)
-class ClassHeatmaps:
-    """LRP heatmaps of every training image of one class, with what is needed to read them."""
-
-    heatmaps: torch.Tensor  # float32 (N, 32, 32): relevance summed over colour channels
-    indices: torch.Tensor  # int64 (N,): positions in the experiment's (poisoned) training split
-    poison_mask: torch.Tensor  # bool (N,)
-    explained: torch.Tensor  # int64 (N,): the class whose logit is explained
-    logit: torch.Tensor  # float32 (N,): that logit
-    confidence: torch.Tensor  # float32 (N,): softmax probability of the image's label
-    predicted: torch.Tensor  # int64 (N,)
-    class_id: int
-    config: LRPConfig
-    seconds: float
-
-    def __len__(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def conservation_gap(self) -> torch.Tensor:
-        """(logit - total relevance) / |logit| per image: what biases and eps absorbed."""
-        return (self.logit - self.heatmaps.sum(dim=(1, 2))) / self.logit.abs().clamp(min=1e-12)
-
-    def summary(self, window: torch.Tensor, threshold: float) -> Dict[str, float]:
-        """The figures the CLI prints and the page shows, for poisoned versus clean samples.
-
-        `window` marks the pixels a sticker can cover; its share of the thesis-normalised
-        mass and of the positive relevance says whether the model looks at the sticker.
-        """
-        from .pointcloud import mass_inside, normalised_mass, point_count
-
-        poisoned, clean = self.poison_mask, ~self.poison_mask
-        mass_share = mass_inside(self.heatmaps, window)
-        positive = self.heatmaps.clamp(min=0).double()
-        positive_share = (positive * window).flatten(1).sum(1) / positive.flatten(1).sum(1).clamp(min=1e-300)
-        points = point_count(normalised_mass(self.heatmaps), threshold).double()
-        gap = self.conservation_gap.double()
-
-        def mean(values: torch.Tensor, where: torch.Tensor) -> Optional[float]:
-            return round(float(values[where].mean()), 6) if bool(where.any()) else None
-
-        return {
-            "count": len(self), "poisoned": int(poisoned.sum()), "clean": int(clean.sum()),
-            "seconds": self.seconds,
-            "conservation_gap_median": round(float(gap.median()), 6),
-            "conservation_gap_mean_abs": round(float(gap.abs().mean()), 6),
-            "threshold": threshold, "mean_points": round(float(points.mean()), 2),
-            "window_pixels": int(window.sum()), "window_share_of_image": round(float(window.double().mean()), 6),
-            "window_mass_share_poisoned": mean(mass_share, poisoned), "window_mass_share_clean": mean(mass_share, clean),
-            "window_positive_share_poisoned": mean(positive_share, poisoned), "window_positive_share_clean": mean(positive_share, clean),
-        }
-
-
 def explain(
     model: nn.Module,
     images: torch.Tensor,
@@ -553,91 +386,10 @@ def explain(
     return torch.cat(heatmaps), torch.cat(logits)
 
 
-def heatmaps_path(model_file: str, class_id: int, config: LRPConfig):
-    key = config_hash(_ARTIFACT_VERSION, model_file, class_id, config)
-    return cache_dir() / f"heatmaps-{class_id:02d}-{config.rule}-{key}.safetensors"
-
-
-def check_class(class_id) -> int:
-    if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < NUM_CLASSES:
-        raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}")
-    return int(class_id)
-
-
-def class_heatmaps(
-    model: nn.Module,
-    model_file: str,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    poison_mask: torch.Tensor,
-    class_id: int,
-    config: LRPConfig,
-    progress: Optional[ProgressCallback] = None,
-    use_cache: bool = True,
-) -> ClassHeatmaps:
-    """Heatmaps of the training images labelled `class_id`, cached per (model, class, rules).
-
-    `model_file` names the trained model's artifact (its hash covers data, attack and
-    training), so the heatmaps are recomputed whenever any of those change.
-    """
-    class_id = check_class(class_id)
-    indices = torch.nonzero(labels == class_id).flatten()
-    if len(indices) == 0:
-        raise ConfigError(f"the training split has no images labelled {class_id}")
-
-    def compute() -> ClassHeatmaps:
-        started = time.perf_counter()
-        class_images = images[indices]
-        class_labels = labels[indices]
-        if config.target == "prediction":
-            from .models import predict
-
-            explained = predict(model, class_images)
-        else:
-            explained = class_labels
-        heatmaps, logits = explain(model, class_images, explained, config, progress=progress)
-        probabilities = logits.softmax(dim=1)
-        return ClassHeatmaps(
-            heatmaps=heatmaps.float().contiguous(),
-            indices=indices,
-            poison_mask=poison_mask[indices].clone(),
-            explained=explained.clone(),
-            logit=logits.gather(1, explained[:, None])[:, 0].float(),
-            confidence=probabilities.gather(1, class_labels[:, None])[:, 0].float(),
-            predicted=logits.argmax(dim=1),
-            class_id=class_id,
-            config=config,
-            seconds=round(time.perf_counter() - started, 3),
-        )
-
-    def encode(result: ClassHeatmaps):
-        tensors = {k: getattr(result, k) for k in _HEATMAP_TENSORS}
-        return tensors, {"seconds": result.seconds, "class_id": class_id, "model": model_file, "config": config.__dict__}
-
-    def decode(tensors, meta) -> ClassHeatmaps:
-        return ClassHeatmaps(**{k: tensors[k] for k in _HEATMAP_TENSORS}, class_id=class_id, config=config, seconds=meta["seconds"])
-
-    return cached(heatmaps_path(model_file, class_id, config), compute, encode, decode, use_cache, progress)
-
-
-_HEATMAP_TENSORS = ("heatmaps", "indices", "poison_mask", "explained", "logit", "confidence", "predicted")
-
-
-def experiment_heatmaps(
-    experiment,
-    class_id: int,
-    config: LRPConfig,
-    data=None,
-    progress: Optional[ProgressCallback] = None,
-    use_cache: bool = True,
-) -> ClassHeatmaps:
-    """Heatmaps of `class_id` in the (poisoned) training split of `experiment`, training its model if needed."""
-    from .data import load_gtsrb
-    from .experiment import poisoned_data, train_or_load
-
-    class_id = check_class(class_id)  # before loading data and training, which can take minutes
-    data = data if data is not None else load_gtsrb(progress=progress)
-    trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
-    train = poisoned_data(data, experiment).train
-    return class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask,
-                          class_id, config, progress=progress, use_cache=use_cache)
+def gradient_times_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference cost of one backward pass (used by the benchmark)."""
+    with torch.enable_grad():
+        x = x.detach().clone().requires_grad_(True)
+        logits = model(x)
+        (grad,) = torch.autograd.grad(logits.gather(1, target.reshape(-1, 1)).sum(), x)
+    return (x * grad).detach()
