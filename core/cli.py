@@ -17,6 +17,7 @@ from . import params
 from .defense import DefenseConfig
 from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
+from .lrp import LRPConfig
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
 from .spectral import SpectralConfig
@@ -103,13 +104,12 @@ def _cmd_train(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
     from .heatmaps import check_class, experiment_heatmaps
-    from .lrp import LRPConfig
     from .poison import sticker_window
 
     from .pointcloud import check_threshold
 
     config = experiment_from_args(args)
-    lrp = LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
+    lrp = _lrp_from_args(args)
     check_threshold(args.threshold)
     check_class(args.class_id)  # before loading the data, which takes seconds
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
@@ -119,9 +119,7 @@ def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def _lrp_from_args(args: argparse.Namespace):
-    from .lrp import LRPConfig
-
-    return LRPConfig(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, target=args.explain)
+    return params.config_from_args(LRPConfig, args)
 
 
 def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
@@ -265,11 +263,7 @@ def _add_defense_options(group) -> None:
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
     lrp = parser.add_argument_group("LRP")
     lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
-    lrp.add_argument("--rule", default="composite", choices=("composite", "epsilon", "gamma", "alpha1beta0"),
-                     help="composite: z^B first layer, gamma convolutions, epsilon dense layers (default)")
-    lrp.add_argument("--epsilon", type=float, default=0.25, help="epsilon of the epsilon rule (default 0.25)")
-    lrp.add_argument("--gamma", type=float, default=0.25, help="gamma of the gamma rule (default 0.25)")
-    lrp.add_argument("--explain", default="label", choices=("label", "prediction"), help="explain the image's label (thesis) or the predicted class")
+    params.add_options(lrp, LRPConfig)
 
 
 def _cmd_data(args: argparse.Namespace, bar: _Bar) -> dict:

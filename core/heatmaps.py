@@ -4,7 +4,6 @@ class, rules) and kept in the cache folder."""
 
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -15,6 +14,7 @@ from torch import nn
 from .cache import cache_dir, cached, config_hash
 from .data import NUM_CLASSES
 from .errors import ConfigError
+from .validation import whole_number
 from .lrp import LRPConfig, explain
 from .progress import ProgressCallback
 
@@ -80,7 +80,7 @@ def heatmaps_path(model_file: str, class_id: int, config: LRPConfig):
 
 
 def check_class(class_id) -> int:
-    if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < NUM_CLASSES:
+    if not 0 <= whole_number("class", class_id) < NUM_CLASSES:
         raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}")
     return int(class_id)
 

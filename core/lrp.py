@@ -32,7 +32,6 @@ as a constant turns it into a bias. Freezing the std follows Ali et al. 2022,
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from torch import nn
 
 from .data import NUM_CLASSES
 from .errors import ConfigError
+from .params import NAME, REAL, check_declared, parameter
 from .progress import ProgressCallback, report
 
 RULE_NAMES = ("composite", "epsilon", "gamma", "alpha1beta0")
@@ -90,24 +90,19 @@ Rule = Union[Epsilon, Gamma, Alpha1Beta0, ZBox]
 class LRPConfig:
     """Which rules explain the model, and which logit they explain."""
 
-    rule: str = "composite"
-    epsilon: float = 0.25
-    """eps of the epsilon rule (the dense layers of the composite)."""
-    gamma: float = 0.25
-    """gamma of the gamma rule (the convolutions of the composite)."""
-    target: str = "label"
-    """"label" explains the image's (possibly poisoned) label, as in the thesis; "prediction" the predicted class."""
+    rule: str = parameter("composite", NAME, "--rule", label="LRP rule", choices=RULE_NAMES,
+                          help="composite: z^B first layer, gamma convolutions, epsilon dense layers")
+    epsilon: float = parameter(0.25, REAL, "--epsilon", label="ε", help="epsilon of the epsilon rule (the composite's dense layers)",
+                               low=0.0, high=100.0)
+    gamma: float = parameter(0.25, REAL, "--gamma", label="γ", help="gamma of the gamma rule (the composite's convolutions)",
+                             low=0.0, high=100.0)
+    target: str = parameter("label", NAME, "--explain", label="explained logit", choices=("label", "prediction"),
+                            help="explain the image's (possibly poisoned) label, as the thesis does, or the predicted class")
 
     def __post_init__(self) -> None:
         if self.rule not in RULE_NAMES:
             raise ConfigError(f"unknown LRP rule {self.rule!r}; choose one of {', '.join(RULE_NAMES)}")
-        for name in ("epsilon", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0 <= value <= 100:
-                raise ConfigError(f"LRP {name} must be a number in 0 … 100, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.target not in ("label", "prediction"):
-            raise ConfigError(f"LRP target must be 'label' or 'prediction', got {self.target!r}")
+        check_declared(self)
 
     def rules_for(self, model: nn.Module) -> Dict[str, Rule]:
         layers = [n for n, m in model.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -161,8 +156,8 @@ def canonical_copy(model: nn.Sequential) -> nn.Sequential:
             continue
         kept[name] = module
     folded = nn.Sequential(kept).eval()
-    for parameter in folded.parameters():
-        parameter.requires_grad_(False)
+    for weight in folded.parameters():
+        weight.requires_grad_(False)
     return folded
 
 
