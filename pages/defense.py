@@ -21,9 +21,9 @@ from core.experiment import load_trained, model_path, train_or_load
 from core.inspection import VERSIONS, inspect, sensitivity_grid
 from core.jobs import RUNNER
 from core.robustness import RobustnessConfig, cached_table, robustness_table, table_path
-from pages.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
-from pages.tiles import diverging_rgb, enlarge
-from pages.url_state import Choice, Number, remember_view, restore_view
+from ui.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
+from ui.tiles import diverging_rgb, enlarge
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 VERSION_TITLES = {"clean": "clean", "attacked": "attacked", "barycenter": "barycenter of the attacked image",
                   "clean_barycenter": "barycenter of the clean image"}

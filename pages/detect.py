@@ -18,11 +18,11 @@ from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment
 from core.jobs import RUNNER
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig
-from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
-from pages.hover_preview import hover_preview
-from pages.tiles import diverging_rgb
-from pages.url_state import Choice, Number, remember_view, restore_view
+from ui.charts import confusion_chart
+from ui.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
+from ui.hover_preview import hover_preview
+from ui.tiles import diverging_rgb
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 EPSILONS = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1]
 

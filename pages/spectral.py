@@ -17,11 +17,11 @@ from core.experiment import ExperimentConfig, load_trained, poisoned_data
 from core.pointcloud import normalised_mass
 from core.relevance import RULE_NAMES, LRPConfig, class_heatmaps, heatmaps_path
 from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
-from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
-from pages.hover_preview import hover_preview
-from pages.tiles import diverging_rgb, enlarge
-from pages.url_state import Choice, Number, remember_view, restore_view
+from ui.charts import confusion_chart
+from ui.common import active_experiment, cached_baselines, data_or_stop, run_through_app, settle_job, view_links
+from ui.hover_preview import hover_preview
+from ui.tiles import diverging_rgb, enlarge
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}

@@ -13,7 +13,7 @@ from core.errors import ConfigError, PoisonLabError
 from core.experiment import ExperimentConfig
 from core.jobs import RUNNER, Job
 from core.progress import time_left_text
-from pages.url_state import write_experiment_query
+from ui.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
 _VIA_APP = "page_run_by_app"
