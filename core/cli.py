@@ -237,10 +237,10 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
 
 def _models(args: argparse.Namespace) -> dict:
     """The experiment's poisoned model and its clean twin (the same experiment with fraction 0)."""
-    from dataclasses import replace
+    from .experiment import clean_twin
 
     config = experiment_from_args(args)
-    return {"poisoned": config, "clean": replace(config, poison=replace(config.poison, fraction=0.0))}
+    return {"poisoned": config, "clean": clean_twin(config)}
 
 
 def defense_from_args(args: argparse.Namespace) -> DefenseConfig:
@@ -263,10 +263,11 @@ def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
     import torch
 
-    from .data import CLASS_NAMES, decode_upload, load_gtsrb
+    from .data import CLASS_NAMES, load_gtsrb
     from .evasion import AttackConfig
     from .experiment import train_or_load
-    from .inspection import inspect, sensitivity_grid
+    from .inspection import inspect, sensitivity_grid, upload_input
+    from .robustness import model_inputs
 
     if (args.test_index is None) == (args.image is None):
         raise ConfigError("give either --test-index or --image")
@@ -278,12 +279,11 @@ def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
             content = open(args.image, "rb").read()
         except OSError as exc:
             raise ConfigError(f"cannot read {args.image}: {exc.strerror}") from exc
-        images, labels = torch.from_numpy(decode_upload(content)).permute(2, 0, 1)[None].float() / 255, None
+        images, labels = upload_input(content), None
     else:
         if any(not 0 <= i < len(data.test) for i in args.test_index):
             raise ConfigError(f"test indices must be in 0 … {len(data.test) - 1}, got {args.test_index}")
-        index = torch.tensor(args.test_index)
-        images, labels = data.test.images[index].float() / 255, data.test.labels[index]
+        images, labels = model_inputs(data.test, torch.tensor(args.test_index))
     trained = train_or_load(_models(args)[args.model], data, progress=bar, use_cache=not args.no_cache)
     result = inspect(trained.model, images, labels, attack_config, defense, progress=bar)
     out = {"model": trained.path.name, "attack": attack_config.name, "eps": round(attack_config.budget, 6), "images": result.summary()}
