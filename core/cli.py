@@ -162,10 +162,9 @@ def _lrp_from_args(args: argparse.Namespace):
 
 
 def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
-    import time
-
-    from .compare import THESIS_EUCLIDEAN_SPECTRAL, heatmap_spectral, spectral_summary
     from .data import load_gtsrb
+    from .detection import spectral_summary
+    from .detectors import GWDistanceConfig, gw_spectral, heatmap_spectral, thesis_spectral
     from .relevance import check_class
     from .spectral import SpectralConfig
 
@@ -173,33 +172,26 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
     lrp = _lrp_from_args(args)
     spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
     check_class(args.class_id)
-    from .compare import GWDistanceConfig, gw_distances
-    from .detection import flag_smaller_cluster, score_detection
-    from .spectral import analyse, fiedler_score
-
     # validated even with Euclidean distances: a wrong option is reported, not silently ignored
     gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    started = time.perf_counter()
     if args.distance == "gw":
-        heatmaps, subset, distances = gw_distances(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
-        result = analyse(distances, spectral)
-        flagged = flag_smaller_cluster(result.assignments)
-        truth = heatmaps.poison_mask.numpy()[subset]
-        score = score_detection(truth, flagged, fiedler_score(result, flagged))
-        return {"class": args.class_id, "rule": lrp.describe(), "distance": "gw", "gw": gw.__dict__, "samples": len(subset),
-                "poisoned": int(truth.sum()), **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
-    heatmaps, result, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
-    out = {"class": args.class_id, "rule": lrp.describe(), "distance": "euclidean", "samples": len(heatmaps), "poisoned": int(heatmaps.poison_mask.sum()),
-           **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
-    if config == type(config)() and args.class_id == config.poison.target:
-        out["thesis_euclidean_spectral"] = THESIS_EUCLIDEAN_SPECTRAL
+        detection = gw_spectral(config, args.class_id, lrp, spectral, gw, data, progress=bar, use_cache=not args.no_cache)
+        about = {"distance": "gw", "gw": gw.__dict__}
+    else:
+        detection = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
+        about = {"distance": "euclidean"}
+    out = {"class": args.class_id, "rule": lrp.describe(), **about, "samples": len(detection.truth), "poisoned": int(detection.truth.sum()),
+           **spectral_summary(detection.result, detection.score, detection.seconds), "spectral": spectral.__dict__}
+    thesis = thesis_spectral(config, args.class_id) if args.distance == "euclidean" else None
+    if thesis is not None:
+        out["thesis_euclidean_spectral"] = thesis
     return out
 
 
 def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .compare import baseline_scores, heatmap_spectral
     from .data import load_gtsrb
+    from .detectors import baseline_scores, heatmap_spectral
     from .relevance import check_class
     from .spectral import SpectralConfig
 
@@ -209,15 +201,15 @@ def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     methods = baseline_scores(config, args.class_id, data, seed=args.cluster_seed, progress=bar)
-    _, _, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
+    score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar).score
     methods = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict(), **methods}
     return {"class": args.class_id, "methods": methods}
 
 
 def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .compare import THESIS_GROMOV_WASSERSTEIN
     from .data import load_gtsrb
-    from .gw_kmeans import THESIS_GW_RATES, GWConfig, experiment_gw, result_summary
+    from .detectors import gw_kmeans_detection, thesis_gw
+    from .gw_kmeans import GWConfig, result_summary
     from .relevance import check_class
 
     config = experiment_from_args(args)
@@ -226,12 +218,13 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
                   barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed, warm_start=not args.no_warm_start)
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    heatmaps, result = experiment_gw(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
-    truth = heatmaps.poison_mask.numpy()
-    out = {"method": "gw", "class": args.class_id, "rule": lrp.describe(), "samples": len(heatmaps), "poisoned": int(truth.sum()),
-           **result_summary(result, truth)}
-    if config == type(config)() and args.class_id == config.poison.target and gw.threshold == 0.99:
-        out["thesis"] = {**THESIS_GW_RATES, "iteration_3": THESIS_GROMOV_WASSERSTEIN}
+    detection = gw_kmeans_detection(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
+    truth = detection.truth
+    out = {"method": "gw", "class": args.class_id, "rule": lrp.describe(), "samples": len(truth), "poisoned": int(truth.sum()),
+           **result_summary(detection.result, truth)}
+    thesis = thesis_gw(config, args.class_id, gw)
+    if thesis is not None:
+        out["thesis"] = thesis
     return out
 
 

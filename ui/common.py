@@ -111,11 +111,34 @@ def _write_query(config: ExperimentConfig) -> None:
 
 
 @st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
-def cached_baselines(experiment_query: tuple, class_id: int, seed: int, _data):
-    """Activation clustering, spectral signatures and raw-image clustering, shared by the detection pages."""
-    from core.compare import baseline_scores
+def cached_baselines(model_file: str, class_id: int, seed: int, _experiment: ExperimentConfig, _data):
+    """Activation clustering, spectral signatures and raw-image clustering, shared by the detection
+    pages; the model's file name stands for the experiment (its hash covers data, attack and training)."""
+    from core.detectors import baseline_scores
 
-    return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
+    return baseline_scores(_experiment, class_id, _data, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_detection(key: tuple, _step):
+    """A detection step's outcome, once per session for the settings `key` names (the artifact
+    it reads and its configuration): `_step` calls the core step."""
+    return _step()
+
+
+def heatmaps_or_stop(data: GTSRB, experiment: ExperimentConfig, class_id: int, lrp) -> str:
+    """The file name of the class's cached heatmaps; without them, a link to the Heatmaps page
+    (the script stops here)."""
+    from core.experiment import load_trained
+    from core.relevance import heatmaps_path
+
+    trained = load_trained(data, experiment)
+    if trained is None or not heatmaps_path(trained.path.name, class_id, lrp).is_file():
+        st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
+        st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {lrp.rule})", icon=":material/blur_on:",
+                     query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": lrp.rule})
+        st.stop()
+    return heatmaps_path(trained.path.name, class_id, lrp).name
 
 
 def gtsrb_root() -> Optional[str]:
