@@ -27,8 +27,8 @@ def pipeline_diagram(steps) -> str:
 def home() -> None:
     from core.params import parameter_rows
     from core.pipeline import pipeline_status
-    from pages.common import active_experiment, data_or_stop, experiment_scale_note
-    from pages.url_state import restore_view
+    from ui.common import active_experiment, data_or_stop, experiment_scale_note
+    from ui.url_state import restore_view
 
     st.title("Poison Lab")
     st.write(
@@ -75,7 +75,7 @@ CACHE = st.Page("pages/cache.py", title="Cache", icon=":material/storage:", url_
 PAGES = {"poison": POISON, "heatmaps": HEATMAPS, "spectral": SPECTRAL, "detect": DETECT, "defense": DEFENSE, "export": EXPORT,
          "cache": CACHE}
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *PAGES.values()])
-from pages.common import mark_run_by_app  # noqa: E402
+from ui.common import mark_run_by_app  # noqa: E402
 
 mark_run_by_app()
 navigation.run()

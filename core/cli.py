@@ -123,10 +123,9 @@ def _lrp_from_args(args: argparse.Namespace):
 
 
 def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
-    import time
-
-    from .compare import THESIS_EUCLIDEAN_SPECTRAL, heatmap_spectral, spectral_summary
     from .data import load_gtsrb
+    from .detection import spectral_summary
+    from .detectors import GWDistanceConfig, gw_spectral, heatmap_spectral, thesis_spectral
     from .heatmaps import check_class
     from .spectral import SpectralConfig
 
@@ -134,33 +133,26 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
     lrp = _lrp_from_args(args)
     spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
     check_class(args.class_id)
-    from .compare import GWDistanceConfig, gw_distances
-    from .detection import flag_smaller_cluster, score_detection
-    from .spectral import analyse, fiedler_score
-
     # validated even with Euclidean distances: a wrong option is reported, not silently ignored
     gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    started = time.perf_counter()
     if args.distance == "gw":
-        heatmaps, subset, distances = gw_distances(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
-        result = analyse(distances, spectral)
-        flagged = flag_smaller_cluster(result.assignments)
-        truth = heatmaps.poison_mask.numpy()[subset]
-        score = score_detection(truth, flagged, fiedler_score(result, flagged))
-        return {"class": args.class_id, "rule": lrp.describe(), "distance": "gw", "gw": gw.__dict__, "samples": len(subset),
-                "poisoned": int(truth.sum()), **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
-    heatmaps, result, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
-    out = {"class": args.class_id, "rule": lrp.describe(), "distance": "euclidean", "samples": len(heatmaps), "poisoned": int(heatmaps.poison_mask.sum()),
-           **spectral_summary(result, score, time.perf_counter() - started), "spectral": spectral.__dict__}
-    if config == type(config)() and args.class_id == config.poison.target:
-        out["thesis_euclidean_spectral"] = THESIS_EUCLIDEAN_SPECTRAL
+        detection = gw_spectral(config, args.class_id, lrp, spectral, gw, data, progress=bar, use_cache=not args.no_cache)
+        about = {"distance": "gw", "gw": gw.__dict__}
+    else:
+        detection = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
+        about = {"distance": "euclidean"}
+    out = {"class": args.class_id, "rule": lrp.describe(), **about, "samples": len(detection.truth), "poisoned": int(detection.truth.sum()),
+           **spectral_summary(detection.result, detection.score, detection.seconds), "spectral": spectral.__dict__}
+    thesis = thesis_spectral(config, args.class_id) if args.distance == "euclidean" else None
+    if thesis is not None:
+        out["thesis_euclidean_spectral"] = thesis
     return out
 
 
 def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .compare import baseline_scores, heatmap_spectral
     from .data import load_gtsrb
+    from .detectors import baseline_scores, heatmap_spectral
     from .heatmaps import check_class
     from .spectral import SpectralConfig
 
@@ -170,15 +162,15 @@ def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     methods = baseline_scores(config, args.class_id, data, seed=args.cluster_seed, progress=bar)
-    _, _, _, score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar)
+    score = heatmap_spectral(config, args.class_id, lrp, spectral, data, progress=bar).score
     methods = {f"LRP heatmaps, Euclidean spectral ({lrp.rule})": score.as_dict(), **methods}
     return {"class": args.class_id, "methods": methods}
 
 
 def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
-    from .compare import THESIS_GROMOV_WASSERSTEIN
     from .data import load_gtsrb
-    from .gw_kmeans import THESIS_GW_RATES, GWConfig, experiment_gw, result_summary
+    from .detectors import gw_kmeans_detection, thesis_gw
+    from .gw_kmeans import GWConfig, result_summary
     from .heatmaps import check_class
 
     config = experiment_from_args(args)
@@ -187,21 +179,22 @@ def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
                   barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed, warm_start=not args.no_warm_start)
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    heatmaps, result = experiment_gw(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
-    truth = heatmaps.poison_mask.numpy()
-    out = {"method": "gw", "class": args.class_id, "rule": lrp.describe(), "samples": len(heatmaps), "poisoned": int(truth.sum()),
-           **result_summary(result, truth)}
-    if config == type(config)() and args.class_id == config.poison.target and gw.threshold == 0.99:
-        out["thesis"] = {**THESIS_GW_RATES, "iteration_3": THESIS_GROMOV_WASSERSTEIN}
+    detection = gw_kmeans_detection(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
+    truth = detection.truth
+    out = {"method": "gw", "class": args.class_id, "rule": lrp.describe(), "samples": len(truth), "poisoned": int(truth.sum()),
+           **result_summary(detection.result, truth)}
+    thesis = thesis_gw(config, args.class_id, gw)
+    if thesis is not None:
+        out["thesis"] = thesis
     return out
 
 
 def _models(args: argparse.Namespace) -> dict:
     """The experiment's poisoned model and its clean twin (the same experiment with fraction 0)."""
-    from dataclasses import replace
+    from .experiment import clean_twin
 
     config = experiment_from_args(args)
-    return {"poisoned": config, "clean": replace(config, poison=replace(config.poison, fraction=0.0))}
+    return {"poisoned": config, "clean": clean_twin(config)}
 
 
 def defense_from_args(args: argparse.Namespace) -> DefenseConfig:
@@ -223,10 +216,11 @@ def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
     import torch
 
-    from .data import CLASS_NAMES, decode_upload, load_gtsrb
+    from .data import CLASS_NAMES, load_gtsrb
     from .evasion import AttackConfig
     from .experiment import train_or_load
-    from .inspection import inspect, sensitivity_grid
+    from .inspection import inspect, sensitivity_grid, upload_input
+    from .robustness import model_inputs
 
     if (args.test_index is None) == (args.image is None):
         raise ConfigError("give either --test-index or --image")
@@ -238,12 +232,11 @@ def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
             content = open(args.image, "rb").read()
         except OSError as exc:
             raise ConfigError(f"cannot read {args.image}: {exc.strerror}") from exc
-        images, labels = torch.from_numpy(decode_upload(content)).permute(2, 0, 1)[None].float() / 255, None
+        images, labels = upload_input(content), None
     else:
         if any(not 0 <= i < len(data.test) for i in args.test_index):
             raise ConfigError(f"test indices must be in 0 … {len(data.test) - 1}, got {args.test_index}")
-        index = torch.tensor(args.test_index)
-        images, labels = data.test.images[index].float() / 255, data.test.labels[index]
+        images, labels = model_inputs(data.test, torch.tensor(args.test_index))
     trained = train_or_load(_models(args)[args.model], data, progress=bar, use_cache=not args.no_cache)
     result = inspect(trained.model, images, labels, attack_config, defense, progress=bar)
     out = {"model": trained.path.name, "attack": attack_config.name, "eps": round(attack_config.budget, 6), "images": result.summary()}

@@ -80,3 +80,14 @@ def score_detection(truth, flagged, score=None) -> DetectionScore:
         if positives and negatives:
             auc = float(roc_auc_score(truth, values))
     return DetectionScore(tn, fp, fn, tp, (tp + tn) / truth.size, tpr, tnr, f1, auc)
+
+
+def spectral_summary(result, score: DetectionScore, seconds: float) -> Dict[str, object]:
+    """A spectral clustering's spectrum, clusters and score: the JSON the CLI prints."""
+    return {
+        "eigenvalues": [round(float(v), 6) for v in result.eigenvalues],
+        "eigengap_clusters": result.eigengap_clusters,
+        "cluster_sizes": np.bincount(result.assignments).tolist(),
+        **score.as_dict(),
+        "seconds": round(seconds, 3),
+    }

@@ -91,6 +91,12 @@ def full_experiment(base: ExperimentConfig) -> ExperimentConfig:
     return ExperimentConfig(base.poison, dataclasses.replace(base.train, **{k: getattr(default, k) for k in QUICK_TRAINING}))
 
 
+def clean_twin(config: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment without poisoned samples: the model the defense is measured against
+    next to the poisoned one."""
+    return dataclasses.replace(config, poison=dataclasses.replace(config.poison, fraction=0.0))
+
+
 def is_reduced(config: ExperimentConfig) -> bool:
     """True when the model sees only a subset of the training images."""
     return config.train.subset > 0

@@ -22,17 +22,16 @@ import pandas as pd
 import torch
 
 from .cache import artifact_meta, atomic_write_bytes
-from .compare import baseline_detections, heatmap_spectral
 from .data import CLASS_NAMES, NUM_CLASSES, load_gtsrb
 from .detection import score_detection
+from .detectors import baseline_detections, gw_kmeans_detection, heatmap_features, heatmap_spectral
 from .errors import ArtifactError, ConfigError
 from .experiment import ExperimentConfig, model_path, poisoned_data, train_or_load
-from .gw_kmeans import GWConfig, cached_gw
+from .gw_kmeans import GWConfig
+from .progress import ProgressCallback, report
 from .heatmaps import check_class
 from .lrp import LRPConfig
-from .pointcloud import normalised_mass
-from .progress import ProgressCallback, report
-from .spectral import SpectralConfig, embed_2d, fiedler_score
+from .spectral import SpectralConfig, embed_2d
 
 ANALYSIS_METHOD = "spectral_analysis"  # ViRelAy maps "_" to "-" in URLs and back, so the name must not hold a "-"
 
@@ -49,16 +48,16 @@ def detection_frame(experiment: ExperimentConfig, class_id: int, lrp: LRPConfig 
     more suspicious). GW k-means is included when its result for `gw` is cached."""
     class_id = check_class(class_id)
     data = data if data is not None else load_gtsrb(progress=progress)
-    heatmaps, result, flagged, _ = heatmap_spectral(experiment, class_id, lrp, spectral, data, progress=progress)
-    frame = pd.DataFrame({"train_index": heatmaps.indices.numpy(), "poisoned": heatmaps.poison_mask.numpy().astype(int),
-                          "lrp_spectral_flag": flagged.astype(int), "lrp_spectral_score": fiedler_score(result, flagged)})
-    gw_result = cached_gw(experiment, class_id, lrp, gw, data) if gw is not None else None
-    if gw_result is not None:
-        frame["gw_kmeans_flag"] = gw_result.flagged.astype(int)
-        frame["gw_kmeans_score"] = gw_result.suspicion
-    for name, detection in baseline_detections(experiment, class_id, data, seed, progress).items():
-        frame[f"{_column(name)}_flag"] = np.asarray(detection["flagged"]).astype(int)
-        frame[f"{_column(name)}_score"] = np.asarray(detection["score"], dtype=float)
+    spectral_detection = heatmap_spectral(experiment, class_id, lrp, spectral, data, progress=progress)
+    heatmaps = spectral_detection.heatmaps
+    frame = pd.DataFrame({"train_index": heatmaps.indices.numpy(), "poisoned": heatmaps.poison_mask.numpy().astype(int)})
+    detections = {"lrp_spectral": spectral_detection,
+                  "gw_kmeans": gw_kmeans_detection(experiment, class_id, lrp, gw, data, only_cached=True) if gw is not None else None}
+    detections.update({_column(name): d for name, d in baseline_detections(experiment, class_id, data, seed, progress).items()})
+    for method, detection in detections.items():
+        if detection is not None:
+            frame[f"{method}_flag"] = np.asarray(detection.flagged).astype(int)
+            frame[f"{method}_score"] = np.asarray(detection.suspicion, dtype=float)
     return frame
 
 
@@ -150,13 +149,13 @@ def export_virelay(experiment: ExperimentConfig, class_ids: Sequence[int], direc
     for step, class_id in enumerate(class_ids):
         report(progress, "export", step, len(class_ids), f"class {class_id}: heatmaps and spectral analysis")
         heatmaps, result, _, _ = heatmap_spectral(experiment, class_id, lrp, spectral, data, progress=progress)
-        features = normalised_mass(heatmaps.heatmaps).reshape(len(heatmaps), -1).numpy()
+        features = heatmap_features(heatmaps)
         coordinates = {name: embed_2d(features, name, spectral.seed, result) if name != "spectral" else result.embedding
                        for name in embeddings}
         clusters = {f"spectral-{spectral.n_clusters:02d}": result.assignments, "poison-truth": heatmaps.poison_mask.numpy()}
-        gw_result = cached_gw(experiment, class_id, lrp, gw, data) if gw is not None else None
-        if gw_result is not None:
-            clusters["gw-kmeans"] = gw_result.assignments
+        gw_detection = gw_kmeans_detection(experiment, class_id, lrp, gw, data, only_cached=True) if gw is not None else None
+        if gw_detection is not None:
+            clusters["gw-kmeans"] = gw_detection.result.assignments
         per_class.append((class_id, heatmaps, result, coordinates, clusters))
     # ViRelAy offers the clusterings of the first class for all: keep only those every class has
     shared = set.intersection(*(set(clusters) for *_, clusters in per_class))

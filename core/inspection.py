@@ -66,6 +66,13 @@ class Inspection:
         return rows
 
 
+def upload_input(content: bytes) -> torch.Tensor:
+    """A user's PNG or JPEG file as a batch of one model input (1, 3, 32, 32) in [0, 1]."""
+    from .data import decode_upload
+
+    return torch.from_numpy(decode_upload(content)).permute(2, 0, 1)[None].float() / 255
+
+
 def inspect(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tensor], attack_config: AttackConfig,
             defense: DefenseConfig = DefenseConfig(), lrp: LRPConfig = LRPConfig(target="prediction"),
             progress: Optional[ProgressCallback] = None) -> Inspection:

@@ -60,6 +60,18 @@ def sample_test_images(count: int, total: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=generator)[:count].sort().values
 
 
+def draw_test_images(test, count: int, seed: int, class_id: Optional[int] = None) -> torch.Tensor:
+    """Sorted positions of at most `count` test images, drawn as `sample_test_images` draws
+    (so the same seed gives the same images) from the whole split or from one class's images."""
+    pool = torch.arange(len(test)) if class_id is None else torch.nonzero(test.labels == class_id).flatten()
+    return pool[sample_test_images(min(count, len(pool)), len(pool), seed)]
+
+
+def model_inputs(split, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The images at `index` as the models take them (float in [0, 1]), with their labels."""
+    return split.images[index].float() / 255, split.labels[index]
+
+
 def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                          config: AttackConfig, progress: Optional[ProgressCallback] = None, use_cache: bool = True,
                          batch: int = 64, defense: Optional[DefenseConfig] = None) -> torch.Tensor:
@@ -133,8 +145,7 @@ def _measure(experiment, config: RobustnessConfig, data, trained, progress: Opti
 
     model = trained.model.eval()
     index = sample_test_images(config.images, len(data.test), config.seed)
-    images = data.test.images[index].float() / 255
-    labels = data.test.labels[index]
+    images, labels = model_inputs(data.test, index)
 
     def accuracy(x: torch.Tensor) -> float:
         return round(float((predict(model, x) == labels).float().mean()), 4)

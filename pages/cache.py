@@ -8,8 +8,8 @@ import streamlit as st
 
 from core.cache import cache_dir, delete_artifacts, list_artifacts
 from core.errors import PoisonLabError
-from pages.common import run_through_app
-from pages.url_state import restore_view
+from ui.common import run_through_app
+from ui.url_state import restore_view
 
 
 def age(seconds: float) -> str:

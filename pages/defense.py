@@ -4,8 +4,6 @@ sensitivity of the barycenter to its parameters (the paper's figure 1)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
@@ -13,17 +11,17 @@ import torch
 from plotly.subplots import make_subplots
 
 from core.commands import defend_command, inspect_command
-from core.data import CLASS_NAMES, NUM_CLASSES, decode_upload
+from core.data import CLASS_NAMES, NUM_CLASSES
 from core.defense import DefenseConfig
 from core.errors import ConfigError, PoisonLabError
 from core.evasion import ATTACKS, AttackConfig
-from core.experiment import load_trained, model_path, train_or_load
-from core.inspection import VERSIONS, inspect, sensitivity_grid
+from core.experiment import clean_twin, load_trained, model_path, train_or_load
+from core.inspection import VERSIONS, inspect, sensitivity_grid, upload_input
 from core.jobs import RUNNER
-from core.robustness import RobustnessConfig, cached_table, robustness_table, table_path
-from pages.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
-from pages.tiles import diverging_rgb, enlarge
-from pages.url_state import Choice, Number, remember_view, restore_view
+from core.robustness import RobustnessConfig, cached_table, draw_test_images, model_inputs, robustness_table, table_path
+from ui.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
+from ui.tiles import diverging_rgb, enlarge
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 VERSION_TITLES = {"clean": "clean", "attacked": "attacked", "barycenter": "barycenter of the attacked image",
                   "clean_barycenter": "barycenter of the clean image"}
@@ -78,11 +76,10 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
             st.info("Choose a file to attack and purify it.")
             st.stop()
         try:
-            rgb = decode_upload(upload.getvalue())
+            images = upload_input(upload.getvalue())
         except PoisonLabError as exc:
             st.error(f"{upload.name} cannot be used: {exc}")
             st.stop()
-        images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
         labels = None if label is None else torch.tensor([label])
         return images, labels, upload.name, f"--image {upload.name}"
     left, middle, right = st.columns([2, 1, 1])
@@ -91,11 +88,10 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     count = middle.number_input("How many", 1, 8, key="df_count")
     draw = right.number_input("Draw", 0, 10_000, key="df_draw", help="Another number draws other images.")
     remember_view(VIEW)
-    pool = torch.arange(len(data.test)) if class_id == "any" else torch.nonzero(data.test.labels == class_id).flatten()
-    generator = torch.Generator().manual_seed(int(draw))
-    index = pool[torch.randperm(len(pool), generator=generator)[: int(count)]].sort().values
+    index = draw_test_images(data.test, int(count), int(draw), None if class_id == "any" else class_id)
     positions = " ".join(str(int(i)) for i in index)
-    return data.test.images[index].float() / 255, data.test.labels[index], f"test images {positions}", f"--test-index {positions}"
+    images, labels = model_inputs(data.test, index)
+    return images, labels, f"test images {positions}", f"--test-index {positions}"
 
 
 def side_by_side(result, i: int, known: bool) -> go.Figure:
@@ -172,7 +168,7 @@ restore_view(VIEW)
 model_choice, attack_config, defense = controls()
 remember_view(VIEW)
 data = data_or_stop()
-models = {"poisoned": experiment, "clean": replace(experiment, poison=replace(experiment.poison, fraction=0.0))}
+models = {"poisoned": experiment, "clean": clean_twin(experiment)}
 chosen_experiment = models[model_choice]
 trained = load_trained(data, chosen_experiment)
 if trained is None:

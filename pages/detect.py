@@ -3,6 +3,8 @@ distances and barycenters (thesis section 6.5); its iterations, barycenters and 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -10,27 +12,22 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.commands import train_command
-from core.compare import heatmap_spectral
 from core.data import CLASS_NAMES, NUM_CLASSES
+from core.detectors import gw_kmeans_detection, gw_kmeans_path, heatmap_spectral, thesis_gw
 from core.errors import ConfigError
-from core.experiment import ExperimentConfig, poisoned_data
-from core.gw_kmeans import THESIS_GW_RATES, GWConfig, detection_path, experiment_gw, mds_embedding
-from core.heatmaps import experiment_heatmaps_path
+from core.experiment import model_path, poisoned_data
+from core.gw_kmeans import GWConfig, mds_embedding
 from core.jobs import RUNNER
 from core.lrp import RULE_NAMES, LRPConfig
 from core.spectral import SpectralConfig
-from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, computed_heatmaps, data_or_stop, run_through_app, settle_job, view_links
-from pages.hover_preview import hover_preview
-from pages.tiles import diverging_rgb
-from pages.url_state import Choice, Number, remember_view, restore_view
+from ui.charts import confusion_chart
+from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
+                       settle_job, view_links)
+from ui.hover_preview import hover_preview
+from ui.tiles import diverging_rgb
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 EPSILONS = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1]
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def load_result(path_name: str, _loader):
-    return _loader()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -103,14 +100,9 @@ except ConfigError as exc:
     st.error(str(exc))
     st.stop()
 data = data_or_stop()
-heatmaps = computed_heatmaps(experiment, class_id, lrp, data)
-if heatmaps is None:
-    st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
-    st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {rule})", icon=":material/blur_on:",
-                 query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": rule})
-    st.stop()
-heatmaps_file = experiment_heatmaps_path(experiment, class_id, lrp, data).name
-path = detection_path(heatmaps_file, config)
+heatmaps_file = heatmaps_or_stop(data, experiment, class_id, lrp)
+step = partial(gw_kmeans_detection, experiment, class_id, lrp, config, data)
+path = gw_kmeans_path(experiment, class_id, lrp, config, data)
 key = path.name
 if not path.is_file():
     settle_job(key, "GW k-means", "GW k-means runs in the background: switching pages or changing controls does not stop it.")
@@ -119,20 +111,17 @@ if not path.is_file():
              "also compiles the solver's kernels, a few seconds); smaller thresholds are no faster, "
              "because every cloud lives on the same 32×32 grid.")
     if st.button("Run GW k-means", type="primary"):
-        RUNNER.submit(key, "GW k-means", lambda progress: experiment_gw(experiment, class_id, lrp, config, data, progress=progress))
+        RUNNER.submit(key, "GW k-means", lambda progress: step(progress=progress))
         st.rerun()
     st.stop()
 
-train = poisoned_data(data, experiment).train
-_, result = load_result(key, lambda: experiment_gw(experiment, class_id, lrp, config, data))
-truth = heatmaps.poison_mask.numpy()
-score = result.score(truth)
-flagged = result.flagged
+detection = cached_detection(("gw k-means", key), step)
+heatmaps, result, flagged, score = detection
+truth = detection.truth
 flagged_slot = int(np.bincount(result.assignments, minlength=2).argmin())
 
 cols = st.columns(5)
-default = experiment == ExperimentConfig() and class_id == experiment.poison.target and threshold == 0.99
-thesis = THESIS_GW_RATES if default else {}
+thesis = thesis_gw(experiment, class_id, config) or {}
 cols[0].metric("Accuracy", f"{100 * score.accuracy:.2f} %", help=f"Thesis: {100 * thesis['accuracy']:.2f} %" if thesis else None)
 cols[1].metric("TPR (poisoned found)", f"{100 * score.tpr:.2f} %" if np.isfinite(score.tpr) else "–",
                help=f"Thesis: {100 * thesis['tpr']:.2f} %" if thesis else None)
@@ -154,15 +143,15 @@ indices = heatmaps.indices.numpy()
 hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}{' (flagged)' if flagged[i] else ''}"
          for i in range(len(truth))]
 st.plotly_chart(distance_figure(result.distances, truth, hover), width="stretch", key="gw_scatter")
-images = train.images[indices].permute(0, 2, 3, 1).numpy()
+images = poisoned_data(data, experiment).train.images[indices].permute(0, 2, 3, 1).numpy()
 hover_preview("gw_scatter", {"image": (f"{heatmaps_file}-images", images), "heatmap": (f"{heatmaps_file}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
               [h.replace(" · ", "\n", 1) for h in hover])
 
 st.subheader("Compared with the other methods on the same class")
-_, _, _, spectral_score = heatmap_spectral(experiment, class_id, lrp, SpectralConfig(), data)
-rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.rule})": spectral_score.as_dict()}
+spectral = cached_detection(("euclidean", heatmaps_file, SpectralConfig()), partial(heatmap_spectral, experiment, class_id, lrp, SpectralConfig(), data))
+rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.rule})": spectral.score.as_dict()}
 if st.toggle("Add activation clustering (a few seconds)", key="gw_baselines"):
-    rows["activation clustering"] = cached_baselines(tuple(sorted(experiment.to_query().items())), class_id, 0, data)["activation clustering"]
+    rows["activation clustering"] = cached_baselines(model_path(data, experiment).name, class_id, 0, experiment, data)["activation clustering"]
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}},
                                 na_rep="–"), width="stretch")

@@ -8,8 +8,8 @@ from core.commands import export_command
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.export import detection_frame, experiment_json, experiment_record, virelay_zip
 from core.lrp import LRPConfig
-from pages.common import active_experiment, data_or_stop, job_result, run_through_app
-from pages.url_state import Choice, remember_view, restore_view
+from ui.common import active_experiment, data_or_stop, job_result, run_through_app
+from ui.url_state import Choice, remember_view, restore_view
 
 
 run_through_app()

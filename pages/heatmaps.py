@@ -16,8 +16,8 @@ from core.jobs import RUNNER
 from core.lrp import RULE_NAMES, LRPConfig
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
-from pages.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
-from pages.url_state import Choice, Number, remember_view, restore_view
+from ui.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 RULE_LABELS = {
     "composite": "Composite: z^B first layer, γ convolutions, ε dense",

@@ -17,9 +17,9 @@ from core.jobs import RUNNER
 from core.params import widget_params
 from core.poison import PoisonConfig
 from core.train import TrainConfig
-from pages.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
+from ui.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
                           set_active_experiment)
-from pages.url_state import restore_view
+from ui.url_state import restore_view
 
 THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
 GRID_COLUMNS = 8

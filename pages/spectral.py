@@ -3,39 +3,29 @@ embedding of the class, the clustering scored against the truth, and the baselin
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.compare import THESIS_EUCLIDEAN_SPECTRAL, GWDistanceConfig, gw_distances, gw_distances_path
-from core.jobs import RUNNER
 from core.data import CLASS_NAMES, NUM_CLASSES
-from core.detection import flag_smaller_cluster, score_detection
+from core.detectors import GWDistanceConfig, gw_distances_path, gw_spectral, heatmap_features, heatmap_spectral, thesis_spectral
 from core.errors import ConfigError
-from core.experiment import ExperimentConfig, poisoned_data
-from core.heatmaps import experiment_heatmaps_path
+from core.experiment import model_path, poisoned_data
+from core.jobs import RUNNER
 from core.lrp import RULE_NAMES, LRPConfig
-from core.pointcloud import normalised_mass
-from core.spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
-from pages.charts import confusion_chart
-from pages.common import active_experiment, cached_baselines, computed_heatmaps, data_or_stop, run_through_app, settle_job, view_links
-from pages.hover_preview import hover_preview
-from pages.tiles import diverging_rgb, enlarge
-from pages.url_state import Choice, Number, remember_view, restore_view
+from core.spectral import SpectralConfig, embed_2d
+from ui.charts import confusion_chart
+from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
+                       settle_job, view_links)
+from ui.hover_preview import hover_preview
+from ui.tiles import diverging_rgb, enlarge
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def spectral_analysis(distance_key: str, _features: np.ndarray, config: SpectralConfig, _distances=None):
-    return analyse(euclidean_distances(_features) if _distances is None else _distances, config)
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def cached_gw_distances(path_name: str, _loader):
-    return _loader()
 
 
 @st.cache_data(show_spinner="Embedding the class (UMAP compiles on its first use: up to 30 s)…", max_entries=8)
@@ -102,19 +92,10 @@ except ConfigError as exc:
     st.error(str(exc))
     st.stop()
 data = data_or_stop()
-heatmaps = computed_heatmaps(experiment, class_id, lrp, data)
-if heatmaps is None:
-    st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
-    st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {rule})", icon=":material/blur_on:",
-                 query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": rule})
-    st.stop()
-train = poisoned_data(data, experiment).train
-key = experiment_heatmaps_path(experiment, class_id, lrp, data).name
-members = np.arange(len(heatmaps))
-distances = None
-distance_key = key
+distance_key = heatmaps_or_stop(data, experiment, class_id, lrp)
 if distance_kind == "gw":
     gw_config = GWDistanceConfig(seed=spectral_config.seed)
+    step = partial(gw_spectral, experiment, class_id, lrp, spectral_config, gw_config, data)
     gw_path = gw_distances_path(experiment, class_id, lrp, gw_config, data)
     if not gw_path.is_file():
         settle_job(gw_path.name, "Pairwise GW", "Pairwise GW runs in the background: switching pages or changing controls does not stop it.")
@@ -122,22 +103,23 @@ if distance_kind == "gw":
         st.write(f"Gromov–Wasserstein distances between {gw_config.samples} random samples of the class ({pairs:,} pairs, "
                  f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: about a minute.")
         if st.button("Compute GW distances", type="primary"):
-            RUNNER.submit(gw_path.name, "Pairwise GW", lambda progress: gw_distances(experiment, class_id, lrp, gw_config, data, progress=progress))
+            RUNNER.submit(gw_path.name, "Pairwise GW", lambda progress: step(progress=progress))
             st.rerun()
         st.stop()
-    _, members, distances = cached_gw_distances(gw_path.name, lambda: gw_distances(experiment, class_id, lrp, gw_config, data))
     distance_key = gw_path.name
-    st.caption(f"Gromov–Wasserstein distances between {len(members)} random samples of the class "
-               f"(`python -m core spectral --distance gw --gw-samples {gw_config.samples} --cluster-seed {gw_config.seed}`).")
-features = normalised_mass(heatmaps.heatmaps[members]).reshape(len(members), -1).numpy()
+else:
+    step = partial(heatmap_spectral, experiment, class_id, lrp, spectral_config, data)
 try:
-    result = spectral_analysis(distance_key, features, spectral_config, distances)
+    detection = cached_detection((distance_kind, distance_key, spectral_config), step)
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()
-truth = heatmaps.poison_mask.numpy()[members]
-flagged = flag_smaller_cluster(result.assignments)
-score = score_detection(truth, flagged, fiedler_score(result, flagged))
+heatmaps, result, flagged, score = detection
+truth = detection.truth
+if distance_kind == "gw":
+    st.caption(f"Gromov–Wasserstein distances between {len(truth)} random samples of the class "
+               f"(`python -m core spectral --distance gw --gw-samples {gw_config.samples} --cluster-seed {gw_config.seed}`).")
+features = heatmap_features(heatmaps)
 
 cols = st.columns(5)
 cols[0].metric("Eigengap suggests", f"{result.eigengap_clusters} clusters")
@@ -148,17 +130,17 @@ cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–"
 left, right = st.columns([3, 2])
 left.plotly_chart(eigenvalue_chart(result.eigenvalues, result.eigengap_clusters), width="stretch")
 right.plotly_chart(confusion_chart(score, "Confusion of the spectral clustering"), width="stretch")
-if experiment == ExperimentConfig() and class_id == experiment.poison.target and distance_kind == "euclidean":
-    t = THESIS_EUCLIDEAN_SPECTRAL
+t = thesis_spectral(experiment, class_id) if distance_kind == "euclidean" else None
+if t is not None:
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
 
 method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
 colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
 remember_view(VIEW)
 coords = embedding(distance_key, method, spectral_config, features, result)
-indices = heatmaps.indices.numpy()[members]
+indices = heatmaps.indices.numpy()
 hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
-         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[members[i]]):.1f} %" for i in range(len(truth))]
+         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
 if colour == "cluster":
     groups = result.assignments
     names = {c: f"cluster {c}{' (flagged)' if flagged[result.assignments == c].all() else ''}" for c in np.unique(groups)}
@@ -166,9 +148,10 @@ else:
     groups = truth.astype(int)
     names = {0: "clean", 1: "poisoned"}
 event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
+train = poisoned_data(data, experiment).train
 images = train.images[indices].permute(0, 2, 3, 1).numpy()
 hover_preview("sp_scatter", {"image": (f"{distance_key}-images", images),
-                             "heatmap": (f"{distance_key}-heatmaps", diverging_rgb(heatmaps.heatmaps[members].numpy()))},
+                             "heatmap": (f"{distance_key}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
               [h.replace(" · ", "\n", 1) for h in hover])
 selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
 if selected:
@@ -180,14 +163,14 @@ if selected:
         image = train.images[indices[i]].permute(1, 2, 0).numpy()
         label = f"#{indices[i]} {'poisoned' if truth[i] else 'clean'}"
         grid[(2 * n) % 8].image(enlarge(image), caption=label)
-        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[members[i]].numpy())), caption="heatmap")
+        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[i].numpy())), caption="heatmap")
 
 st.subheader("Methods on the same model and class")
 rows = {f"LRP heatmaps, {'Euclidean' if distance_kind == 'euclidean' else 'GW'} spectral ({lrp.rule})": score.as_dict()}
 if distance_kind == "gw":
-    st.caption(f"The GW row is scored on its {len(members)} samples; the baselines below on the whole class.")
+    st.caption(f"The GW row is scored on its {len(truth)} samples; the baselines below on the whole class.")
 if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines"):
-    rows.update(cached_baselines(tuple(sorted(experiment.to_query().items())), class_id, spectral_config.seed, data))
+    rows.update(cached_baselines(model_path(data, experiment).name, class_id, spectral_config.seed, experiment, data))
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}}
 st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")

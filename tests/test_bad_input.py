@@ -11,7 +11,7 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.compare import GWDistanceConfig
+from core.detectors import GWDistanceConfig
 from core.defense import DefenseConfig
 from core.errors import ConfigError
 from core.evasion import AttackConfig

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from core.cli import build_parser, main
-from core.compare import baseline_scores, heatmap_spectral
+from core.detectors import baseline_scores, heatmap_spectral
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
 from core.heatmaps import experiment_heatmaps
 from core.lrp import LRPConfig

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.compare import baseline_scores, heatmap_spectral
+from core.detectors import baseline_scores, heatmap_spectral
 from core.errors import ConfigError
 from core.experiment import ExperimentConfig, train_or_load
 from core.export import detection_frame, detection_scores, experiment_json, experiment_record, export_virelay

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.errors import ConfigError
-from core.compare import GWDistanceConfig
+from core.detectors import GWDistanceConfig
 from core.gromov import (GridClouds, GridGW, grid_distances, pairwise_gw, pool_heatmaps, random_structure,
                          separable_distance_factors, separable_product)
 from core.gw_kmeans import GWConfig, gw_kmeans

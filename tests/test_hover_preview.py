@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pages.hover_preview import hover_preview
-from pages.tiles import diverging_rgb, sprite_sheet
+from ui.hover_preview import hover_preview
+from ui.tiles import diverging_rgb, sprite_sheet
 
 
 def decode(url: str) -> np.ndarray:

@@ -26,9 +26,19 @@ def test_core_never_imports_streamlit(path):
     assert not {name for name in imported_modules(path) if name.split(".")[0] == "streamlit"}
 
 
-@pytest.mark.parametrize("path", [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
 def test_pages_never_import_the_command_line(path):
     assert not {name for name in imported_modules(path) if name in ("core.cli", "cli")}
+
+
+def test_pages_holds_only_the_scripts_app_registers():
+    """Streamlit lists every file in `pages/` when it falls back to its classic multipage mode:
+    helpers live in `ui/`, so that listing never offers one of them as a page."""
+    registered = {node.args[0].value for node in ast.walk(ast.parse((ROOT / "app.py").read_text()))
+                  if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Page"
+                  and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)}
+    assert registered == {f"pages/{path.name}" for path in (ROOT / "pages").glob("*.py")}
 
 
 def test_the_pages_command_lines_parse_back_into_the_same_experiment():

@@ -10,8 +10,9 @@ import core.robustness as robustness
 from core.cli import main
 from core.defense import DefenseConfig
 from core.errors import ConfigError
-from core.experiment import ExperimentConfig
-from core.robustness import RobustnessConfig, robustness_table, sample_test_images
+from core.data import Split
+from core.experiment import ExperimentConfig, clean_twin
+from core.robustness import RobustnessConfig, draw_test_images, robustness_table, sample_test_images
 from core.train import TrainConfig
 
 SMALL = ExperimentConfig(train=TrainConfig(subset=6000, max_epochs=4, batch_size=128, augment=False))
@@ -53,6 +54,23 @@ def test_image_sample_is_seeded_and_bounded():
     assert torch.equal(first, again) and len(first.unique()) == 100 and not torch.equal(first, sample_test_images(100, 12630, 1))
     with pytest.raises(ConfigError):
         sample_test_images(20000, 12630, 0)
+
+
+def test_the_defense_pages_draw_is_the_tables_sample_of_the_split_or_of_one_class():
+    labels = torch.arange(12630) % 43
+    test = Split(torch.zeros(len(labels), 3, 1, 1, dtype=torch.uint8), labels)
+    assert torch.equal(draw_test_images(test, 100, 3), sample_test_images(100, 12630, 3))
+    five = draw_test_images(test, 8, 3, class_id=5)
+    assert len(five) == 8 and bool((labels[five] == 5).all()) and torch.equal(five, five.sort().values)
+    assert torch.equal(five, draw_test_images(test, 8, 3, class_id=5)) and not torch.equal(five, draw_test_images(test, 8, 4, class_id=5))
+    assert len(draw_test_images(test, 1000, 0, class_id=5)) == int((labels == 5).sum()), "at most the class's images"
+
+
+def test_the_clean_twin_is_the_same_experiment_without_poisoned_samples():
+    config = ExperimentConfig.from_query({"pp": "0.2", "subset": "3000", "seed": "4", "size": "3"})
+    twin = clean_twin(config)
+    assert twin.poison.fraction == 0.0 and twin.train == config.train
+    assert ExperimentConfig.from_query({**twin.to_query(), "pp": "0.2"}) == config
 
 
 @pytest.mark.parametrize("kwargs", [{"images": 0}, {"attacks": ()}, {"attacks": ("fgsm", "fgsm")}, {"attacks": ("nope",)},

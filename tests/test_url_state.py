@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pages.url_state import EXPERIMENT_KEYS, Choice, Number, parse_view
+from ui.url_state import EXPERIMENT_KEYS, Choice, Number, parse_view
 
 from apptest import open_page
 

@@ -15,7 +15,7 @@ from core.heatmaps import ClassHeatmaps, experiment_heatmaps_path, model_heatmap
 from core.jobs import RUNNER, Job
 from core.lrp import LRPConfig
 from core.progress import time_left_text
-from pages.url_state import write_experiment_query
+from ui.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
 _VIA_APP = "page_run_by_app"
@@ -113,11 +113,31 @@ def _write_query(config: ExperimentConfig) -> None:
 
 
 @st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
-def cached_baselines(experiment_query: tuple, class_id: int, seed: int, _data):
-    """Activation clustering, spectral signatures and raw-image clustering, shared by the detection pages."""
-    from core.compare import baseline_scores
+def cached_baselines(model_file: str, class_id: int, seed: int, _experiment: ExperimentConfig, _data):
+    """Activation clustering, spectral signatures and raw-image clustering, shared by the detection
+    pages; the model's file name stands for the experiment (its hash covers data, attack and training)."""
+    from core.detectors import baseline_scores
 
-    return baseline_scores(ExperimentConfig.from_query(dict(experiment_query)), class_id, _data, seed=seed)
+    return baseline_scores(_experiment, class_id, _data, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_detection(key: tuple, _step):
+    """A detection step's outcome, once per session for the settings `key` names (the artifact
+    it reads and its configuration): `_step` calls the core step."""
+    return _step()
+
+
+def heatmaps_or_stop(data: GTSRB, experiment: ExperimentConfig, class_id: int, lrp) -> str:
+    """The file name of the class's cached heatmaps; without them, a link to the Heatmaps page
+    (the script stops here)."""
+    path = experiment_heatmaps_path(experiment, class_id, lrp, data)
+    if load_trained(data, experiment) is None or not path.is_file():
+        st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
+        st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {lrp.rule})", icon=":material/blur_on:",
+                     query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": lrp.rule})
+        st.stop()
+    return path.name
 
 
 def computed_heatmaps(experiment: ExperimentConfig, class_id: int, lrp: LRPConfig, data: GTSRB) -> Optional[ClassHeatmaps]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from pages.tiles import sprite_sheet
+from ui.tiles import sprite_sheet
 
 PREVIEW_JS = """
 export default function(component) {

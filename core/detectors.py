@@ -1,0 +1,247 @@
+"""The detection steps: each detector on one class of an experiment, as every view runs it.
+
+A step takes (experiment, class, parameters, data, progress), reads and writes the cache where
+its detector is cached, and returns a `Detection`. The Spectral and GW detection pages, `python
+-m core spectral|baselines|detect` and the export call the same step with the same parameters,
+so they cannot disagree. The thesis's figures for the default experiment (s = 2, pp = 0.33,
+class 5) sit beside the step they are compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .baselines import activation_clustering, penultimate_activations, raw_image_clustering, spectral_signatures
+from .detection import DetectionScore, flag_smaller_cluster, score_detection
+from .errors import ConfigError
+from .gw_kmeans import THESIS_GW_RATES, GWConfig, cached_gw, detection_path, experiment_gw
+from .pointcloud import normalised_mass
+from .progress import ProgressCallback, report
+from .heatmaps import ClassHeatmaps, check_class, experiment_heatmaps
+from .lrp import LRPConfig
+from .spectral import SpectralConfig, analyse, euclidean_distances, fiedler_score
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One detector's outcome on the samples it ran on, in the order of the class's training images."""
+
+    heatmaps: Optional[ClassHeatmaps]  # of the scored samples; None for the baselines, which do not read heatmaps
+    result: Any  # the method's own result (SpectralResult, GWResult); None for the baselines
+    flagged: np.ndarray  # bool (N,): flagged as poisoned
+    suspicion: np.ndarray  # (N,): higher = more suspicious; what ROC-AUC ranks
+    truth: np.ndarray  # bool (N,): poisoned
+    score: DetectionScore
+    seconds: float
+
+    def __iter__(self):
+        """Unpacks as (heatmaps, result, flagged, score), what the heatmap views take."""
+        return iter((self.heatmaps, self.result, self.flagged, self.score))
+
+
+def _scored(heatmaps, result, flagged, suspicion, truth, started: float) -> Detection:
+    return Detection(heatmaps, result, flagged, suspicion, truth, score_detection(truth, flagged, suspicion),
+                     time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------ spectral clustering of heatmaps
+
+THESIS_EUCLIDEAN_SPECTRAL = {"tn": 1650, "fp": 0, "fn": 386, "tp": 427}
+
+
+def thesis_spectral(experiment, class_id: int) -> Optional[Dict[str, int]]:
+    """The thesis's Euclidean spectral clustering counts, for the setting it measured them in."""
+    return THESIS_EUCLIDEAN_SPECTRAL if _thesis_setting(experiment, class_id) else None
+
+
+def _thesis_setting(experiment, class_id: int) -> bool:
+    return experiment == type(experiment)() and class_id == experiment.poison.target
+
+
+def heatmap_features(heatmaps: ClassHeatmaps) -> np.ndarray:
+    """The heatmaps as the spectral analysis compares them: normalised mass, one row per sample."""
+    return normalised_mass(heatmaps.heatmaps).reshape(len(heatmaps), -1).numpy()
+
+
+def _spectral(heatmaps: ClassHeatmaps, distances, spectral: SpectralConfig, started: float) -> Detection:
+    result = analyse(distances, spectral)
+    flagged = flag_smaller_cluster(result.assignments)
+    return _scored(heatmaps, result, flagged, fiedler_score(result, flagged), heatmaps.poison_mask.numpy(), started)
+
+
+def heatmap_spectral(experiment, class_id: int, lrp: LRPConfig, spectral: SpectralConfig, data=None,
+                     progress: Optional[ProgressCallback] = None) -> Detection:
+    """Euclidean spectral clustering of the class's normalised heatmaps (SpRAy), every sample."""
+    started = time.perf_counter()
+    heatmaps = experiment_heatmaps(experiment, check_class(class_id), lrp, data, progress=progress)
+    return _spectral(heatmaps, euclidean_distances(heatmap_features(heatmaps)), spectral, started)
+
+
+@dataclass(frozen=True)
+class GWDistanceConfig:
+    """Pairwise GW distances for the spectral view: a random subset of the class (each pair
+    costs a GW solve), heatmaps pooled to a coarser grid, ε where the inner problems are easy."""
+
+    samples: int = 200
+    threshold: float = 0.99
+    epsilon: float = 0.01
+    pool: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .pointcloud import check_threshold
+
+        check_threshold(self.threshold)
+        for name, low, high in (("samples", 3, 2000), ("seed", 0, 2**32 - 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
+        if self.pool not in (1, 2, 4, 8):
+            raise ConfigError(f"pool must be 1, 2, 4 or 8, got {self.pool!r}")
+        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, numbers.Real) or not math.isfinite(self.epsilon) or not 0 < self.epsilon <= 10:
+            raise ConfigError(f"epsilon must be a number in (0, 10], got {self.epsilon!r}")
+
+
+def _heatmaps_file(experiment, class_id: int, lrp: LRPConfig, data) -> str:
+    from .experiment import model_path
+    from .heatmaps import heatmaps_path
+
+    return heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name
+
+
+def gw_distances_path(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data):
+    from .cache import cache_dir, config_hash
+
+    return cache_dir() / f"gwdist-{config_hash(1, _heatmaps_file(experiment, class_id, lrp, data), config)}.safetensors"
+
+
+def _gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data,
+                  progress: Optional[ProgressCallback], use_cache: bool):
+    """Pairwise GW distances between the heatmap clouds of a random subset of the class,
+    cached per (heatmaps, config). Returns the heatmaps, the subset (positions in the class)
+    and the distance matrix."""
+    import torch
+
+    from .cache import cached
+    from .gromov import pairwise_gw
+
+    heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress)
+    name = _heatmaps_file(experiment, class_id, lrp, data)
+
+    def compute():
+        count = min(config.samples, len(heatmaps))
+        subset = np.sort(np.random.default_rng(config.seed).choice(len(heatmaps), count, replace=False))
+        distances = pairwise_gw(heatmaps.heatmaps[torch.from_numpy(subset)], config.threshold, config.epsilon, config.pool,
+                                progress=progress)
+        return subset, distances.numpy()
+
+    def encode(result):
+        subset, distances = result
+        return {"subset": torch.from_numpy(subset), "distances": torch.from_numpy(distances)}, {"config": config.__dict__, "heatmaps": name}
+
+    def decode(tensors, meta):
+        return tensors["subset"].numpy(), tensors["distances"].numpy()
+
+    subset, distances = cached(gw_distances_path(experiment, class_id, lrp, config, data), compute, encode, decode, use_cache, progress)
+    return heatmaps, subset, distances
+
+
+def _members(heatmaps: ClassHeatmaps, positions: np.ndarray) -> ClassHeatmaps:
+    import torch
+
+    index = torch.from_numpy(positions)
+    return dataclasses.replace(heatmaps, **{f.name: getattr(heatmaps, f.name)[index] for f in dataclasses.fields(heatmaps)
+                                            if isinstance(getattr(heatmaps, f.name), torch.Tensor)})
+
+
+def gw_spectral(experiment, class_id: int, lrp: LRPConfig, spectral: SpectralConfig, config: GWDistanceConfig, data=None,
+                progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> Detection:
+    """Spectral clustering on Gromov–Wasserstein distances between the heatmap clouds of a
+    random subset of the class; the outcome's heatmaps are the subset's."""
+    from .data import load_gtsrb
+
+    started = time.perf_counter()
+    class_id = check_class(class_id)
+    data = data if data is not None else load_gtsrb(progress=progress)
+    heatmaps, subset, distances = _gw_distances(experiment, class_id, lrp, config, data, progress, use_cache)
+    return _spectral(_members(heatmaps, subset), distances, spectral, started)
+
+
+# ------------------------------------------------------------------ GW k-means
+
+THESIS_GROMOV_WASSERSTEIN = {"tn": 1621, "fp": 29, "fn": 27, "tp": 786}
+
+
+def thesis_gw(experiment, class_id: int, config: GWConfig) -> Optional[Dict[str, object]]:
+    """The thesis's GW k-means rates (table 2) and its counts after iteration 3, for the setting
+    it measured them in."""
+    if not _thesis_setting(experiment, class_id) or config.threshold != 0.99:
+        return None
+    return {**THESIS_GW_RATES, "iteration_3": THESIS_GROMOV_WASSERSTEIN}
+
+
+def gw_kmeans_path(experiment, class_id: int, lrp: LRPConfig, config: GWConfig, data):
+    return detection_path(_heatmaps_file(experiment, class_id, lrp, data), config)
+
+
+def gw_kmeans_detection(experiment, class_id: int, lrp: LRPConfig, config: GWConfig, data=None,
+                        progress: Optional[ProgressCallback] = None, use_cache: bool = True,
+                        only_cached: bool = False) -> Optional[Detection]:
+    """GW k-means (thesis section 6.5) on the class's heatmap clouds, cached per (heatmaps,
+    config). With `only_cached`, None unless its result is in the cache: nothing is computed."""
+    from .data import load_gtsrb
+
+    started = time.perf_counter()
+    data = data if data is not None else load_gtsrb(progress=progress)
+    if only_cached and cached_gw(experiment, class_id, lrp, config, data) is None:
+        return None
+    heatmaps, result = experiment_gw(experiment, class_id, lrp, config, data, progress=progress, use_cache=use_cache)
+    truth = heatmaps.poison_mask.numpy()
+    return _scored(heatmaps, result, result.flagged, result.suspicion, truth, started)
+
+
+# ------------------------------------------------------------------ baselines
+
+BASELINES = ("activation clustering", "spectral signatures", "raw images")
+
+
+def baseline_detections(experiment, class_id: int, data=None, seed: int = 0,
+                        progress: Optional[ProgressCallback] = None) -> Dict[str, Detection]:
+    """Activation clustering, spectral signatures and raw-image clustering on the class; each
+    one's seconds are its own, without the activations they share."""
+    from .data import load_gtsrb
+    from .experiment import poisoned_data, train_or_load
+
+    class_id = check_class(class_id)
+    data = data if data is not None else load_gtsrb(progress=progress)
+    trained = train_or_load(experiment, data, progress=progress)
+    train = poisoned_data(data, experiment).train
+    index = (train.labels == class_id).nonzero().flatten()
+    images = train.images[index]
+    truth = train.poison_mask[index].numpy()
+    activations = penultimate_activations(trained.model, images)
+    methods = {"activation clustering": lambda: activation_clustering(activations, seed),
+               "spectral signatures": lambda: spectral_signatures(activations, seed),
+               "raw images": lambda: raw_image_clustering(images, seed)}
+    results = {}
+    for step, name in enumerate(BASELINES, start=1):
+        started = time.perf_counter()
+        flagged, suspicion = methods[name]()
+        seconds = round(time.perf_counter() - started, 3)
+        results[name] = Detection(None, None, flagged, suspicion, truth, score_detection(truth, flagged, suspicion), seconds)
+        report(progress, "baselines", step, len(methods), name)
+    return results
+
+
+def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,
+                    progress: Optional[ProgressCallback] = None) -> Dict[str, Dict[str, object]]:
+    """The baselines' scores with their seconds: the rows the CLI prints and the pages show."""
+    return {name: {**d.score.as_dict(), "seconds": d.seconds}
+            for name, d in baseline_detections(experiment, class_id, data, seed, progress).items()}
