@@ -10,8 +10,6 @@ class 5) sit beside the step they are compared with.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -20,13 +18,13 @@ import numpy as np
 
 from .baselines import activation_clustering, penultimate_activations, raw_image_clustering, spectral_signatures
 from .detection import DetectionScore, flag_smaller_cluster, score_detection
-from .errors import ConfigError
 from .gw_kmeans import THESIS_GW_RATES, GWConfig, cached_gw, detection_path, experiment_gw
+from .heatmaps import ClassHeatmaps, check_class, experiment_heatmaps, experiment_heatmaps_path
+from .lrp import LRPConfig
 from .pointcloud import normalised_mass
 from .progress import ProgressCallback, report
-from .heatmaps import ClassHeatmaps, check_class, experiment_heatmaps
-from .lrp import LRPConfig
 from .spectral import SpectralConfig, analyse, euclidean_distances, fiedler_score
+from .validation import one_of, real_number, whole_number
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,20 +98,13 @@ class GWDistanceConfig:
 
         check_threshold(self.threshold)
         for name, low, high in (("samples", 3, 2000), ("seed", 0, 2**32 - 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
-        if self.pool not in (1, 2, 4, 8):
-            raise ConfigError(f"pool must be 1, 2, 4 or 8, got {self.pool!r}")
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, numbers.Real) or not math.isfinite(self.epsilon) or not 0 < self.epsilon <= 10:
-            raise ConfigError(f"epsilon must be a number in (0, 10], got {self.epsilon!r}")
+            whole_number(name, getattr(self, name), low, high)
+        one_of("pool", self.pool, (1, 2, 4, 8))
+        real_number("epsilon", self.epsilon, 0.0, 10.0, open_low=True)
 
 
 def _heatmaps_file(experiment, class_id: int, lrp: LRPConfig, data) -> str:
-    from .experiment import model_path
-    from .heatmaps import heatmaps_path
-
-    return heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name
+    return experiment_heatmaps_path(experiment, check_class(class_id), lrp, data).name
 
 
 def gw_distances_path(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data):

@@ -31,7 +31,7 @@ PARAMETER_TITLES = {"gamma": "γ", "theta": "θ", "tau": "τ", "iterations": "it
 def controls() -> tuple[str, AttackConfig, DefenseConfig]:
     with st.sidebar:
         st.subheader("Model")
-        model = st.radio("Attack the", ["poisoned", "clean"], horizontal=True, key="df_model",
+        model = st.radio("Attack the", VIEW["df_model"].options, horizontal=True, key="df_model",
                          format_func={"poisoned": "poisoned model", "clean": "clean model"}.get,
                          help="The clean model is the same experiment trained without poisoned samples.")
         st.subheader("Attack")
@@ -39,12 +39,12 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
                             help="BPDA is the adaptive attack: PGD through the defense, with the barycenter's gradient taken as the identity.")
         norm = AttackConfig(name=name).norm
         if norm == "linf":
-            eps = st.number_input("Budget ε (L∞, in 1/255)", 0.5, 64.0, step=0.5, key="df_eps_linf") / 255
+            eps = st.number_input("Budget ε (L∞, in 1/255)", *VIEW["df_eps_linf"].bounds, step=0.5, key="df_eps_linf") / 255
         else:
-            eps = st.number_input("Budget ε (L2)", 0.05, 8.0, step=0.05, key="df_eps_l2")
-        seed = st.number_input("Attack seed", 0, 2**31 - 1, key="df_seed")
+            eps = st.number_input("Budget ε (L2)", *VIEW["df_eps_l2"].bounds, step=0.05, key="df_eps_l2")
+        seed = st.number_input("Attack seed", *VIEW["df_seed"].bounds, key="df_seed")
         st.subheader("Defense")
-        marginals = st.radio("Marginals", ["B6", "B4"], horizontal=True, key="df_marginals",
+        marginals = st.radio("Marginals", VIEW["df_marginals"].options, horizontal=True, key="df_marginals",
                              help="B6: the image, rotations by ±2° and ±3°, a 3-pixel shift. B4: the image, ±2°, the shift.")
         with st.expander("Algorithm 1 settings (the paper's by default)"):
             base = DefenseConfig()
@@ -65,7 +65,7 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
 def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     """Images (B, 3, 32, 32) in [0, 1], their labels (None for an upload), a caption per
     image set, and the CLI's image option."""
-    source = st.radio("Images", ["test", "upload"], horizontal=True, key="df_source",
+    source = st.radio("Images", VIEW["df_source"].options, horizontal=True, key="df_source",
                       format_func={"test": "GTSRB test images", "upload": "upload your own"}.get)
     if source == "upload":
         left, right = st.columns([2, 1])
@@ -83,9 +83,9 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
         labels = None if label is None else torch.tensor([label])
         return images, labels, upload.name, f"--image {upload.name}"
     left, middle, right = st.columns([2, 1, 1])
-    class_id = left.selectbox("Class", ["any", *range(NUM_CLASSES)], key="df_class",  # not None: a None value shows as no choice
+    class_id = left.selectbox("Class", VIEW["df_class"].options, key="df_class",  # not None: a None value shows as no choice
                               format_func=lambda c: "any class" if c == "any" else f"{c} · {CLASS_NAMES[c]}")
-    count = middle.number_input("How many", 1, 8, key="df_count")
+    count = middle.number_input("How many", *VIEW["df_count"].bounds, key="df_count")
     draw = right.number_input("Draw", 0, 10_000, key="df_draw", help="Another number draws other images.")
     remember_view(VIEW)
     index = draw_test_images(data.test, int(count), int(draw), None if class_id == "any" else class_id)

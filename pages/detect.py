@@ -90,8 +90,8 @@ with st.sidebar:
     rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="gw_rule")
     threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold")
     epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps")
-    max_iter = st.slider("k-means iterations at most", 1, 20, key="gw_iter")
-    seed = st.number_input("Seed of the k-means++ seeding", 0, 10_000, key="gw_seed")
+    max_iter = st.slider("k-means iterations at most", *VIEW["gw_iter"].bounds, key="gw_iter")
+    seed = st.number_input("Seed of the k-means++ seeding", *VIEW["gw_seed"].bounds, key="gw_seed")
 remember_view(VIEW)
 try:
     lrp = LRPConfig(rule=rule)

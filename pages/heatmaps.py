@@ -46,11 +46,11 @@ def lrp_controls() -> tuple[int, LRPConfig]:
         st.subheader("Explain")
         class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
         rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key="hm_rule")
-        epsilon = st.number_input("ε (dense layers / ε rule)", 0.0, 100.0, step=0.05, format="%.3f", key="hm_eps",
+        epsilon = st.number_input("ε (dense layers / ε rule)", *VIEW["hm_eps"].bounds, step=0.05, format="%.3f", key="hm_eps",
                                   disabled=rule not in ("composite", "epsilon"))
-        gamma = st.number_input("γ (convolutions / γ rule)", 0.0, 100.0, step=0.05, format="%.3f", key="hm_gamma",
+        gamma = st.number_input("γ (convolutions / γ rule)", *VIEW["hm_gamma"].bounds, step=0.05, format="%.3f", key="hm_gamma",
                                 disabled=rule not in ("composite", "gamma"))
-        target = st.radio("Explain the logit of", ["label", "prediction"], key="hm_target", horizontal=True,
+        target = st.radio("Explain the logit of", VIEW["hm_target"].options, key="hm_target", horizontal=True,
                           format_func={"label": "the image's label", "prediction": "the predicted class"}.get)
     try:
         return class_id, LRPConfig(rule=rule, epsilon=epsilon, gamma=gamma, target=target)
@@ -179,7 +179,7 @@ st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 
 st.subheader("One sample")
 left, middle, right = st.columns([1, 1, 2])
-which = left.radio("Show", ["all", "poisoned", "clean"], horizontal=True, key="hm_filter")
+which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter")
 order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort")
 mask = heatmaps.poison_mask.numpy()
 candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
@@ -207,8 +207,8 @@ st.caption(
 )
 st.plotly_chart(sample_figure(image, heat, window), width="stretch")
 t1, t2 = st.columns(2)
-first = t1.slider("Mass threshold t (left cloud)", 0.05, 1.0, step=0.01, key="hm_t1")
-second = t2.slider("Mass threshold t (right cloud)", 0.05, 1.0, step=0.01, key="hm_t2")
+first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0.01, key="hm_t1")
+second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2")
 remember_view(VIEW)
 st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
 view_links(experiment, [

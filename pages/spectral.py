@@ -78,9 +78,9 @@ with st.sidebar:
     st.subheader("Analyse")
     class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
     rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="sp_rule")
-    k = st.slider("Neighbours k of the kNN graph", 2, 50, key="sp_k")
-    clusters = st.slider("Number of clusters", 2, 8, key="sp_clusters")
-    distance_kind = st.radio("Distances between heatmaps", ["euclidean", "gw"], key="sp_distance",
+    k = st.slider("Neighbours k of the kNN graph", *VIEW["sp_k"].bounds, key="sp_k")
+    clusters = st.slider("Number of clusters", *VIEW["sp_clusters"].bounds, key="sp_clusters")
+    distance_kind = st.radio("Distances between heatmaps", VIEW["sp_distance"].options, key="sp_distance",
                              format_func={"euclidean": "Euclidean (every sample)", "gw": "Gromov–Wasserstein (random subset)"}.get,
                              help="GW compares the heatmaps' point clouds up to rotation and translation; every pair is a GW problem, "
                                   "so it runs on a random subset of the class, on heatmaps pooled to an 8×8 grid.")
@@ -135,7 +135,7 @@ if t is not None:
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
 
 method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
-colour = st.radio("Colour by", ["cluster", "ground truth"], horizontal=True, key="sp_colour")
+colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
 remember_view(VIEW)
 coords = embedding(distance_key, method, spectral_config, features, result)
 indices = heatmaps.indices.numpy()

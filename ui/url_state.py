@@ -62,6 +62,11 @@ class Number:
     def text(self, value: Any) -> str:
         return str(int(value)) if self.integer else repr(float(value))
 
+    @property
+    def bounds(self) -> Tuple[Union[int, float], Union[int, float]]:
+        """(low, high) for the widget, so that the widget and the link share one range."""
+        return (int(self.low), int(self.high)) if self.integer else (float(self.low), float(self.high))
+
 
 Field = Union[Choice, Number]
 
