@@ -26,6 +26,24 @@ def test_core_never_imports_streamlit(path):
     assert not {name for name in imported_modules(path) if name.split(".")[0] == "streamlit"}
 
 
+# The step layer: each of these turns an experiment and its parameters into a cached artifact.
+STEPS = {"data", "experiment", "heatmaps", "detectors", "robustness"}
+# What runs the steps or keeps their files: the store, jobs, the pipeline's status, export and the command line.
+RUNNERS = {"cache", "jobs", "pipeline", "export", "cli", "commands", "download", "__main__", "__init__", "arithmetic"}
+ALGORITHMS = sorted(path for path in (ROOT / "core").glob("*.py") if path.stem not in STEPS | RUNNERS)
+
+
+@pytest.mark.parametrize("path", ALGORITHMS, ids=lambda p: p.name)
+def test_algorithms_take_tensors_not_paths(path):
+    """An algorithm module never reaches for the cache or for a step: its inputs are tensors and
+    configurations, so a page, the command line and the export can only get its numbers through a step."""
+    # core.data also defines the data set's constants and split type, which algorithms use
+    forbidden = (STEPS - {"data"}) | {"cache", "jobs", "pipeline", "export", "cli", "commands"}
+    upward = {name for name in imported_modules(path) if name.lstrip(".").split(".")[-1] in forbidden}
+    assert not upward
+    assert "cache_dir" not in path.read_text()
+
+
 @pytest.mark.parametrize("path", [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")), *sorted((ROOT / "ui").glob("*.py"))],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_pages_never_import_the_command_line(path):
