@@ -41,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.arithmetic import OVERRIDE_ENV, describe_machine, machine_summary  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
-from core.gromov import GridClouds, GridGW, random_structure  # noqa: E402
+from core.grid_clouds import GridClouds  # noqa: E402
+from core.gromov import GridGW  # noqa: E402
+from core.gw_barycenter import random_structure  # noqa: E402
 from core.gw_kmeans import GWConfig, gw_kmeans  # noqa: E402
 from core.heatmaps import experiment_heatmaps  # noqa: E402
 from core.lrp import LRPConfig  # noqa: E402
@@ -146,7 +148,8 @@ def fused_against_tensors(clouds: GridClouds, pairs: int = 128, repeats: int = 2
     a chunk of real mirror-descent states: one transport (Newton steps and line search) and one
     linearised loss with its objective, as the solver calls them."""
     from core import semidual
-    from core.gromov import LOG2E, _objective
+    from core.gromov import _objective
+    from core.gw_transport import LOG2E
 
     solver = GridGW(clouds, 5e-4, arithmetic="float32")
     cloud = torch.arange(pairs)
@@ -157,13 +160,14 @@ def fused_against_tensors(clouds: GridClouds, pairs: int = 128, repeats: int = 2
     p = solver.weights[cloud]
     scale = 2 * LOG2E / solver.epsilon
     bits = state.potentials * (LOG2E / solver.epsilon)
+    transport = solver.transport
 
     def tensors_transport():
-        solver._transport_tensors(loss * scale, p, q, state.potentials, 1, torch.ones(pairs))
+        transport.solve_with_tensors(loss * scale, p, q, state.potentials, 1, torch.ones(pairs))
 
     def fused_transport():
-        semidual.transport(loss, scale, p, q, bits, torch.ones(pairs), 1, solver.marginal_tol, solver._ridge,
-                           solver._slack, solver.max_newton, state.plans)
+        semidual.transport(loss, scale, p, q, bits, torch.ones(pairs), 1, transport.marginal_tol, transport.ridge,
+                           transport.slack, transport.max_newton, state.plans)
 
     def tensors_loss():
         _objective(solver.linearised_loss(state.products, solver.cloud_term[cloud], bary, q), state.plans)

@@ -149,9 +149,9 @@ def _solve_spd(a, b, out):
 @numba.njit(parallel=True, cache=True)
 def transport(loss, cost_scale, p, q, h, trust, steps, marginal_tol, ridge, slack, max_newton, previous,
               plans, scratch, error, change, norm):
-    """The Newton iterations of `GridGW._transport_tensors` for each pair, from the linearised loss:
-    the cost is loss × `cost_scale` (in bits), 1e30 on padding rows (q = 0). Also returns each
-    plan's distance from `previous` and its norm (Frobenius)."""
+    """The Newton iterations of `SemiDualTransport.solve_with_tensors` for each pair, from the
+    linearised loss: the cost is loss × `cost_scale` (in bits), 1e30 on padding rows (q = 0). Also
+    returns each plan's distance from `previous` and its norm (Frobenius)."""
     count, m, n = loss.shape
     for i in numba.prange(count):
         cost = np.empty((m, n), dtype=np.float32)

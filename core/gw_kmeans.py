@@ -6,8 +6,8 @@ nearest barycenter, entropic GW barycenters (10 points, uniform weights) as the 
 until the assignment repeats. The smaller cluster is flagged as poisoned.
 
 Two solvers run the same algorithm with the same random draws: the batched grid solver of
-`core.gromov` (the default), and POT called one pair at a time, as the thesis did (the
-reference in `bench/gromov.py` and the tests).
+`core.gromov` with the barycenters of `core.gw_barycenter` (the default), and POT called one
+pair at a time, as the thesis did (the reference in `bench/gromov.py` and the tests).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import torch
 
 from .detection import DetectionScore, flag_smaller_cluster, score_detection
 from .errors import ConfigError
-from .gromov import GridClouds, GridGW, Plans, random_structure
+from .grid_clouds import GridClouds
+from .gromov import GridGW, Plans
+from .gw_barycenter import gw_barycenter, random_structure
 from .pointcloud import check_threshold
 from .progress import ProgressCallback, report
 
@@ -129,9 +131,9 @@ class GridSolver:
         idx = torch.from_numpy(members)
         stored = None if fresh or not self.config.warm_start else self.plans[slot]
         fresh_updates = (3 if fresh else 0) if self.config.warm_start else self.config.barycenter_updates
-        structure, plans, updates = solver.barycenter(idx, torch.from_numpy(start), None if stored is None else stored.select(idx),
-                                                      max_updates=self.config.barycenter_updates, tol=self.config.barycenter_tol,
-                                                      fresh_updates=fresh_updates)
+        structure, plans, updates = gw_barycenter(solver, idx, torch.from_numpy(start), None if stored is None else stored.select(idx),
+                                                  max_updates=self.config.barycenter_updates, tol=self.config.barycenter_tol,
+                                                  fresh_updates=fresh_updates)
         if stored is not None:
             stored.update(idx, plans)  # the members' plans are the best start for the next distances
         if fresh and self.config.warm_start and len(members) == 1:

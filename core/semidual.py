@@ -1,14 +1,15 @@
 """Entropic transport from a few barycenter points to a cloud, fused into one pass per pair.
 
-The GW solver's inner problem (see `core.gromov`) has m (about 10) source points and a grid of
-N (1,024) target points. In its semi-dual the plan is T_ja = p_a softmax_j(h_j − K_ja), and the
+The GW solver's inner problem (see `core.gw_transport`) has m (about 10) source points and a grid
+of N (1,024) target points. In its semi-dual the plan is T_ja = p_a softmax_j(h_j − K_ja), and the
 m potentials h (in bits) rise by damped Newton steps on the concave objective
 Φ(h) = q·h − Σ_a p_a log2 Σ_j 2^(h_j − K_ja). Written as batched tensor operations, a Newton step
 with its line search makes some twenty passes over the (pairs, m, N) arrays, and on a 2-core CPU
 they run at the speed of memory, not of arithmetic. Here each pair's m × N block is worked on
-while it sits in the core's cache: the same algorithm, step for step (`GridGW._transport_tensors`
-is the reference it is tested against), compiled by numba with exponentials and logarithms that
-the compiler can vectorise (a polynomial and the float's exponent bits), in float32.
+while it sits in the core's cache: the same algorithm, step for step
+(`SemiDualTransport.solve_with_tensors` is the reference it is tested against), compiled by
+numba with exponentials and logarithms that the compiler can vectorise (a polynomial and the
+float's exponent bits), in float32.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ def _run(kernel, *arrays) -> None:
 def transport(loss: torch.Tensor, cost_scale: float, p: torch.Tensor, q: torch.Tensor, potentials_bits: torch.Tensor,
               trust: torch.Tensor, steps: int, marginal_tol: float, ridge: float, slack: float, max_newton: int,
               previous: torch.Tensor):
-    """`GridGW._transport_tensors` on the cost loss × cost_scale (padding rows, q = 0, excluded), in
-    float32: plans (P, m, N), potentials in bits (P, m), each pair's largest marginal error, and the
-    Frobenius norms of plans − previous and of the plans. `trust` is updated in place."""
+    """`SemiDualTransport.solve_with_tensors` on the cost loss × cost_scale (padding rows, q = 0,
+    excluded), in float32: plans (P, m, N), potentials in bits (P, m), each pair's largest marginal
+    error, and the Frobenius norms of plans − previous and of the plans. `trust` is updated in place."""
     from ._semidual_kernel import transport as kernel
 
     count, m, n = loss.shape

@@ -12,8 +12,9 @@ import torch
 
 from core.errors import ConfigError
 from core.detectors import GWDistanceConfig
-from core.gromov import (GridClouds, GridGW, grid_distances, pairwise_gw, pool_heatmaps, random_structure,
-                         separable_distance_factors, separable_product)
+from core.grid_clouds import GridClouds, grid_distances, separable_distance_factors, separable_product
+from core.gromov import GridGW, pairwise_gw, pool_heatmaps
+from core.gw_barycenter import gw_barycenter, random_structure
 from core.gw_kmeans import GWConfig, gw_kmeans
 from core.pointcloud import point_cloud
 
@@ -106,9 +107,9 @@ def test_change_product_is_close_to_the_exact_product(arithmetic, tolerance):
     second = solver.solve(cloud, random_structure(10, seed=0).expand(4, -1, -1), warm=first, max_outer=1)
     change = second.plans - first.plans
     assert change.abs().max() > 0
-    reference = (change.double().reshape(-1, 1024) @ solver.distances.double()).reshape(change.shape)
+    reference = (change.double().reshape(-1, 1024) @ solver.products.distances.double()).reshape(change.shape)
     reference *= clouds.scale[cloud][:, None, None]
-    cheap = solver.change_product(change, cloud).double()
+    cheap = solver.products.change(change, cloud).double()
     assert ((cheap - reference).abs().max() / reference.abs().max()) < tolerance
 
 
@@ -158,7 +159,7 @@ def test_barycenter_returns_exact_products_and_leaves_the_warm_start_alone():
     start = random_structure(10, seed=2)
     warm = solver.solve(members, start.expand(6, -1, -1))
     kept = warm.plans.clone()
-    structure, plans, updates = solver.barycenter(members, start, warm, max_updates=5, tol=1e-9)
+    structure, plans, updates = gw_barycenter(solver, members, start, warm, max_updates=5, tol=1e-9)
     assert updates == 5 and torch.equal(warm.plans, kept)
     assert_products_exact(plans.products, solver.exact_product(plans.plans, members))
     torch.testing.assert_close(structure, structure.T)
@@ -198,7 +199,7 @@ def test_barycenter_of_identical_clouds_is_that_cloud():
     clouds = GridClouds.from_heatmaps(uniform_cloud_heatmap(SHAPE).expand(4, -1, -1), 1.0)
     own, _ = clouds.structure(0)
     solver = GridGW(clouds, 5e-3, dtype=torch.float64)
-    structure, _, _ = solver.barycenter(torch.arange(4), random_structure(10, seed=2), max_updates=100, tol=1e-8, fresh_updates=3)
+    structure, _, _ = gw_barycenter(solver, torch.arange(4), random_structure(10, seed=2), max_updates=100, tol=1e-8, fresh_updates=3)
     # The same metric space up to the order of its points: equal sorted distances, GW to it near 0.
     np.testing.assert_allclose(np.sort(structure.numpy().ravel()), np.sort(own.numpy().ravel()), atol=2e-2)
     check = GridGW(clouds, 5e-4, dtype=torch.float64).solve(torch.tensor([0]), structure[None]).values
@@ -208,7 +209,7 @@ def test_barycenter_of_identical_clouds_is_that_cloud():
 def test_barycenter_matches_pot_at_large_epsilon():
     clouds = GridClouds.from_heatmaps(sparse_heatmaps(5, 30, seed=4), 1.0)
     start = random_structure(10, seed=1)
-    ours, _, _ = GridGW(clouds, 0.1, dtype=torch.float64).barycenter(torch.arange(5), start, max_updates=200, tol=1e-9)
+    ours, _, _ = gw_barycenter(GridGW(clouds, 0.1, dtype=torch.float64), torch.arange(5), start, max_updates=200, tol=1e-9)
     cs = [clouds.structure(i)[0].numpy() for i in range(5)]
     ps = [clouds.structure(i)[1].numpy() for i in range(5)]
     reference = ot.gromov.entropic_gromov_barycenters(10, cs, ps, ot.unif(10), [0.2] * 5, epsilon=0.1, init_C=start.numpy(), max_iter=200, tol=1e-10)
@@ -272,7 +273,7 @@ def test_bad_calls_are_refused():
     with pytest.raises(ConfigError):
         gw_kmeans(clouds, GWConfig(), truth=[True, False])
     with pytest.raises(ConfigError):
-        GridGW(clouds, 0.1).barycenter(torch.tensor([], dtype=torch.long), random_structure(10, 0))
+        gw_barycenter(GridGW(clouds, 0.1), torch.tensor([], dtype=torch.long), random_structure(10, 0))
 
 
 def test_pairwise_gw_matches_pot_and_is_a_symmetric_dissimilarity():
@@ -314,7 +315,7 @@ def test_a_seed_plan_transferred_to_like_clouds_starts_them_near_their_optimum()
     maps[:, 10:20, 8:22] += torch.from_numpy(rng.random((12, 10, 14))).float() + 0.2
     clouds = GridClouds.from_heatmaps(maps, 0.9)
     solver = GridGW(clouds, 5e-3)
-    structure, seed_plan, _ = solver.barycenter(torch.tensor([0]), random_structure(10, seed=2), fresh_updates=3)
+    structure, seed_plan, _ = gw_barycenter(solver, torch.tensor([0]), random_structure(10, seed=2), fresh_updates=3)
     everyone = torch.arange(len(clouds))
     start = solver.transferred(seed_plan, everyone)
     torch.testing.assert_close(start.plans.sum(dim=1).double(), clouds.weights, rtol=0, atol=1e-6)

@@ -7,17 +7,25 @@ import pytest
 import torch
 
 from core import semidual
-from core.gromov import LOG2E, GridClouds, GridGW, random_structure
+from core.grid_clouds import GridClouds
+from core.gromov import GridGW
+from core.gw_barycenter import random_structure
 from core.gw_kmeans import GWConfig, gw_kmeans
+from core.gw_transport import LOG2E
 
 
-def inner_problem(count: int = 24, seed: int = 0, padded: bool = False):
-    """Costs of real mirror-descent states: clouds with a hot spot, a few steps against a barycenter."""
+def grid_solver(count: int = 24, seed: int = 0) -> GridGW:
+    """The float32 solver for clouds with a hot spot."""
     generator = torch.Generator().manual_seed(seed)
     heat = torch.rand(count, 32, 32, generator=generator)
     heat[: count // 3, 16:18, 16:18] += 3.0
     clouds = GridClouds.from_heatmaps(heat, 0.99)
-    solver = GridGW(clouds, 5e-4, arithmetic="float32")
+    return GridGW(clouds, 5e-4, arithmetic="float32")
+
+
+def inner_problem(count: int = 24, seed: int = 0, padded: bool = False):
+    """Costs of real mirror-descent states: a few steps against a barycenter; the solver's transport first."""
+    solver = grid_solver(count, seed)
     cloud = torch.arange(count)
     bary = random_structure(10, seed + 1).float().expand(count, -1, -1)
     q = torch.full((count, 10), 0.1)
@@ -26,20 +34,20 @@ def inner_problem(count: int = 24, seed: int = 0, padded: bool = False):
         q = q / q.sum(dim=1, keepdim=True)
     state = solver.solve(cloud, bary.double(), max_outer=3, weights=q.double())
     loss = solver.linearised_loss(state.products, solver.cloud_term[cloud], bary, q)
-    return solver, loss.contiguous(), solver.weights[cloud], q, state.potentials, state.plans
+    return solver.transport, loss.contiguous(), solver.weights[cloud], q, state.potentials, state.plans
 
 
-def run_both(solver, loss, p, q, potentials, previous, steps):
+def run_both(transport, loss, p, q, potentials, previous, steps):
     """The tensor reference and the kernel on the same problem; the reference's cost as the solver builds it."""
-    cost = loss.mul(2 * LOG2E / solver.epsilon).masked_fill_((q <= 0)[:, :, None], 1e30)
+    cost = loss.mul(2 * LOG2E / transport.epsilon).masked_fill_((q <= 0)[:, :, None], 1e30)
     reference_trust, trust = torch.ones(len(loss)), torch.ones(len(loss))
-    reference = solver._transport_tensors(cost, p, q, potentials.clone(), steps, reference_trust)
+    reference = transport.solve_with_tensors(cost, p, q, potentials.clone(), steps, reference_trust)
     plans, bits, error, change, norm = semidual.transport(
-        loss, 2 * LOG2E / solver.epsilon, p, q, potentials * (LOG2E / solver.epsilon), trust, steps,
-        solver.marginal_tol, solver._ridge, solver._slack, solver.max_newton, previous)
+        loss, 2 * LOG2E / transport.epsilon, p, q, potentials * (LOG2E / transport.epsilon), trust, steps,
+        transport.marginal_tol, transport.ridge, transport.slack, transport.max_newton, previous)
     torch.testing.assert_close(change.double(), (plans - previous).flatten(1).norm(dim=1).double(), rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(norm.double(), plans.flatten(1).norm(dim=1).double(), rtol=1e-5, atol=0)
-    return reference, (plans, bits * (solver.epsilon / LOG2E), error), trust
+    return reference, (plans, bits * (transport.epsilon / LOG2E), error), trust
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -118,7 +126,7 @@ def test_the_override_turns_the_kernel_off(monkeypatch):
 
 
 def test_fused_loss_and_objective_match_the_tensor_form():
-    solver, _, _, q, _, _ = inner_problem(seed=7)
+    solver, q = grid_solver(seed=7), torch.full((24, 10), 0.1)
     cloud = torch.arange(len(q))
     bary = random_structure(10, 9).float().expand(len(q), -1, -1)
     state = solver.solve(cloud, bary.double(), max_outer=2)
