@@ -23,7 +23,6 @@ its semi-dual (`core.gw_transport`); the mirror descent, here; barycenters
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -31,6 +30,7 @@ import torch
 
 from . import semidual
 from .errors import ConfigError
+from .validation import real_number
 from .grid_clouds import CloudProducts, GridClouds, change_product_path
 from .gw_transport import SemiDualTransport
 
@@ -86,8 +86,7 @@ class GridGW:
                  outer_tol: Optional[float] = None, max_outer: int = 500, marginal_tol: Optional[float] = None,
                  newton_steps: int = 1, chunk: int = 128, cheap_change: Optional[float] = None,
                  value_tol: Optional[float] = None, arithmetic: Optional[str] = None) -> None:
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon <= 0:
-            raise ConfigError(f"epsilon must be a positive number, got {epsilon!r}")
+        real_number("epsilon", epsilon, 0.0, None, open_low=True)
         self.clouds = clouds
         self.epsilon = float(epsilon)
         self.dtype = dtype

@@ -12,8 +12,6 @@ pair at a time, as the thesis did (the reference in `bench/gromov.py` and the te
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -28,6 +26,7 @@ from .gromov import GridGW, Plans
 from .gw_barycenter import gw_barycenter, random_structure
 from .pointcloud import check_threshold
 from .progress import ProgressCallback, report
+from .validation import real_number, true_or_false, whole_number
 
 
 @dataclass(frozen=True)
@@ -47,16 +46,11 @@ class GWConfig:
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
         for name in ("epsilon", "epsilon_init", "barycenter_tol"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not 0 < value <= 10:
-                raise ConfigError(f"{name} must be a number in (0, 10], got {value!r}")
+            real_number(name, getattr(self, name), 0.0, 10.0, open_low=True)
         for name, low, high in (("barycenter_size", 2, 100), ("max_iter", 1, 100), ("seed", 0, 2**32 - 1),
                                 ("barycenter_updates", 1, 1000)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number in {low} … {high}, got {value!r}")
-        if not isinstance(self.warm_start, bool):
-            raise ConfigError(f"warm_start must be true or false, got {self.warm_start!r}")
+            whole_number(name, getattr(self, name), low, high)
+        true_or_false("warm_start", self.warm_start)
 
 
 @dataclass
@@ -281,67 +275,3 @@ def mds_embedding(structure, seed: int = 0) -> np.ndarray:
     np.fill_diagonal(d, 0.0)
     mds = MDS(n_components=2, metric="precomputed", metric_mds=True, n_init=4, init="random", random_state=seed)
     return mds.fit_transform(d)
-
-
-THESIS_GW_RATES = {"accuracy": 0.9817, "tpr": 0.9698, "tnr": 0.9891}  # thesis table 2, s = 2, pp = 0.33
-_ARTIFACT_VERSION = 6  # 6: float32 C T all separable, fused transport and loss; 5: seed plans as first starts
-
-
-def detection_path(heatmaps_file: str, config: GWConfig):
-    from .cache import cache_dir, config_hash
-
-    return cache_dir() / f"gw-{config_hash(_ARTIFACT_VERSION, heatmaps_file, asdict(config))}.safetensors"
-
-
-def _encode(result: GWResult):
-    tensors = {"assignments": torch.from_numpy(np.stack([it.assignments for it in result.iterations]).astype(np.int8)),
-               "distances": torch.from_numpy(result.distances), "barycenters": torch.from_numpy(result.barycenters)}
-    meta = {"config": asdict(result.config), "seeds": result.seeds, "seconds": result.seconds, "converged": result.converged,
-            "iterations": [{"counts": it.counts, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates} for it in result.iterations]}
-    return tensors, meta
-
-
-def _decoder(config: GWConfig):
-    def decode(tensors, meta) -> GWResult:
-        assignments = tensors["assignments"].long().numpy()
-        iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"])
-                      for a, it in zip(assignments, meta["iterations"])]
-        return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"],
-                        meta["seconds"], meta["converged"])
-
-    return decode
-
-
-def cached_gw(experiment, class_id: int, lrp, config: GWConfig, data) -> Optional[GWResult]:
-    """The class's GW k-means result if it is in the cache, else None (nothing is computed)."""
-    from .cache import load_cached
-    from .experiment import model_path
-    from .heatmaps import check_class, heatmaps_path
-
-    path = detection_path(heatmaps_path(model_path(data, experiment).name, check_class(class_id), lrp).name, config)
-    return load_cached(path, _decoder(config))
-
-
-def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, progress: Optional[ProgressCallback] = None,
-                  use_cache: bool = True):
-    """GW k-means on the heatmaps of `class_id` in `experiment`, cached per (heatmaps, config).
-
-    Returns the class's heatmaps and the result; the truth is the heatmaps' poison mask.
-    """
-    from .cache import cached
-    from .data import load_gtsrb
-    from .experiment import model_path
-    from .heatmaps import check_class, experiment_heatmaps, heatmaps_path
-
-    if not isinstance(config, GWConfig):
-        raise ConfigError("config must be a GWConfig")
-    class_id = check_class(class_id)
-    data = data if data is not None else load_gtsrb(progress=progress)
-    heatmaps = experiment_heatmaps(experiment, class_id, lrp, data, progress=progress, use_cache=use_cache)
-    path = detection_path(heatmaps_path(model_path(data, experiment).name, class_id, lrp).name, config)
-
-    def compute() -> GWResult:
-        clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, config.threshold)
-        return gw_kmeans(clouds, config, truth=heatmaps.poison_mask.numpy(), progress=progress)
-
-    return heatmaps, cached(path, compute, _encode, _decoder(config), use_cache, progress)

@@ -15,7 +15,8 @@ from typing import List, Optional
 from .cache import artifact_meta, locked_elsewhere
 from .errors import ArtifactError
 from .experiment import ExperimentConfig, model_path
-from .gw_kmeans import GWConfig, detection_path
+from .detectors import detection_path
+from .gw_kmeans import GWConfig
 from .heatmaps import heatmaps_path
 from .jobs import RUNNER
 from .lrp import LRPConfig

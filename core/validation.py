@@ -26,8 +26,9 @@ def whole_number(name: str, value: object, low: Optional[int] = None, high: Opti
 def real_number(name: str, value: object, low: Optional[float] = None, high: Optional[float] = None, *,
                 open_low: bool = False, open_high: bool = False) -> float:
     """`value` as a finite float in the interval from `low` to `high`, each end closed unless opened."""
-    bounds = ("" if low is None and high is None else
-              f" in {'(' if open_low else '['}{_bound(low, '-∞')}, {_bound(high, '∞')}{')' if open_high else ']'}")
+    left = "(" if open_low or low is None else "["
+    right = ")" if open_high or high is None else "]"
+    bounds = "" if low is None and high is None else f" in {left}{_bound(low, '-∞')}, {_bound(high, '∞')}{right}"
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
             or not _inside(value, low, high, open_low, open_high)):
         raise ConfigError(f"{name} must be a number{bounds}, got {value!r}")

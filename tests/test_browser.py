@@ -18,8 +18,9 @@ from urllib.parse import urlencode
 
 import pytest
 
+from core.detectors import experiment_gw
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
-from core.gw_kmeans import GWConfig, experiment_gw
+from core.gw_kmeans import GWConfig
 from core.heatmaps import class_heatmaps
 from core.lrp import LRPConfig
 

@@ -418,7 +418,8 @@ def test_the_command_line_waits_for_an_artifact_another_process_is_computing(gts
     what this process stored and computes nothing itself."""
     from core.cache import WAITING, artifact_lock
     from core.experiment import model_path
-    from core.gw_kmeans import GWConfig, detection_path, experiment_gw
+    from core.detectors import detection_path, experiment_gw
+    from core.gw_kmeans import GWConfig
     from core.heatmaps import heatmaps_path
 
     config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))

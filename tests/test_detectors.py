@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from core.cli import main
-from core.detectors import (THESIS_EUCLIDEAN_SPECTRAL, GWDistanceConfig, baseline_detections, gw_spectral, heatmap_features,
+from core.detectors import (THESIS_EUCLIDEAN_SPECTRAL, THESIS_GW_RATES, GWDistanceConfig, baseline_detections, gw_spectral, heatmap_features,
                             heatmap_spectral, thesis_gw, thesis_spectral)
 from core.experiment import ExperimentConfig, quick_experiment
 from core.export import detection_frame
-from core.gw_kmeans import THESIS_GW_RATES, GWConfig
+from core.gw_kmeans import GWConfig
 from core.heatmaps import experiment_heatmaps
 from core.lrp import LRPConfig
 from core.spectral import SpectralConfig

@@ -96,7 +96,7 @@ def test_whole_number_refuses_what_is_not_one(value):
 @pytest.mark.parametrize("value, low, high, open_low, open_high, message", [
     (0.0, 0.0, 1.0, True, False, r"t must be a number in \(0, 1\], got 0.0"),
     (1.0, 0.0, 1.0, False, True, r"t must be a number in \[0, 1\), got 1.0"),
-    (math.inf, 0.0, None, True, False, r"t must be a number in \(0, ∞\], got inf"),
+    (math.inf, 0.0, None, True, False, r"t must be a number in \(0, ∞\), got inf"),
     (math.nan, None, None, False, False, r"t must be a number, got nan"),
     (True, 0.0, 1.0, False, False, r"t must be a number in \[0, 1\], got True"),
     ("0.5", 0.0, 1.0, False, False, r"got '0.5'"),
