@@ -80,9 +80,10 @@ def heatmaps_path(model_file: str, class_id: int, config: LRPConfig):
 
 
 def check_class(class_id) -> int:
-    if not 0 <= whole_number("class", class_id) < NUM_CLASSES:
-        raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}")
-    return int(class_id)
+    try:
+        return whole_number("class", class_id, 0, NUM_CLASSES - 1)
+    except ConfigError:
+        raise ConfigError(f"class must be in 0 … {NUM_CLASSES - 1}, got {class_id!r}") from None
 
 
 def class_heatmaps(
