@@ -30,7 +30,7 @@ AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=F
 
 
 def view_fields(default_class: int) -> dict:
-    """The view's selections that a link carries (see pages/url_state.py)."""
+    """The view's selections that a link carries (see ui/url_state.py)."""
     return {"hm_class": Choice(tuple(range(NUM_CLASSES)), default_class), "hm_rule": Choice(tuple(RULE_NAMES), "composite"),
             "hm_eps": Number(0.0, 100.0, 0.25), "hm_gamma": Number(0.0, 100.0, 0.25),
             "hm_target": Choice(("label", "prediction"), "label"), "hm_filter": Choice(("all", "poisoned", "clean"), "all"),
