@@ -17,6 +17,7 @@ from . import params
 from .defense import DefenseConfig
 from .errors import ConfigError, PoisonLabError
 from .evasion import ATTACKS
+from .gw_kmeans import GWConfig
 from .lrp import LRPConfig
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
@@ -134,7 +135,7 @@ def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:
     spectral = SpectralConfig(k_neighbors=args.k, n_eigenvalues=args.eigenvalues, n_clusters=args.clusters, seed=args.cluster_seed)
     check_class(args.class_id)
     # validated even with Euclidean distances: a wrong option is reported, not silently ignored
-    gw = GWDistanceConfig(samples=args.gw_samples, threshold=args.threshold, epsilon=args.gw_eps, pool=args.gw_pool, seed=args.cluster_seed)
+    gw = params.config_from_args(GWDistanceConfig, args, seed=args.cluster_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     if args.distance == "gw":
         detection = gw_spectral(config, args.class_id, lrp, spectral, gw, data, progress=bar, use_cache=not args.no_cache)
@@ -170,13 +171,12 @@ def _cmd_baselines(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_detect(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
     from .detectors import gw_kmeans_detection, thesis_gw
-    from .gw_kmeans import GWConfig, result_summary
+    from .gw_kmeans import result_summary
     from .heatmaps import check_class
 
     config = experiment_from_args(args)
     lrp = _lrp_from_args(args)
-    gw = GWConfig(threshold=args.threshold, epsilon=args.eps, epsilon_init=args.eps_init if args.eps_init is not None else args.eps,
-                  barycenter_size=args.barycenter_size, max_iter=args.max_iter, seed=args.cluster_seed, warm_start=not args.no_warm_start)
+    gw = params.config_from_args(GWConfig, args, epsilon_init=args.eps_init if args.eps_init is not None else args.eps)
     check_class(args.class_id)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     detection = gw_kmeans_detection(config, args.class_id, lrp, gw, data, progress=bar, use_cache=not args.no_cache)
@@ -322,6 +322,8 @@ def _cmd_cache(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .detectors import GWDistanceConfig
+
     parser = argparse.ArgumentParser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="poison GTSRB and train (or load) the model; prints its metrics as JSON",
@@ -346,10 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_options(group, SpectralConfig)
     group.add_argument("--distance", default="euclidean", choices=("euclidean", "gw"),
                        help="distances between heatmaps: Euclidean (all samples) or Gromov-Wasserstein between point clouds (a random subset)")
-    group.add_argument("--gw-samples", type=int, default=200, help="with --distance gw: samples in the subset (default 200)")
-    group.add_argument("--threshold", type=float, default=0.99, help="with --distance gw: mass threshold of the clouds (default 0.99)")
-    group.add_argument("--gw-eps", type=float, default=0.01, help="with --distance gw: entropic regularisation (default 0.01)")
-    group.add_argument("--gw-pool", type=int, default=4, help="with --distance gw: sum heatmaps over pool x pool blocks first (default 4: 8x8 clouds)")
+    params.add_options(group, GWDistanceConfig)
     _add_experiment_options(spectral)
     _add_data_options(spectral)
     baselines = commands.add_parser("baselines", help="activation clustering, spectral signatures and raw-image clustering on one class, next to LRP spectral clustering",
@@ -364,14 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--method", default="gw", choices=("gw",), help="detection method (default gw)")
     _add_lrp_options(detect)
     group = detect.add_argument_group("Gromov-Wasserstein k-means (defaults: the thesis's)")
-    group.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
-    group.add_argument("--eps", type=float, default=5e-4, help="entropic regularisation for barycenters and assignments (default 5e-4)")
+    params.add_options(group, GWConfig)
     group.add_argument("--eps-init", type=float, default=None, help="entropic regularisation for k-means++ seeding (default: --eps)")
-    group.add_argument("--barycenter-size", type=int, default=10, help="support points of each barycenter (default 10)")
-    group.add_argument("--max-iter", type=int, default=10, help="k-means iterations at most (default 10)")
-    group.add_argument("--cluster-seed", type=int, default=0, help="seed of the k-means++ seeding (default 0)")
-    group.add_argument("--no-warm-start", action="store_true",
-                       help="start every GW solve from the product coupling in float64, as POT does (much slower; default: warm starts)")
     _add_experiment_options(detect)
     _add_data_options(detect)
     defend = commands.add_parser("defend", help="evasion attacks against the poisoned and the clean model, with and without the barycentric defense; prints AA/BA as JSON",

@@ -28,10 +28,11 @@ from .grid_clouds import GridClouds
 from .gw_kmeans import GWConfig, GWIteration, GWResult, gw_kmeans
 from .heatmaps import ClassHeatmaps, check_class, experiment_heatmaps, experiment_heatmaps_path
 from .lrp import LRPConfig
-from .pointcloud import normalised_mass
+from .params import REAL, WHOLE, check_declared, parameter
+from .pointcloud import check_threshold, normalised_mass
 from .progress import ProgressCallback, report
 from .spectral import SpectralConfig, analyse, euclidean_distances, fiedler_score
-from .validation import one_of, real_number, whole_number
+from .validation import one_of, whole_number
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,20 +95,21 @@ class GWDistanceConfig:
     """Pairwise GW distances for the spectral view: a random subset of the class (each pair
     costs a GW solve), heatmaps pooled to a coarser grid, ε where the inner problems are easy."""
 
-    samples: int = 200
-    threshold: float = 0.99
-    epsilon: float = 0.01
-    pool: int = 4
-    seed: int = 0
+    samples: int = parameter(200, WHOLE, "--gw-samples", label="samples", help="with --distance gw: samples in the subset",
+                             low=3, high=2000)
+    threshold: float = parameter(0.99, REAL, "--threshold", label="mass threshold t",
+                                 help="with --distance gw: mass threshold of the clouds", low=0.0, high=1.0, open_low=True)
+    epsilon: float = parameter(0.01, REAL, "--gw-eps", label="ε", help="with --distance gw: entropic regularisation",
+                               low=0.0, high=10.0, open_low=True)
+    pool: int = parameter(4, WHOLE, "--gw-pool", label="pooling",
+                          help="with --distance gw: sum heatmaps over pool x pool blocks first (1, 2, 4 or 8; 4: 8x8 clouds)")
+    seed: int = 0  # on the command line, --cluster-seed, shared with the spectral clustering
 
     def __post_init__(self) -> None:
-        from .pointcloud import check_threshold
-
         check_threshold(self.threshold)
-        for name, low, high in (("samples", 3, 2000), ("seed", 0, 2**32 - 1)):
-            whole_number(name, getattr(self, name), low, high)
+        check_declared(self)
         one_of("pool", self.pool, (1, 2, 4, 8))
-        real_number("epsilon", self.epsilon, 0.0, 10.0, open_low=True)
+        whole_number("seed", self.seed, 0, 2**32 - 1)
 
 
 def _heatmaps_file(experiment, class_id: int, lrp: LRPConfig, data) -> str:

@@ -24,33 +24,37 @@ from .errors import ConfigError
 from .grid_clouds import GridClouds
 from .gromov import GridGW, Plans
 from .gw_barycenter import gw_barycenter, random_structure
+from .params import REAL, SWITCH, WHOLE, check_declared, parameter
 from .pointcloud import check_threshold
 from .progress import ProgressCallback, report
-from .validation import real_number, true_or_false, whole_number
+from .validation import real_number, whole_number
 
 
 @dataclass(frozen=True)
 class GWConfig:
     """Thesis defaults: threshold 0.99, ε = 5e-4 for seeding and updates, barycenters of 10 points."""
 
-    threshold: float = 0.99
-    epsilon: float = 5e-4
-    epsilon_init: float = 5e-4
-    barycenter_size: int = 10
-    max_iter: int = 10
-    seed: int = 0
+    threshold: float = parameter(0.99, REAL, "--threshold", label="mass threshold t", help="mass threshold t of the point clouds",
+                                 low=0.0, high=1.0, open_low=True)
+    epsilon: float = parameter(5e-4, REAL, "--eps", label="ε", help="entropic regularisation for barycenters and assignments",
+                               low=0.0, high=10.0, open_low=True)
+    epsilon_init: float = 5e-4  # on the command line, --eps-init defaults to --eps
+    barycenter_size: int = parameter(10, WHOLE, "--barycenter-size", label="barycenter points",
+                                     help="support points of each barycenter", low=2, high=100)
+    max_iter: int = parameter(10, WHOLE, "--max-iter", label="iterations at most", help="k-means iterations at most", low=1, high=100)
+    seed: int = parameter(0, WHOLE, "--cluster-seed", label="seed", help="seed of the k-means++ seeding", low=0, high=2**32 - 1)
     barycenter_updates: int = 30
     barycenter_tol: float = 1e-3
-    warm_start: bool = True  # False: every GW solve starts from p qᵀ in float64, as POT does (much slower)
+    warm_start: bool = parameter(True, SWITCH, "--no-warm-start", label="warm starts",
+                                 help="start every GW solve from the product coupling in float64, as POT does "
+                                      "(much slower; default: warm starts)")
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
-        for name in ("epsilon", "epsilon_init", "barycenter_tol"):
+        check_declared(self)
+        for name in ("epsilon_init", "barycenter_tol"):
             real_number(name, getattr(self, name), 0.0, 10.0, open_low=True)
-        for name, low, high in (("barycenter_size", 2, 100), ("max_iter", 1, 100), ("seed", 0, 2**32 - 1),
-                                ("barycenter_updates", 1, 1000)):
-            whole_number(name, getattr(self, name), low, high)
-        true_or_false("warm_start", self.warm_start)
+        whole_number("barycenter_updates", self.barycenter_updates, 1, 1000)
 
 
 @dataclass

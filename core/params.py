@@ -75,6 +75,7 @@ class Param:
     choices: Tuple[Any, ...] = ()
     low: Optional[float] = None
     high: Optional[float] = None
+    open_low: bool = False
     open_high: bool = False
     widget: Optional[Tuple[Any, ...]] = None
     """How the Poison page's form shows it: ("class",), ("slider", low, high, step), ("number", low, high),
@@ -85,7 +86,7 @@ class Param:
         if self.kind is WHOLE:
             return whole_number(name, value, self.low, self.high)
         if self.kind is REAL:
-            return real_number(name, value, self.low, self.high, open_high=self.open_high)
+            return real_number(name, value, self.low, self.high, open_low=self.open_low, open_high=self.open_high)
         if self.kind is SWITCH:
             return true_or_false(name, value)
         if self.choices:
@@ -169,9 +170,9 @@ def add_options(parser: Any, config_type: type) -> None:
         parser.add_argument(param.flag, **options)
 
 
-def config_from_args(config_type: type, args: argparse.Namespace) -> Any:
-    """The config the options of `add_options` describe."""
-    values = {}
+def config_from_args(config_type: type, args: argparse.Namespace, **undeclared: Any) -> Any:
+    """The config the options of `add_options` describe; `undeclared` sets the fields they leave out."""
+    values = dict(undeclared)
     for name, param, _ in params_of(config_type):
         value = getattr(args, param.dest)
         values[name] = (not value) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
