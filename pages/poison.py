@@ -52,8 +52,8 @@ def parameter_widget(name: str, param, value):
     if kind == "options":
         options = spec[0]
         return st.select_slider(label, options, value if value in options else options[len(options) // 2], help=param.help)
-    if kind == "checkbox":
-        return st.checkbox(label, value, help=param.help)
+    if kind == "checkbox":  # the flag's help describes turning it off: say so rather than contradict the label
+        return st.checkbox(label, value, help=f"On the command line, {param.flag} turns it off.")
     if kind == "colour":
         picked = st.color_picker(label, "#%02x%02x%02x" % value, help=param.help)
         return tuple(int(picked[i : i + 2], 16) for i in (1, 3, 5))
