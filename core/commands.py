@@ -44,6 +44,15 @@ def defend_command(experiment, model: str, robustness) -> str:
     return " ".join(parts)
 
 
+def detect_command(experiment, class_id: int, lrp, gw) -> str:
+    """The `python -m core detect --method gw` invocation that reproduces the GW page's numbers."""
+    parts = [train_command(experiment).replace("python -m core train", f"python -m core detect --method gw --class {class_id}", 1),
+             *command_options(lrp, changed_only=True), *command_options(gw, changed_only=True)]
+    if gw.epsilon_init != gw.epsilon:
+        parts.append(f"--eps-init {gw.epsilon_init!r}")
+    return " ".join(parts)
+
+
 def export_command(experiment, class_id: int, virelay_classes=None) -> str:
     """The `python -m core export` invocation that writes the Export page's files."""
     parts = [train_command(experiment).replace("python -m core train", "python -m core export", 1), f"--class {class_id}",

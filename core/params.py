@@ -173,9 +173,9 @@ def add_options(parser: Any, config_type: type) -> None:
 def config_from_args(config_type: type, args: argparse.Namespace, **undeclared: Any) -> Any:
     """The config the options of `add_options` describe; `undeclared` sets the fields they leave out."""
     values = dict(undeclared)
-    for name, param, _ in params_of(config_type):
-        value = getattr(args, param.dest)
-        values[name] = (not value) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
+    for name, param, default in params_of(config_type):
+        value = getattr(args, param.dest)  # a switch's flag turns its default around
+        values[name] = ((not default) if value else default) if param.kind is SWITCH else tuple(value) if isinstance(value, list) else value
     return config_type(**values)
 
 
@@ -187,7 +187,7 @@ def command_options(config: Any, changed_only: bool = False) -> List[str]:
         if changed_only and value == default:
             continue
         if param.kind is SWITCH:
-            words += [] if value else [param.flag]
+            words += [] if value == default else [param.flag]
         else:
             words.append(" ".join([param.flag, *param.kind.to_tokens(value)]))
     return words

@@ -39,7 +39,7 @@ from torch import nn
 from .data import Split
 from .errors import ConfigError
 from .params import NAME, REAL, SWITCH, WHOLE, check_declared, parameter
-from .models import ARCHITECTURES, INFERENCE_BATCH
+from .models import ARCHITECTURE_LABELS, ARCHITECTURES, INFERENCE_BATCH
 from .progress import ProgressCallback, report
 
 
@@ -47,8 +47,10 @@ from .progress import ProgressCallback, report
 class TrainConfig:
     """Training parameters; `subset` > 0 trains on that many randomly chosen training images."""
 
-    architecture: str = parameter("thesis_net", NAME, "--architecture", key="arch", label="architecture",
-                                  help="network (thesis_net: the thesis's appendix A.1)")
+    architecture: str = parameter("thesis_net", NAME, "--architecture", key="arch", label="architecture", choices=tuple(ARCHITECTURES),
+                                  help="network: thesis_net (the thesis's small network, appendix A.1) or inception_v3 "
+                                       "(its simplified Inception v3, which its tables 2 and 3 used)",
+                                  widget=("choice", tuple(ARCHITECTURES), ARCHITECTURE_LABELS))
     max_epochs: int = parameter(10, WHOLE, "--epochs", key="epochs", label="epochs at most", help="maximum epochs",
                                 low=1, high=1000, widget=("number", 1, 200))
     patience: int = parameter(5, WHOLE, "--patience", key="patience", label="early-stopping patience",
@@ -124,6 +126,8 @@ def fit(
     if len(images) == 0 or len(val_images) == 0:
         raise ConfigError("training needs a non-empty training and validation split")
     steps = math.ceil(len(images) / config.batch_size)
+    layout = torch.channels_last if getattr(model, "channels_last", False) else torch.contiguous_format
+    model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.max_epochs * steps)
     best_loss, best_epoch, best_state = math.inf, 0, None
@@ -140,6 +144,7 @@ def fit(
             batch = images[index]
             if config.augment:
                 batch = augment_batch(batch, generator)
+            batch = batch.contiguous(memory_format=layout)
             loss = F.cross_entropy(model(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -168,5 +173,6 @@ def fit(
         best_epoch = len(history)  # the schedule ran to its end: keep its final, annealed weights
     elif best_state is not None:
         model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     model.eval()
     return FitResult(len(history), best_epoch, history, time.perf_counter() - start_time)

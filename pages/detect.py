@@ -11,20 +11,21 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core.commands import train_command
+from core.commands import detect_command
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.detectors import gw_kmeans_detection, gw_kmeans_path, heatmap_spectral, thesis_gw
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.gw_kmeans import GWConfig, mds_embedding
 from core.jobs import RUNNER
-from core.lrp import RULE_NAMES, LRPConfig
+from core.lrp import LRPConfig
 from core.spectral import SpectralConfig
 from ui.charts import confusion_chart
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
                        settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb
+from ui.relevance import relevance_controls, relevance_fields, relevance_query
 from ui.url_state import Choice, Number, remember_view, restore_view
 
 EPSILONS = [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1]
@@ -80,21 +81,21 @@ st.caption("Each heatmap becomes a weighted point cloud (its most relevant pixel
            "of 10 points as the centres, k-means++ seeding. The smaller cluster is flagged as poisoned (thesis section 6.5).")
 experiment = active_experiment()
 THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
-VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), "gw_rule": Choice(tuple(RULE_NAMES), "composite"),
+VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("gw", experiment.train.architecture),
         "gw_threshold": Choice(THRESHOLDS, 0.99), "gw_eps": Choice(tuple(EPSILONS), 5e-4), "gw_iter": Number(1, 20, 10, integer=True),
         "gw_seed": Number(0, 10_000, 0, integer=True)}
 restore_view(VIEW)
 with st.sidebar:
     st.subheader("Detect")
     class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
-    rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="gw_rule")
+    rule, layer, positive = relevance_controls("gw", experiment.train.architecture)
     threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold")
     epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps")
     max_iter = st.slider("k-means iterations at most", *VIEW["gw_iter"].bounds, key="gw_iter")
     seed = st.number_input("Seed of the k-means++ seeding", *VIEW["gw_seed"].bounds, key="gw_seed")
 remember_view(VIEW)
 try:
-    lrp = LRPConfig(rule=rule)
+    lrp = LRPConfig(rule=rule, layer=layer, positive=positive)
     config = GWConfig(threshold=threshold, epsilon=epsilon, epsilon_init=epsilon, max_iter=max_iter, seed=int(seed))
 except ConfigError as exc:
     st.error(str(exc))
@@ -149,19 +150,17 @@ hover_preview("gw_scatter", {"image": (f"{heatmaps_file}-images", images), "heat
 
 st.subheader("Compared with the other methods on the same class")
 spectral = cached_detection(("euclidean", heatmaps_file, SpectralConfig()), partial(heatmap_spectral, experiment, class_id, lrp, SpectralConfig(), data))
-rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.rule})": spectral.score.as_dict()}
+rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.short_name})": spectral.score.as_dict()}
 if st.toggle("Add activation clustering (a few seconds)", key="gw_baselines"):
     rows["activation clustering"] = cached_baselines(model_path(data, experiment).name, class_id, 0, experiment, data)["activation clustering"]
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}},
                                 na_rep="–"), width="stretch")
-command = train_command(experiment).replace(
-    "python -m core train", f"python -m core detect --method gw --class {class_id} --rule {rule} --threshold {threshold} --eps {epsilon:g} "
-    f"--max-iter {max_iter} --cluster-seed {int(seed)}")
+command = detect_command(experiment, class_id, lrp, config)
 st.caption("Reproduce these numbers on the command line:")
 st.code(command, language="bash")
 view_links(experiment, [
-    ("pages/spectral.py", f"Class {class_id} by spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, "sp_rule": rule}),
+    ("pages/spectral.py", f"Class {class_id} by spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
     ("pages/defense.py", "Attack the model: the barycentric defense", ":material/shield:", {}),
 ])

@@ -13,25 +13,20 @@ from core.errors import ConfigError
 from core.experiment import load_trained
 from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path
 from core.jobs import RUNNER
-from core.lrp import RULE_NAMES, LRPConfig
+from core.lrp import LRPConfig
 from core.pointcloud import point_cloud
 from core.poison import sticker_window
 from ui.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
+from ui.relevance import relevance_controls, relevance_fields, relevance_query
 from ui.url_state import Choice, Number, remember_view, restore_view
 
-RULE_LABELS = {
-    "composite": "Composite: z^B first layer, γ convolutions, ε dense",
-    "epsilon": "LRP-ε",
-    "gamma": "LRP-γ",
-    "alpha1beta0": "LRP-α1β0",
-}
 SQUARE = dict(scaleanchor="x", autorange="reversed", constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
 AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
 
 
-def view_fields(default_class: int) -> dict:
+def view_fields(default_class: int, architecture: str) -> dict:
     """The view's selections that a link carries (see ui/url_state.py)."""
-    return {"hm_class": Choice(tuple(range(NUM_CLASSES)), default_class), "hm_rule": Choice(tuple(RULE_NAMES), "composite"),
+    return {"hm_class": Choice(tuple(range(NUM_CLASSES)), default_class), **relevance_fields("hm", architecture),
             "hm_eps": Number(0.0, 100.0, 0.25), "hm_gamma": Number(0.0, 100.0, 0.25),
             "hm_target": Choice(("label", "prediction"), "label"), "hm_filter": Choice(("all", "poisoned", "clean"), "all"),
             "hm_sort": Choice(SORT_ORDERS, SORT_ORDERS[0]), "hm_position": Number(1, 100_000, 1, integer=True),
@@ -45,7 +40,7 @@ def lrp_controls() -> tuple[int, LRPConfig]:
     with st.sidebar:
         st.subheader("Explain")
         class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
-        rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key="hm_rule")
+        rule, layer, positive = relevance_controls("hm", experiment.train.architecture)
         epsilon = st.number_input("ε (dense layers / ε rule)", *VIEW["hm_eps"].bounds, step=0.05, format="%.3f", key="hm_eps",
                                   disabled=rule not in ("composite", "epsilon"))
         gamma = st.number_input("γ (convolutions / γ rule)", *VIEW["hm_gamma"].bounds, step=0.05, format="%.3f", key="hm_gamma",
@@ -53,7 +48,7 @@ def lrp_controls() -> tuple[int, LRPConfig]:
         target = st.radio("Explain the logit of", VIEW["hm_target"].options, key="hm_target", horizontal=True,
                           format_func={"label": "the image's label", "prediction": "the predicted class"}.get)
     try:
-        return class_id, LRPConfig(rule=rule, epsilon=epsilon, gamma=gamma, target=target)
+        return class_id, LRPConfig(rule=rule, epsilon=epsilon, gamma=gamma, target=target, layer=layer, positive=positive)
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
@@ -142,7 +137,7 @@ st.caption("Layer-wise relevance propagation (LRP) shows which pixels made the m
            "Poisoned samples should light up at the sticker; the point clouds keep the most relevant pixels for the "
            "Gromov–Wasserstein detection.")
 experiment = active_experiment()
-VIEW = view_fields(experiment.poison.target)
+VIEW = view_fields(experiment.poison.target, experiment.train.architecture)
 restore_view(VIEW)
 class_id, lrp = lrp_controls()
 remember_view(VIEW)
@@ -212,7 +207,7 @@ second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step
 remember_view(VIEW)
 st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
 view_links(experiment, [
-    ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, "sp_rule": lrp.rule}),
-    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, "gw_rule": lrp.rule}),
+    ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
 ])

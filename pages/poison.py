@@ -52,6 +52,9 @@ def parameter_widget(name: str, param, value):
     if kind == "options":
         options = spec[0]
         return st.select_slider(label, options, value if value in options else options[len(options) // 2], help=param.help)
+    if kind == "choice":
+        options, labels = spec
+        return st.selectbox(label, options, index=options.index(value), format_func=labels.get, help=param.help)
     if kind == "checkbox":  # the flag's help describes turning it off: say so rather than contradict the label
         return st.checkbox(label, value, help=f"On the command line, {param.flag} turns it off.")
     if kind == "colour":

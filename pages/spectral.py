@@ -15,13 +15,14 @@ from core.detectors import GWDistanceConfig, gw_distances_path, gw_spectral, hea
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
-from core.lrp import RULE_NAMES, LRPConfig
+from core.lrp import LRPConfig
 from core.spectral import SpectralConfig, embed_2d
 from ui.charts import confusion_chart
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
                        settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb, enlarge
+from ui.relevance import relevance_controls, relevance_fields, relevance_query
 from ui.url_state import Choice, Number, remember_view, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
@@ -69,7 +70,7 @@ st.caption("Spectral relevance analysis (SpRAy; thesis sections 6.3 and 7): a k-
            "normalised heatmaps, the eigenvalues of its normalised Laplacian (a gap after the k-th hints at k groups), "
            "and spectral clustering. The smaller cluster is flagged as poisoned and scored against the truth.")
 experiment = active_experiment()
-VIEW = {"sp_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), "sp_rule": Choice(tuple(RULE_NAMES), "composite"),
+VIEW = {"sp_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("sp", experiment.train.architecture),
         "sp_k": Number(2, 50, 10, integer=True), "sp_clusters": Number(2, 8, 2, integer=True),
         "sp_distance": Choice(("euclidean", "gw"), "euclidean"), "sp_embedding": Choice(tuple(EMBEDDING_LABELS), "spectral"),
         "sp_colour": Choice(("cluster", "ground truth"), "cluster")}
@@ -77,7 +78,7 @@ restore_view(VIEW)
 with st.sidebar:
     st.subheader("Analyse")
     class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
-    rule = st.selectbox("LRP rule of the heatmaps", RULE_NAMES, key="sp_rule")
+    rule, layer, positive = relevance_controls("sp", experiment.train.architecture)
     k = st.slider("Neighbours k of the kNN graph", *VIEW["sp_k"].bounds, key="sp_k")
     clusters = st.slider("Number of clusters", *VIEW["sp_clusters"].bounds, key="sp_clusters")
     distance_kind = st.radio("Distances between heatmaps", VIEW["sp_distance"].options, key="sp_distance",
@@ -86,7 +87,7 @@ with st.sidebar:
                                   "so it runs on a random subset of the class, on heatmaps pooled to an 8×8 grid.")
 remember_view(VIEW)
 try:
-    lrp = LRPConfig(rule=rule)
+    lrp = LRPConfig(rule=rule, layer=layer, positive=positive)
     spectral_config = SpectralConfig(k_neighbors=k, n_clusters=clusters)
 except ConfigError as exc:
     st.error(str(exc))
@@ -177,7 +178,7 @@ st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")
 st.caption("TPR: share of poisoned samples flagged; TNR: share of clean samples kept; AUC from each method's continuous score. "
            "Reproduce with `python -m core spectral` and `python -m core baselines`.")
 view_links(experiment, [
-    ("pages/heatmaps.py", f"The heatmaps of class {class_id}", ":material/blur_on:", {"hm_class": class_id, "hm_rule": rule}),
-    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, "gw_rule": rule}),
+    ("pages/heatmaps.py", f"The heatmaps of class {class_id}", ":material/blur_on:", {"hm_class": class_id, **relevance_query("hm", lrp)}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
 ])

@@ -18,7 +18,7 @@ from core.data import NUM_CLASSES
 from core.errors import ConfigError
 from core.cache import save_artifact
 from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load
-from core.models import ARCHITECTURES, ThesisNet, build_model, predict
+from core.models import ARCHITECTURES, InceptionV3, ThesisNet, build_model, predict
 from core.poison import PoisonConfig, attack_test_set, poison_split
 from core.train import TrainConfig
 
@@ -100,8 +100,82 @@ def test_every_normalisation_directly_follows_its_layer():
     assert norms == 3
 
 
+def test_inception_v3_follows_the_thesis_listing():
+    """The thesis's `InceptionNet3` summary: 1,110,027 weights, a 256-map block on the full grid,
+    three 2x2 convolutions each after pooling, dense 256-256-128-43."""
+    model = InceptionV3()
+    assert sum(p.numel() for p in model.parameters()) == 1_110_027
+    shapes = {}
+    for name in ("inception", "pool1", "relu2", "pool2", "relu3", "pool3", "relu4", "pool4", "relu6"):
+        getattr(model, name).register_forward_hook(lambda m, args, out, name=name: shapes.update({name: tuple(out.shape)}))
+    model.eval()
+    for n in (1, 7):
+        shapes.clear()
+        assert model(torch.rand(n, 3, 32, 32)).shape == (n, NUM_CLASSES)
+        assert shapes == {"inception": (n, 256, 32, 32), "pool1": (n, 256, 16, 16), "relu2": (n, 256, 15, 15),
+                          "pool2": (n, 256, 7, 7), "relu3": (n, 256, 6, 6), "pool3": (n, 256, 3, 3),
+                          "relu4": (n, 256, 2, 2), "pool4": (n, 256, 1, 1), "relu6": (n, 128)}
+    block = model.inception
+    widths = [[m.out_channels for m in branch if isinstance(m, nn.Conv2d)] for branch in block.children()]
+    assert widths == [[64], [48, 64], [64, 96, 96], [32]]
+    assert isinstance(block.branch_pool[0], nn.AvgPool2d) and model.penultimate == "relu6"
+
+
+def test_inception_v3_runs_each_module_once_with_every_norm_after_its_layer():
+    model = InceptionV3()
+    calls = Counter()
+    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    for name, module in leaves:
+        module.register_forward_hook(lambda mod, inp, out, name=name: calls.update([name]))
+    model.eval()
+    model(torch.rand(2, 3, 32, 32))
+    assert calls == Counter({name: 1 for name, _ in leaves})
+    registered = [m for _, m in model.named_modules(remove_duplicate=False)]
+    assert len(registered) == len({id(m) for m in registered})
+    norms = 0
+    for sequence in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        children = list(sequence.children())
+        for i, module in enumerate(children):
+            if isinstance(module, nn.BatchNorm2d):
+                norms += 1
+                assert isinstance(children[i - 1], nn.Conv2d) and children[i - 1].out_channels == module.num_features
+    assert norms == 10
+
+
+@pytest.mark.data
+def test_inception_v3_trains_on_real_images_and_saves_as_safetensors(gtsrb, tmp_path):
+    """Its channels-last training lowers the loss, beats chance on held-out images and hands back
+    ordinary contiguous weights that safetensors stores and restores."""
+    from safetensors.torch import load_file, save_file
+
+    from core.data import Split
+    from core.train import fit
+
+    classes = torch.tensor([12, 38])  # priority road, keep right
+    picked = torch.nonzero(torch.isin(gtsrb.train.labels, classes)).flatten()
+    picked = picked[torch.randperm(len(picked), generator=torch.Generator().manual_seed(0))[:384]]
+    train = Split(gtsrb.train.images[picked[:256]], gtsrb.train.labels[picked[:256]])
+    val = Split(gtsrb.train.images[picked[256:]], gtsrb.train.labels[picked[256:]])
+    torch.manual_seed(0)
+    model = InceptionV3()
+    result = fit(model, train, val, TrainConfig(architecture="inception_v3", max_epochs=4, batch_size=32, learning_rate=1e-2))
+    history = result.history
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > 0.75  # two classes: chance is 0.5
+    state = model.state_dict()
+    assert all(t.is_contiguous() for t in state.values())
+    save_file(state, tmp_path / "inception.safetensors")
+    restored = InceptionV3()
+    restored.load_state_dict(load_file(tmp_path / "inception.safetensors"))
+    restored.eval()
+    x = val.float_images()[:16]
+    with torch.no_grad():
+        assert torch.equal(restored(x), model(x))
+
+
 def test_build_model():
     assert isinstance(build_model("thesis_net"), ThesisNet)
+    assert isinstance(build_model("inception_v3"), InceptionV3)
     with pytest.raises(ConfigError, match="unknown architecture 'resnet'.*thesis_net"):
         build_model("resnet")
 

@@ -118,3 +118,23 @@ def test_the_checks_return_plain_values():
         one_of("pool", True, (1, 2))
     with pytest.raises(ConfigError, match="on must be true or false, got 1"):
         true_or_false("on", 1)
+
+
+def test_the_gw_page_command_parses_back_into_the_same_settings():
+    """What the GW page prints reruns the same detection: experiment, relevance and GW settings."""
+    from core.cli import _lrp_from_args, build_parser, experiment_from_args
+    from core.commands import detect_command
+    from core.experiment import ExperimentConfig
+    from core.gw_kmeans import GWConfig
+    from core.lrp import LRPConfig
+    from core.train import TrainConfig
+
+    experiment = ExperimentConfig(train=TrainConfig(architecture="inception_v3", max_epochs=6))
+    lrp = LRPConfig("squared", layer="inception", positive=True)
+    gw = GWConfig(threshold=0.9, epsilon=1e-3, epsilon_init=1e-2, max_iter=5, seed=7)
+    command = detect_command(experiment, 5, lrp, gw)
+    assert command.startswith("python -m core detect --method gw ")
+    args = build_parser().parse_args(command.split()[3:])
+    assert experiment_from_args(args) == experiment and _lrp_from_args(args) == lrp and args.class_id == 5
+    assert (args.threshold, args.eps, args.eps_init, args.max_iter, args.cluster_seed) == (0.9, 1e-3, 1e-2, 5, 7)
+    assert "--positive" not in detect_command(experiment, 5, LRPConfig(), gw)

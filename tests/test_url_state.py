@@ -47,7 +47,18 @@ def test_a_link_restores_the_spectral_view_and_clamps_what_is_out_of_range(seede
     params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
     assert params["sp_k"] == "50" and params["sp_class"] == "2" and params["pp"] == "0.2"
     assert "hm_class" not in params  # another view's field is dropped
-    assert set(params) <= EXPERIMENT_KEYS | {"sp_class", "sp_rule", "sp_k", "sp_clusters", "sp_distance", "sp_embedding", "sp_colour"}
+    assert set(params) <= EXPERIMENT_KEYS | {"sp_class", "sp_rule", "sp_layer", "sp_positive", "sp_k", "sp_clusters", "sp_distance",
+                                             "sp_embedding", "sp_colour"}
+
+
+def test_a_link_carries_where_relevance_is_read_and_refuses_another_networks_layer(seeded_cache):
+    at = open_page("pages/heatmaps.py", {"hm_rule": "squared", "hm_layer": "relu1", "hm_positive": "True"})
+    assert (at.session_state["hm_rule"], at.session_state["hm_layer"], at.session_state["hm_positive"]) == ("squared", "relu1", True)
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert (params["hm_layer"], params["hm_positive"]) == ("relu1", "True")
+    at = open_page("pages/heatmaps.py", {"hm_layer": "inception"})  # the Inception block is not a ThesisNet layer
+    assert at.session_state["hm_layer"] == "input"
+    assert any("Ignored in the link: hm_layer" in caption.value for caption in at.caption)
 
 
 def test_a_link_restores_the_heatmaps_and_defense_views(seeded_cache):

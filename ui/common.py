@@ -14,6 +14,7 @@ from core.experiment import ExperimentConfig, load_trained
 from core.heatmaps import ClassHeatmaps, experiment_heatmaps_path, model_heatmaps
 from core.jobs import RUNNER, Job
 from core.lrp import LRPConfig
+from ui.relevance import relevance_query
 from core.progress import time_left_text
 from ui.url_state import write_experiment_query
 
@@ -134,8 +135,8 @@ def heatmaps_or_stop(data: GTSRB, experiment: ExperimentConfig, class_id: int, l
     path = experiment_heatmaps_path(experiment, class_id, lrp, data)
     if load_trained(data, experiment) is None or not path.is_file():
         st.info(f"The heatmaps of class {class_id} ({lrp.describe()}) are not computed yet: compute them on the Heatmaps page first.")
-        st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {lrp.rule})", icon=":material/blur_on:",
-                     query_params={**experiment.to_query(), "hm_class": str(class_id), "hm_rule": lrp.rule})
+        st.page_link("pages/heatmaps.py", label=f"Compute them on the Heatmaps page (class {class_id}, {lrp.short_name})", icon=":material/blur_on:",
+                     query_params={**experiment.to_query(), "hm_class": str(class_id), **relevance_query("hm", lrp)})
         st.stop()
     return path.name
 

@@ -1,0 +1,43 @@
+"""The relevance settings the Heatmaps, Spectral and GW pages share: the LRP rule, the layer at
+which relevance is read, and whether only its positive part is kept; with their link fields."""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import streamlit as st
+
+from core.lrp import INPUT, RULE_NAMES, LRPConfig
+from core.models import LAYER_LABELS, readout_layers
+from ui.url_state import Choice
+
+RULE_LABELS = {
+    "composite": "Composite: z^B first layer, γ convolutions, ε dense",
+    "epsilon": "LRP-ε",
+    "gamma": "LRP-γ",
+    "alpha1beta0": "LRP-α1β0",
+    "squared": "Squared ε-rule: z = x²w² (the thesis's code)",
+}
+
+
+def relevance_fields(prefix: str, architecture: str) -> Dict[str, Choice]:
+    """Link fields `<prefix>_rule`, `<prefix>_layer`, `<prefix>_positive`; the layers are the architecture's."""
+    return {f"{prefix}_rule": Choice(tuple(RULE_NAMES), "composite"),
+            f"{prefix}_layer": Choice(readout_layers(architecture), INPUT),
+            f"{prefix}_positive": Choice((False, True), False)}
+
+
+def relevance_controls(prefix: str, architecture: str) -> Tuple[str, str, bool]:
+    """The three widgets (in the current container): rule, readout layer, positive part."""
+    rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key=f"{prefix}_rule")
+    layer = st.selectbox("Relevance read at", readout_layers(architecture), format_func=LAYER_LABELS.get, key=f"{prefix}_layer",
+                         help="At a layer, the relevance of its output is summed over its channels and brought to the 32×32 grid. "
+                              "The thesis read its heatmaps at the Inception block.")
+    positive = st.checkbox("Positive relevance only", key=f"{prefix}_positive",
+                           help="Set negative relevance to 0 before the heatmap becomes a point cloud (the thesis's maps had none).")
+    return rule, layer, positive
+
+
+def relevance_query(prefix: str, lrp: LRPConfig) -> Dict[str, str]:
+    """The link fields that open another view on the same heatmaps."""
+    return {f"{prefix}_rule": lrp.rule, f"{prefix}_layer": lrp.layer, f"{prefix}_positive": str(lrp.positive)}
