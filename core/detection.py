@@ -91,3 +91,20 @@ def spectral_summary(result, score: DetectionScore, seconds: float) -> Dict[str,
         **score.as_dict(),
         "seconds": round(seconds, 3),
     }
+
+
+RATES = ("accuracy", "tpr", "tnr", "f1")
+
+
+def over_seeds(scores: Dict[int, DetectionScore]) -> Dict[str, object]:
+    """Median, minimum and maximum of each rate over the runs of several cluster seeds, with every
+    seed's counts: one seed's figure can sit anywhere in a wide spread."""
+    if not scores:
+        raise ConfigError("no runs to summarise")
+    out: Dict[str, object] = {"seeds": len(scores)}
+    for rate in RATES:
+        values = np.array([getattr(score, rate) for score in scores.values()], dtype=float)
+        out[rate] = {"median": round(float(np.median(values)), 6), "min": round(float(values.min()), 6), "max": round(float(values.max()), 6)}
+    out["per_seed"] = [{"seed": seed, "tn": s.tn, "fp": s.fp, "fn": s.fn, "tp": s.tp, "accuracy": s.accuracy, "tpr": s.tpr, "tnr": s.tnr}
+                       for seed, s in scores.items()]
+    return out

@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .grid_clouds import GridClouds
 from .gromov import GridGW, Plans
 from .gw_barycenter import gw_barycenter, random_structure
-from .params import REAL, SWITCH, WHOLE, check_declared, parameter
+from .params import NAME, REAL, SWITCH, WHOLE, check_declared, parameter
 from .pointcloud import check_threshold
 from .progress import ProgressCallback, report
 from .validation import real_number, whole_number
@@ -48,6 +48,12 @@ class GWConfig:
     warm_start: bool = parameter(True, SWITCH, "--no-warm-start", label="warm starts",
                                  help="start every GW solve from the product coupling in float64, as POT does "
                                       "(much slower; default: warm starts)")
+    seeding: str = parameter("distance", NAME, "--seeding", label="second seed drawn", choices=("distance", "squared"),
+                             help="k-means++ draws the second seed with probability proportional to its GW distance to the first "
+                                  "(distance) or to that distance squared (squared: the thesis's code)")
+    barycenter: str = parameter("entropic", NAME, "--barycenter", label="barycenters", choices=("entropic", "exact"),
+                                help="entropic GW barycenters at ε, warm-started (entropic), or exact ones from a fresh random "
+                                     "start each iteration, by POT's gromov_barycenters (exact: the thesis's code; minutes per iteration)")
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -209,9 +215,11 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
     report(progress, "GW k-means", 0, steps, "seeding: first centre")
 
     def seed_centre(index: int, slot: int) -> np.ndarray:
-        start = random_structure(m, int(rng.integers(2**31))).numpy()
+        draw_seed = int(rng.integers(2**31))
         engine.forget(slot)
-        centre, _ = engine.barycenter(np.array([index]), start, slot, config.epsilon_init, fresh=True)
+        if config.barycenter == "exact":
+            return exact_barycenter(clouds, np.array([index]), m, draw_seed, config.barycenter_updates)[0]
+        centre, _ = engine.barycenter(np.array([index]), random_structure(m, draw_seed).numpy(), slot, config.epsilon_init, fresh=True)
         return centre
 
     def draw(weights: np.ndarray) -> int:
@@ -223,7 +231,7 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
     distances = np.zeros((n, 2))
     distances[:, 0] = engine.distances(centres[0], 0, config.epsilon_init)
     report(progress, "GW k-means", 1, steps, "seeding: second centre")
-    seeds.append(draw(distances[:, 0]))
+    seeds.append(draw(distances[:, 0] ** 2 if config.seeding == "squared" else distances[:, 0]))
     centres[1] = seed_centre(seeds[1], 1)
     distances[:, 1] = engine.distances(centres[1], 1, config.epsilon_init)
     assignments = distances.argmin(axis=1)
@@ -237,10 +245,13 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
         for k in (0, 1):
             members = np.flatnonzero(assignments == k)
             if len(members) == 0:  # re-seed from the samples farthest from the other centre
-                index = draw(distances[:, 1 - k])
+                index = draw(distances[:, 1 - k] ** 2 if config.seeding == "squared" else distances[:, 1 - k])
                 seeds.append(index)
                 centres[k] = seed_centre(index, k)
                 updates.append(0)
+            elif config.barycenter == "exact":
+                centres[k], count = exact_barycenter(clouds, members, m, int(rng.integers(2**31)), config.barycenter_updates)
+                updates.append(count)
             else:
                 centres[k], count = engine.barycenter(members, centres[k], k, config.epsilon, fresh=False)
                 updates.append(count)
@@ -255,6 +266,23 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
         seen.add(new.tobytes())
         assignments = new
     return GWResult(config, iterations, distances.copy(), np.stack(centres), seeds, round(time.perf_counter() - started, 3), converged)
+
+
+def exact_barycenter(clouds: GridClouds, members: np.ndarray, size: int, seed: int, max_updates: int) -> tuple:
+    """Exact (non-entropic) square-loss GW barycenter of the member clouds, uniform weights, from a
+    random start: POT's `gromov_barycenters`, as the thesis's code called it, with at most
+    `max_updates` structure updates. About 30 ms per member and update on a 550-point cloud."""
+    import warnings
+
+    import ot
+
+    cs, ps = zip(*(tuple(t.numpy() for t in clouds.structure(int(i))) for i in members))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structure, log = ot.gromov.gromov_barycenters(size, list(cs), list(ps), ot.unif(size), [1.0 / len(cs)] * len(cs),
+                                                      loss_fun="square_loss", max_iter=max_updates, tol=1e-9, log=True,
+                                                      random_state=seed)
+    return np.asarray(structure), len(log["err"])
 
 
 def result_summary(result: GWResult, truth=None) -> Dict[str, object]:

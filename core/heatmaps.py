@@ -50,17 +50,22 @@ class ClassHeatmaps:
         `window` marks the pixels a sticker can cover; its share of the thesis-normalised
         mass and of the positive relevance says whether the model looks at the sticker.
         """
-        from .pointcloud import mass_inside, normalised_mass, point_count
+        from .pointcloud import normalised_mass, point_count, top_share
 
         poisoned, clean = self.poison_mask, ~self.poison_mask
-        mass_share = mass_inside(self.heatmaps, window)
+        mass = normalised_mass(self.heatmaps)
+        mass_share = (mass * window).flatten(1).sum(dim=1)
         positive = self.heatmaps.clamp(min=0).double()
         positive_share = (positive * window).flatten(1).sum(1) / positive.flatten(1).sum(1).clamp(min=1e-300)
-        points = point_count(normalised_mass(self.heatmaps), threshold).double()
+        points = point_count(mass, threshold).double()
+        top9 = top_share(mass, 9)
         gap = self.conservation_gap.double()
 
         def mean(values: torch.Tensor, where: torch.Tensor) -> Optional[float]:
             return round(float(values[where].mean()), 6) if bool(where.any()) else None
+
+        def median(values: torch.Tensor, where: torch.Tensor) -> Optional[float]:
+            return round(float(values[where].double().median()), 6) if bool(where.any()) else None
 
         return {
             "count": len(self), "poisoned": int(poisoned.sum()), "clean": int(clean.sum()),
@@ -68,6 +73,8 @@ class ClassHeatmaps:
             "conservation_gap_median": round(float(gap.median()), 6),
             "conservation_gap_mean_abs": round(float(gap.abs().mean()), 6),
             "threshold": threshold, "mean_points": round(float(points.mean()), 2),
+            "cloud_size_median_poisoned": median(points, poisoned), "cloud_size_median_clean": median(points, clean),
+            "top9_share_median_poisoned": median(top9, poisoned), "top9_share_median_clean": median(top9, clean),
             "window_pixels": int(window.sum()), "window_share_of_image": round(float(window.double().mean()), 6),
             "window_mass_share_poisoned": mean(mass_share, poisoned), "window_mass_share_clean": mean(mass_share, clean),
             "window_positive_share_poisoned": mean(positive_share, poisoned), "window_positive_share_clean": mean(positive_share, clean),

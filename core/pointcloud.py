@@ -77,6 +77,27 @@ def point_count(mass: torch.Tensor, threshold: float) -> torch.Tensor:
     return count[0] if single else count
 
 
+def cloud_sizes(mass: torch.Tensor, thresholds) -> torch.Tensor:
+    """Points kept per heatmap (rows) at each threshold (columns), from normalised masses (N, H, W):
+    one sort serves every threshold, so a page can draw the whole curve while t is tuned."""
+    limits = torch.tensor([check_threshold(t) for t in thresholds], dtype=torch.float64)
+    flat = mass.flatten(1)
+    cumulative = flat.sort(dim=1, descending=True).values.cumsum(dim=1).contiguous()
+    goal = (limits[None, :] * cumulative[:, -1:]).contiguous()
+    counts = torch.searchsorted(cumulative, goal) + 1
+    full = limits >= 1.0
+    if bool(full.any()):
+        counts[:, full] = torch.maximum(counts[:, full], (flat > 0).sum(dim=1, keepdim=True))
+    return counts.clamp(1, flat.shape[1])
+
+
+def top_share(mass: torch.Tensor, top: int = 9) -> torch.Tensor:
+    """Share of each heatmap's normalised mass in its `top` heaviest pixels (N,): near 1 for a
+    cloud that is one compact atom (a sticker), near top/pixels for a flat field."""
+    flat = mass.flatten(1)
+    return flat.topk(min(top, flat.shape[1]), dim=1).values.sum(dim=1) / flat.sum(dim=1)
+
+
 def point_cloud(heatmap: torch.Tensor, threshold: float) -> PointCloud:
     """The weighted point cloud of one heatmap (H, W) at mass threshold `threshold` in (0, 1]."""
     if not isinstance(heatmap, torch.Tensor) or heatmap.dim() != 2:

@@ -174,3 +174,20 @@ def test_a_single_cluster_is_all_flagged():
 def test_bad_assignments_are_a_config_error(assignments):
     with pytest.raises(ConfigError, match="non-empty one-dimensional"):
         flag_smaller_cluster(assignments)
+
+
+def test_over_seeds_reports_median_min_max_and_every_seeds_counts():
+    from core.detection import over_seeds
+
+    truth = np.array([True] * 4 + [False] * 6)
+    runs = {0: score_detection(truth, np.array([True] * 4 + [False] * 6)),
+            1: score_detection(truth, np.array([True] * 3 + [False] * 7)),
+            7: score_detection(truth, np.array([True] * 4 + [True] + [False] * 5))}
+    summary = over_seeds(runs)
+    assert summary["seeds"] == 3
+    assert summary["accuracy"] == {"median": 0.9, "min": 0.9, "max": 1.0}
+    assert summary["tpr"] == {"median": 1.0, "min": 0.75, "max": 1.0}
+    assert [row["seed"] for row in summary["per_seed"]] == [0, 1, 7]
+    assert summary["per_seed"][1] == {"seed": 1, "tn": 6, "fp": 0, "fn": 1, "tp": 3, "accuracy": 0.9, "tpr": 0.75, "tnr": 1.0}
+    with pytest.raises(ConfigError):
+        over_seeds({})

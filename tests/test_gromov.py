@@ -256,6 +256,48 @@ def test_grid_and_pot_solvers_agree_on_the_assignments(warm_start):
     np.testing.assert_allclose(grid.distances, pot.distances, rtol=2e-2)
 
 
+def test_exact_barycenter_of_identical_clouds_is_that_cloud_as_pot_computes_it():
+    """The thesis's barycenter: exact, from a random start. Ten copies of a ten-point cloud have that
+    cloud as their barycenter (GW 0); ours is POT's gromov_barycenters on the same structures."""
+    from core.gw_kmeans import exact_barycenter
+
+    clouds = GridClouds.from_heatmaps(uniform_cloud_heatmap(SHAPE).expand(10, -1, -1), 1.0)
+    own, weights = clouds.structure(0)
+    structure, updates = exact_barycenter(clouds, np.arange(10), 10, seed=4, max_updates=50)
+    assert 1 <= updates <= 50
+    np.testing.assert_allclose(np.sort(structure.ravel()), np.sort(own.numpy().ravel()), atol=1e-6)
+    assert ot.gromov.gromov_wasserstein2(own.numpy(), structure, weights.numpy(), ot.unif(10)) < 1e-9
+    cs = [own.numpy()] * 10
+    reference = ot.gromov.gromov_barycenters(10, cs, [weights.numpy()] * 10, ot.unif(10), [0.1] * 10, max_iter=50, tol=1e-9, random_state=4)
+    np.testing.assert_allclose(structure, reference, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_thesis_protocol_separates_two_shapes_with_squared_seeding_and_exact_barycenters():
+    """d²-weighted k-means++ seeding, exact barycenters, at most five iterations: the known answer,
+    and a different seed draw than distance weighting makes from the same random stream."""
+    heatmaps, truth = two_shapes(14, 6, seed=0)
+    clouds = GridClouds.from_heatmaps(heatmaps, 0.9)
+    thesis = GWConfig(threshold=0.9, epsilon=5e-3, epsilon_init=5e-3, max_iter=5, seeding="squared", barycenter="exact", seed=1)
+    result = gw_kmeans(clouds, thesis, truth=truth)
+    score = result.score(truth)
+    assert (score.tn, score.fp, score.fn, score.tp) == (14, 0, 0, 6)
+    assert len(result.iterations) <= 6 and all(len(it.barycenter_updates) == 2 for it in result.iterations[1:])
+    seeds = {seeding: [gw_kmeans(clouds, GWConfig(threshold=0.9, epsilon=5e-3, epsilon_init=5e-3, max_iter=1, seeding=seeding, seed=s)).seeds[:2]
+                       for s in range(8)] for seeding in ("distance", "squared")}
+    assert [pair[0] for pair in seeds["distance"]] == [pair[0] for pair in seeds["squared"]]  # the same first draws
+    assert seeds["distance"] != seeds["squared"]
+    # the squared weighting favours far clouds: its second seeds land in the other shape at least as often
+    crossed = {k: sum(bool(truth[a] != truth[b]) for a, b in pairs) for k, pairs in seeds.items()}
+    assert crossed["squared"] >= crossed["distance"]
+
+
+@pytest.mark.parametrize("field, value", [("seeding", "cube"), ("barycenter", "approximate"), ("seeding", None)])
+def test_bad_protocol_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        GWConfig(**{field: value})
+
+
 @pytest.mark.parametrize("field, value", [("threshold", 0), ("threshold", 1.5), ("epsilon", 0.0), ("epsilon", float("nan")),
                                           ("epsilon_init", -1e-3), ("barycenter_size", 1), ("max_iter", 0), ("seed", -1),
                                           ("barycenter_size", 2.5), ("epsilon", True), ("warm_start", "yes")])

@@ -265,3 +265,31 @@ def test_bad_thresholds_are_rejected(threshold):
 @pytest.mark.parametrize("threshold", [1, 1.0, 0.5, 1e-300, np.float32(0.25), np.float64(0.99)])
 def test_good_thresholds_are_floats(threshold):
     assert check_threshold(threshold) == float(threshold) and type(check_threshold(threshold)) is float
+
+
+def test_cloud_sizes_match_point_count_at_every_threshold():
+    from core.pointcloud import cloud_sizes
+
+    heatmaps = torch.randn(6, 32, 32)
+    heatmaps[0] = 0  # a constant map: uniform mass
+    mass = normalised_mass(heatmaps)
+    thresholds = (0.05, 0.5, 0.9, 0.99, 1.0)
+    sizes = cloud_sizes(mass, thresholds)
+    assert sizes.shape == (6, len(thresholds))
+    for column, t in enumerate(thresholds):
+        assert torch.equal(sizes[:, column], point_count(mass, t))
+    assert (sizes.diff(dim=1) >= 0).all()
+    with pytest.raises(ConfigError):
+        cloud_sizes(mass, (0.5, 0.0))
+
+
+def test_top_share_is_one_for_an_atom_and_small_for_a_flat_field():
+    from core.pointcloud import top_share
+
+    atom = torch.zeros(32, 32)
+    atom[10:13, 4:7] = 1.0  # nine equal pixels
+    flat = torch.ones(32, 32)
+    flat[0, 0] = 0.5
+    shares = top_share(normalised_mass(torch.stack([atom, flat])), 9)
+    assert float(shares[0]) == pytest.approx(1.0)
+    assert float(shares[1]) == pytest.approx(9 / (1023 * 1.0 + 0.0), rel=1e-3)
