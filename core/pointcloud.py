@@ -98,6 +98,19 @@ def top_share(mass: torch.Tensor, top: int = 9) -> torch.Tensor:
     return flat.topk(min(top, flat.shape[1]), dim=1).values.sum(dim=1) / flat.sum(dim=1)
 
 
+VISIBILITY_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.99, 1.0)
+
+
+def visibility(heatmaps: torch.Tensor, window: torch.Tensor, thresholds=VISIBILITY_THRESHOLDS, top: int = 9) -> dict:
+    """What GW can see in each heatmap's cloud: its size at every threshold (N, T), the mass share of
+    its `top` heaviest pixels and of the sticker `window` (N,). GW ignores where a cloud lies, so a
+    sticker shows only as a heavy compact atom: a high top share in poisoned clouds and not in clean."""
+    mass = normalised_mass(heatmaps)
+    mass = mass.unsqueeze(0) if mass.dim() == 2 else mass
+    return {"thresholds": tuple(thresholds), "sizes": cloud_sizes(mass, thresholds),
+            "top_share": top_share(mass, top), "window_share": (mass * window).flatten(1).sum(dim=1)}
+
+
 def point_cloud(heatmap: torch.Tensor, threshold: float) -> PointCloud:
     """The weighted point cloud of one heatmap (H, W) at mass threshold `threshold` in (0, 1]."""
     if not isinstance(heatmap, torch.Tensor) or heatmap.dim() != 2:

@@ -4,6 +4,7 @@ the Gromov–Wasserstein detection starts from."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -14,7 +15,7 @@ from core.experiment import load_trained
 from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
-from core.pointcloud import point_cloud
+from core.pointcloud import normalised_mass, point_cloud, point_count, visibility
 from core.poison import sticker_window
 from ui.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
@@ -131,6 +132,31 @@ def cloud_figure(heat: np.ndarray, thresholds: list[float]) -> go.Figure:
     return fig
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def class_visibility(heatmaps_file: str, _heatmaps: ClassHeatmaps, _window) -> dict:
+    """Cloud sizes at every threshold and mass shares for the class, once per heatmaps file."""
+    values = visibility(_heatmaps.heatmaps, _window)
+    return {"thresholds": np.array(values["thresholds"]), "sizes": values["sizes"].numpy(),
+            "top_share": values["top_share"].numpy(), "window_share": values["window_share"].numpy()}
+
+
+def visibility_figure(values: dict, poisoned: np.ndarray, threshold: float, chosen: int) -> go.Figure:
+    """Median cloud size against t, poisoned and clean, with the chosen sample's curve."""
+    fig = go.Figure()
+    t = values["thresholds"]
+    for name, where, colour in (("poisoned (median)", poisoned, "#d62728"), ("clean (median)", ~poisoned, "#1f77b4")):
+        if where.any():
+            fig.add_trace(go.Scatter(x=t, y=np.median(values["sizes"][where], axis=0), name=name, line=dict(color=colour),
+                                     hovertemplate="t %{x:.2f}: %{y:.0f} points<extra>" + name + "</extra>"))
+    fig.add_trace(go.Scatter(x=t, y=values["sizes"][chosen], name="this sample", line=dict(color="black", dash="dot"),
+                             hovertemplate="t %{x:.2f}: %{y:.0f} points<extra>this sample</extra>"))
+    fig.add_vline(x=threshold, line=dict(color="grey", dash="dash"), annotation_text=f"t = {threshold:.2f}")
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=50, b=0), legend=dict(orientation="h", y=-0.25),
+                      title=dict(text="Cloud size against the mass threshold t", font=dict(size=14)),
+                      xaxis_title="mass threshold t", yaxis_title="points in the cloud (of 1,024)")
+    return fig
+
+
 run_through_app()
 st.title("Heatmaps")
 st.caption("Layer-wise relevance propagation (LRP) shows which pixels made the model choose a class (thesis, section 5). "
@@ -206,6 +232,26 @@ first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0
 second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2")
 remember_view(VIEW)
 st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
+
+st.subheader("What Gromov–Wasserstein can see")
+st.caption("GW compares clouds up to rotation and translation: it cannot see where the sticker is, only whether a cloud is one "
+           "heavy compact atom. So poisoned clouds stand out when their heaviest pixels hold much more of the mass than clean "
+           "clouds' do. The thesis's clouds: 55 % against 12 % in the 9 heaviest pixels, 512 against 584 points at t = 0.99.")
+values = class_visibility(key, heatmaps, window_tensor)
+at_t = int(np.argmin(np.abs(values["thresholds"] - first)))
+exact_t = abs(values["thresholds"][at_t] - first) < 1e-9
+sizes_at_t = values["sizes"][:, at_t] if exact_t else point_count(normalised_mass(heatmaps.heatmaps), first).numpy()
+rows = {}
+for name, where in (("poisoned", mask), ("clean", ~mask), ("this sample", np.arange(len(mask)) == chosen)):
+    if where.any():
+        rows[name] = {f"points at t = {first:.2f}": float(np.median(sizes_at_t[where])),
+                      "mass in the 9 heaviest pixels": float(np.median(values["top_share"][where])),
+                      "mass in the sticker window": float(np.median(values["window_share"][where]))}
+left, right = st.columns([2, 3])
+left.dataframe(pd.DataFrame(rows).T.style.format({f"points at t = {first:.2f}": "{:.0f}", "mass in the 9 heaviest pixels": "{:.1%}",
+                                                  "mass in the sticker window": "{:.1%}"}), width="stretch")
+left.caption("Medians over the class's poisoned and clean samples (left threshold t).")
+right.plotly_chart(visibility_figure(values, mask, first, chosen), width="stretch")
 view_links(experiment, [
     ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
     ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),

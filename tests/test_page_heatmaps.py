@@ -29,7 +29,7 @@ def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
     train = poisoned_data(gtsrb, small_experiment).train
     assert metrics["Images of the class"] == f"{int((train.labels == 5).sum()):,}"
     assert float(metrics["LRP time"].rstrip(" s")) > 0
-    assert len(at.get("plotly_chart")) == 3  # mean heatmaps, one sample, point clouds
+    assert len(at.get("plotly_chart")) == 4  # mean heatmaps, one sample, point clouds, cloud size against t
 
     caption = [c.value for c in at.caption if c.value.startswith("Training image #")][0]
     at.radio(key="hm_filter").set_value("poisoned").run()
@@ -43,6 +43,24 @@ def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
     assert not at.exception
     fig = at.get("plotly_chart")[2].proto.spec
     assert "t = 0.30" in fig and "t = 0.50" in fig
+    # what GW can see, at the left threshold: the page's medians are those of the class's clouds
+    import numpy as np
+
+    from core.heatmaps import experiment_heatmaps
+    from core.lrp import LRPConfig
+    from core.pointcloud import normalised_mass, point_count, top_share
+
+    heatmaps = experiment_heatmaps(small_experiment, 5, LRPConfig(), gtsrb)
+    mass = normalised_mass(heatmaps.heatmaps)
+    poisoned = heatmaps.poison_mask.numpy()
+    table = at.dataframe[0].value
+    assert list(table.index[:2]) == ["poisoned", "clean"] and table.index[2] == "this sample"
+    assert table.loc["poisoned", "points at t = 0.30"] == float(np.median(point_count(mass, 0.3).numpy()[poisoned]))
+    assert table.loc["clean", "mass in the 9 heaviest pixels"] == pytest.approx(float(np.median(top_share(mass).numpy()[~poisoned])))
+    from core.poison import sticker_window
+
+    window_share = (mass * sticker_window(small_experiment.poison)).flatten(1).sum(1).numpy()
+    assert table.loc["poisoned", "mass in the sticker window"] == pytest.approx(float(np.median(window_share[poisoned])))
 
 
 def test_other_rule_needs_its_own_heatmaps(small_experiment):
