@@ -433,11 +433,32 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'delete' removes the named files, which are recomputed when next needed.")
     cache.add_argument("action", choices=("list", "delete"))
     cache.add_argument("names", nargs="*", help="with delete: file names as listed")
+    from .presets import PRESETS
+
+    parser.preset_parsers = {"heatmaps": heatmaps, "spectral": spectral, "detect": detect}
+    for sub in parser.preset_parsers.values():
+        sub.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                         help="start from a named setting (network, relevance, clouds, k-means protocol); options given as well win: "
+                              + "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
     return parser
 
 
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, with a --preset's settings as the defaults of the options not given."""
+    from .presets import preset
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        sub = parser.preset_parsers[args.command]
+        known = {action.dest for action in sub._actions}
+        sub.set_defaults(**{k: v for k, v in preset(args.preset).option_defaults().items() if k in known})
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
                "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,

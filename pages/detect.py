@@ -3,6 +3,7 @@ distances and barycenters (thesis section 6.5); its iterations, barycenters and 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -19,10 +20,11 @@ from core.experiment import model_path, poisoned_data
 from core.gw_kmeans import GWConfig, mds_embedding
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
+from core.presets import PRESETS
 from core.spectral import SpectralConfig
 from ui.charts import confusion_chart
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
-                       settle_job, view_links)
+                       set_active_experiment, settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
@@ -83,20 +85,41 @@ experiment = active_experiment()
 THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
 VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("gw", experiment.train.architecture),
         "gw_threshold": Choice(THRESHOLDS, 0.99), "gw_eps": Choice(tuple(EPSILONS), 5e-4), "gw_iter": Number(1, 20, 10, integer=True),
-        "gw_seed": Number(0, 10_000, 0, integer=True)}
+        "gw_seed": Number(0, 10_000, 0, integer=True), "gw_seeding": Choice(("distance", "squared"), "distance"),
+        "gw_bary": Choice(("entropic", "exact"), "entropic")}
 restore_view(VIEW)
+
+
+def apply_preset(name: str) -> None:
+    """Set the network (a new experiment) and every control the preset names; the page reruns with them."""
+    chosen = PRESETS[name]
+    set_active_experiment(replace(experiment, train=replace(experiment.train, architecture=chosen.architecture)))
+    st.session_state.update({"gw_rule": chosen.lrp.rule, "gw_layer": chosen.lrp.layer, "gw_positive": chosen.lrp.positive,
+                             "gw_threshold": chosen.gw.threshold, "gw_eps": chosen.gw.epsilon, "gw_iter": chosen.gw.max_iter,
+                             "gw_seeding": chosen.gw.seeding, "gw_bary": chosen.gw.barycenter})
+
+
 with st.sidebar:
     st.subheader("Detect")
+    for name, chosen in PRESETS.items():
+        st.button(f"Preset: {name}", key=f"gw_preset_{name}", help=chosen.description, on_click=apply_preset, args=(name,))
     class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
     rule, layer, positive = relevance_controls("gw", experiment.train.architecture)
     threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold")
     epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps")
     max_iter = st.slider("k-means iterations at most", *VIEW["gw_iter"].bounds, key="gw_iter")
     seed = st.number_input("Seed of the k-means++ seeding", *VIEW["gw_seed"].bounds, key="gw_seed")
+    seeding = st.radio("Second seed drawn in proportion to", VIEW["gw_seeding"].options, key="gw_seeding", horizontal=True,
+                       format_func={"distance": "GW distance", "squared": "its square (thesis)"}.get)
+    barycenter = st.radio("Barycenters", VIEW["gw_bary"].options, key="gw_bary", horizontal=True,
+                          format_func={"entropic": "entropic, warm-started", "exact": "exact (thesis; minutes)"}.get,
+                          help="Exact barycenters are POT's gromov_barycenters from a fresh random start, as in the thesis's code: "
+                               "about 30 ms per cloud and update, so several minutes per iteration on a whole class.")
 remember_view(VIEW)
 try:
     lrp = LRPConfig(rule=rule, layer=layer, positive=positive)
-    config = GWConfig(threshold=threshold, epsilon=epsilon, epsilon_init=epsilon, max_iter=max_iter, seed=int(seed))
+    config = GWConfig(threshold=threshold, epsilon=epsilon, epsilon_init=epsilon, max_iter=max_iter, seed=int(seed),
+                      seeding=seeding, barycenter=barycenter)
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()

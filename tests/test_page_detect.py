@@ -46,3 +46,17 @@ def test_running_gw_kmeans_from_the_page_shows_its_iterations_and_scores(small_h
 def test_missing_heatmaps_point_to_the_heatmaps_page(seeded_cache):
     at = open_page("pages/detect.py", SMALL)
     assert any("not computed yet" in i.value for i in at.info)
+
+
+def test_the_thesis_preset_sets_the_network_the_relevance_and_the_protocol(seeded_cache):
+    at = open_page("pages/detect.py", SMALL)
+    at.button(key="gw_preset_thesis").click().run()
+    assert not at.exception, at.exception
+    state = {k: at.session_state[k] for k in ("gw_rule", "gw_layer", "gw_positive", "gw_threshold", "gw_eps", "gw_iter", "gw_seeding", "gw_bary")}
+    assert state == {"gw_rule": "squared", "gw_layer": "inception", "gw_positive": False, "gw_threshold": 0.99, "gw_eps": 5e-4,
+                     "gw_iter": 5, "gw_seeding": "squared", "gw_bary": "exact"}
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["arch"] == "inception_v3" and params["subset"] == "3000"  # the rest of the experiment is kept
+    assert (params["gw_layer"], params["gw_bary"]) == ("inception", "exact")
+    # the Inception model's heatmaps are not there yet: the page says which, read at the block
+    assert any("not computed yet" in i.value and "read at inception" in i.value for i in at.info)

@@ -138,3 +138,24 @@ def test_the_gw_page_command_parses_back_into_the_same_settings():
     assert experiment_from_args(args) == experiment and _lrp_from_args(args) == lrp and args.class_id == 5
     assert (args.threshold, args.eps, args.eps_init, args.max_iter, args.cluster_seed) == (0.9, 1e-3, 1e-2, 5, 7)
     assert "--positive" not in detect_command(experiment, 5, LRPConfig(), gw)
+
+
+def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
+    from core.cli import _lrp_from_args, experiment_from_args, parse_arguments
+    from core.gw_kmeans import GWConfig
+    from core.lrp import LRPConfig
+    from core.presets import PRESETS
+
+    thesis = PRESETS["thesis"]
+    args = parse_arguments(["detect", "--preset", "thesis"])
+    assert experiment_from_args(args).train.architecture == "inception_v3"
+    assert _lrp_from_args(args) == LRPConfig("squared", layer="inception") == thesis.lrp
+    gw = params.config_from_args(GWConfig, args, epsilon_init=args.eps_init)
+    assert gw == thesis.gw
+    args = parse_arguments(["detect", "--preset", "thesis", "--max-iter", "3", "--rule", "composite", "--architecture", "thesis_net",
+                            "--relevance-layer", "relu1"])
+    assert (args.max_iter, args.rule, args.architecture, args.relevance_layer, args.barycenter) == (3, "composite", "thesis_net", "relu1", "exact")
+    heatmaps = parse_arguments(["heatmaps", "--preset", "thesis"])
+    assert _lrp_from_args(heatmaps) == thesis.lrp and heatmaps.threshold == 0.99
+    with pytest.raises(SystemExit):
+        parse_arguments(["detect", "--preset", "nonsense"])
