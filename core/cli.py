@@ -311,7 +311,7 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
         atomic_write_bytes(Path(args.csv), frame.to_csv(index=False).encode())
         out["csv"] = {"path": args.csv, "rows": len(frame), "columns": list(frame.columns)}
     if args.json:
-        record = experiment_record(config, data, frame, args.class_id)
+        record = experiment_record(config, data, frame, args.class_id, lrp)
         atomic_write_bytes(Path(args.json), experiment_json(record).encode())
         out["json"] = {"path": args.json, "detection": record["detection"]["methods"]}
     if args.virelay:

@@ -53,10 +53,10 @@ def detect_command(experiment, class_id: int, lrp, gw) -> str:
     return " ".join(parts)
 
 
-def export_command(experiment, class_id: int, virelay_classes=None) -> str:
+def export_command(experiment, class_id: int, virelay_classes=None, lrp=None) -> str:
     """The `python -m core export` invocation that writes the Export page's files."""
     parts = [train_command(experiment).replace("python -m core train", "python -m core export", 1), f"--class {class_id}",
-             "--csv detections.csv --json experiment.json"]
+             *(command_options(lrp, changed_only=True) if lrp is not None else []), "--csv detections.csv --json experiment.json"]
     if virelay_classes:
         parts.append("--virelay poisonlab-virelay --virelay-classes " + " ".join(str(c) for c in sorted(set(virelay_classes))))
     return " ".join(parts)

@@ -10,6 +10,8 @@ the older documentation's `root` sub-groups are not read, so they are not writte
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import json
 import math
@@ -84,7 +86,7 @@ def _finite(value):
 
 
 def experiment_record(experiment: ExperimentConfig, data, frame: Optional[pd.DataFrame] = None,
-                      class_id: Optional[int] = None) -> Dict[str, object]:
+                      class_id: Optional[int] = None, lrp: Optional[LRPConfig] = None) -> Dict[str, object]:
     """The experiment's configuration, data set, model metrics and (optionally) detection scores."""
     path = model_path(data, experiment)
     try:
@@ -100,6 +102,7 @@ def experiment_record(experiment: ExperimentConfig, data, frame: Optional[pd.Dat
     }
     if frame is not None:
         record["detection"] = {"class_id": class_id, "class_name": CLASS_NAMES[class_id], "samples": len(frame),
+                               "heatmaps": dataclasses.asdict(lrp or LRPConfig()),
                                "poisoned": int(frame["poisoned"].sum()), "methods": detection_scores(frame)}
     return _finite(record)
 
