@@ -120,7 +120,12 @@ def _cmd_heatmaps(args: argparse.Namespace, bar: _Bar) -> dict:
 
 
 def _lrp_from_args(args: argparse.Namespace):
-    return params.config_from_args(LRPConfig, args)
+    from .lrp import check_layer_of
+
+    lrp = params.config_from_args(LRPConfig, args)
+    if hasattr(args, "architecture"):
+        check_layer_of(args.architecture, lrp.layer)
+    return lrp
 
 
 def _cmd_spectral(args: argparse.Namespace, bar: _Bar) -> dict:

@@ -165,6 +165,9 @@ def experiment_heatmaps(
     from .experiment import train_or_load
 
     class_id = check_class(class_id)  # before loading data and training, which can take minutes
+    from .lrp import check_layer_of
+
+    check_layer_of(experiment.train.architecture, config.layer)
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
     return model_heatmaps(trained, experiment, class_id, config, data, progress=progress, use_cache=use_cache)

@@ -165,6 +165,18 @@ class LRPConfig:
         return self.rule + ("" if self.layer == INPUT else f"@{self.layer}") + ("+" if self.positive else "")
 
 
+def check_layer_of(architecture: str, layer: str) -> str:
+    """`layer` if relevance can be read there in `architecture`'s network (checked before any
+    data is loaded or any model trained)."""
+    from .models import build_model
+
+    names = dict(build_model(architecture).named_modules())
+    if layer != INPUT and layer not in names:
+        offered = ", ".join(getattr(type(build_model(architecture)), "readout_layers", (INPUT,)))
+        raise ConfigError(f"the {architecture} network has no layer {layer!r}; read relevance at one of {offered}")
+    return layer
+
+
 def rule_layers(model: nn.Module) -> list:
     """Qualified names of the Conv2d and Linear layers, in module order."""
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

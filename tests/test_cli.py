@@ -347,6 +347,9 @@ SPECTRAL_BAD_INPUTS = {
     "detect no iterations": (["detect", "--max-iter", "0"], "max_iter"),
     "detect class 43": (["detect", "--class", "43"], "class must be in 0"),
     "detect negative seed": (["detect", "--cluster-seed", "-1"], "seed must be"),
+    "detect negative seed among several": (["detect", "--cluster-seeds", "0", "1", "-2"], "seed must be"),
+    "heatmaps unknown layer": (["heatmaps", "--relevance-layer", "inception"], "no layer 'inception'"),
+    "heatmaps malformed layer": (["heatmaps", "--relevance-layer", "fc1;x"], "relevance layer must be"),
 }
 
 
