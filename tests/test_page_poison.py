@@ -66,6 +66,20 @@ def test_invalid_form_input_shows_a_message(page_cache):
     assert metric_values(at)["Poisoned training images"] == "813", "the active experiment is unchanged"
 
 
+def test_the_network_is_chosen_in_the_form_and_carried_by_the_link(page_cache):
+    at = open_poison_page()
+    network = next(s for s in at.sidebar.selectbox if s.label == "Architecture")
+    assert network.value == "thesis_net" and list(network.options) == [
+        "ThesisNet (the thesis's small network, appendix A.1)", "Inception v3 (the thesis's simplified InceptionNet3, its tables 2 and 3)"]
+    network.set_value("inception_v3")
+    next(b for b in at.sidebar.button if b.label == "Apply").click().run()
+    assert not at.exception, at.exception
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert params["arch"] == "inception_v3"
+    again = open_poison_page({"arch": "inception_v3"})
+    assert next(s for s in again.sidebar.selectbox if s.label == "Architecture").value == "inception_v3"
+
+
 def test_bad_link_falls_back_to_defaults(page_cache):
     at = open_poison_page({"pp": "1.7", "size": "two"})
     assert any("could not be used" in w.value for w in at.warning)
