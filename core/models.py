@@ -146,10 +146,10 @@ def readout_layers(name: str) -> tuple:
 
 
 LAYER_LABELS = {
-    "input": "the input pixels",
-    "relu1": "the first convolution (12 maps of 32×32)",
-    "relu2": "the second convolution (ThesisNet: 32 maps of 16×16; Inception v3: 256 of 15×15)",
-    "inception": "the Inception block (256 maps of 32×32; the thesis's choice)",
+    "input": "input pixels",
+    "relu1": "relu1: 1st convolution",
+    "relu2": "relu2: 2nd convolution",
+    "inception": "inception: the block (thesis)",
 }
 
 ARCHITECTURE_LABELS = {

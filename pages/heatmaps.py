@@ -241,16 +241,16 @@ values = class_visibility(key, heatmaps, window_tensor)
 at_t = int(np.argmin(np.abs(values["thresholds"] - first)))
 exact_t = abs(values["thresholds"][at_t] - first) < 1e-9
 sizes_at_t = values["sizes"][:, at_t] if exact_t else point_count(normalised_mass(heatmaps.heatmaps), first).numpy()
+POINTS, TOP, WINDOW = f"points (t = {first:.2f})", "top-9 mass", "window mass"
 rows = {}
 for name, where in (("poisoned", mask), ("clean", ~mask), ("this sample", np.arange(len(mask)) == chosen)):
     if where.any():
-        rows[name] = {f"points at t = {first:.2f}": float(np.median(sizes_at_t[where])),
-                      "mass in the 9 heaviest pixels": float(np.median(values["top_share"][where])),
-                      "mass in the sticker window": float(np.median(values["window_share"][where]))}
-left, right = st.columns([2, 3])
-left.dataframe(pd.DataFrame(rows).T.style.format({f"points at t = {first:.2f}": "{:.0f}", "mass in the 9 heaviest pixels": "{:.1%}",
-                                                  "mass in the sticker window": "{:.1%}"}), width="stretch")
-left.caption("Medians over the class's poisoned and clean samples (left threshold t).")
+        rows[name] = {POINTS: float(np.median(sizes_at_t[where])), TOP: float(np.median(values["top_share"][where])),
+                      WINDOW: float(np.median(values["window_share"][where]))}
+left, right = st.columns([1, 1])
+left.dataframe(pd.DataFrame(rows).T.style.format({POINTS: "{:.0f}", TOP: "{:.1%}", WINDOW: "{:.1%}"}), width="stretch")
+left.caption("Medians over the class's poisoned and clean samples at the left cloud's threshold t: the cloud's size, the "
+             "share of its mass in its 9 heaviest pixels, and in the sticker window (where the attack may place the sticker).")
 right.plotly_chart(visibility_figure(values, mask, first, chosen), width="stretch")
 view_links(experiment, [
     ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),

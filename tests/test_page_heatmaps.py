@@ -55,12 +55,12 @@ def test_compute_and_browse_heatmaps(small_experiment, gtsrb):
     poisoned = heatmaps.poison_mask.numpy()
     table = at.dataframe[0].value
     assert list(table.index[:2]) == ["poisoned", "clean"] and table.index[2] == "this sample"
-    assert table.loc["poisoned", "points at t = 0.30"] == float(np.median(point_count(mass, 0.3).numpy()[poisoned]))
-    assert table.loc["clean", "mass in the 9 heaviest pixels"] == pytest.approx(float(np.median(top_share(mass).numpy()[~poisoned])))
+    assert table.loc["poisoned", "points (t = 0.30)"] == float(np.median(point_count(mass, 0.3).numpy()[poisoned]))
+    assert table.loc["clean", "top-9 mass"] == pytest.approx(float(np.median(top_share(mass).numpy()[~poisoned])))
     from core.poison import sticker_window
 
     window_share = (mass * sticker_window(small_experiment.poison)).flatten(1).sum(1).numpy()
-    assert table.loc["poisoned", "mass in the sticker window"] == pytest.approx(float(np.median(window_share[poisoned])))
+    assert table.loc["poisoned", "window mass"] == pytest.approx(float(np.median(window_share[poisoned])))
 
 
 def test_other_rule_needs_its_own_heatmaps(small_experiment):
