@@ -7,6 +7,11 @@ squared ε-rule read at the Inception block, clouds at t = 0.99, entropic GW dis
 start, at most 5 iterations. Where it still differs: the thesis's first centres were the raw seed
 clouds (ours: their 10-point barycenters), and its exact barycenters ran POT to convergence (ours:
 at most 30 updates), which on its 1,650-cloud cluster takes many minutes per iteration here.
+
+"best" is the setting measured best on class 5 of the default attack: the positive part of the
+composite rule on Inception v3, with our protocol. Clipping the negative relevance puts 75 % of a
+poisoned cloud's mass in its 9 heaviest pixels (clean: 17 %), and GW k-means then separates the
+poison in one to three iterations.
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ PRESETS: Dict[str, Preset] = {
         "per iteration on the whole class)",
         "inception_v3", LRPConfig("squared", layer="inception"),
         GWConfig(threshold=0.99, epsilon=5e-4, epsilon_init=5e-4, max_iter=5, seeding="squared", barycenter="exact"),
+    ),
+    "best": Preset(
+        "The best measured setting: Inception v3, composite rule, positive part only, t = 0.99, our protocol "
+        "(on class 5 of the default attack, 6 epochs: GW accuracy 99.96 % median over seeds 0-4, about 20 s per seed)",
+        "inception_v3", LRPConfig("composite", positive=True), GWConfig(),
     ),
 }
 

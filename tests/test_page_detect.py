@@ -60,3 +60,6 @@ def test_the_thesis_preset_sets_the_network_the_relevance_and_the_protocol(seede
     assert (params["gw_layer"], params["gw_bary"]) == ("inception", "exact")
     # the Inception model's heatmaps are not there yet: the page says which, read at the block
     assert any("not computed yet" in i.value and "read at inception" in i.value for i in at.info)
+    at.button(key="gw_preset_best").click().run()
+    assert (at.session_state["gw_rule"], at.session_state["gw_layer"], at.session_state["gw_positive"], at.session_state["gw_bary"]) == (
+        "composite", "input", True, "entropic")

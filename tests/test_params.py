@@ -157,5 +157,8 @@ def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
     assert (args.max_iter, args.rule, args.architecture, args.relevance_layer, args.barycenter) == (3, "composite", "thesis_net", "relu1", "exact")
     heatmaps = parse_arguments(["heatmaps", "--preset", "thesis"])
     assert _lrp_from_args(heatmaps) == thesis.lrp and heatmaps.threshold == 0.99
+    best = parse_arguments(["detect", "--preset", "best"])
+    assert (best.architecture, best.rule, best.positive, best.relevance_layer, best.barycenter) == ("inception_v3", "composite", True, "input", "entropic")
+    assert _lrp_from_args(best) == LRPConfig("composite", positive=True)
     with pytest.raises(SystemExit):
         parse_arguments(["detect", "--preset", "nonsense"])
