@@ -148,7 +148,7 @@ def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
 
     thesis = PRESETS["thesis"]
     args = parse_arguments(["detect", "--preset", "thesis"])
-    assert experiment_from_args(args).train.architecture == "inception_v3"
+    assert experiment_from_args(args).train.architecture == "inception_v3" and experiment_from_args(args).train.max_epochs == 6
     assert _lrp_from_args(args) == LRPConfig("squared", layer="inception") == thesis.lrp
     gw = params.config_from_args(GWConfig, args, epsilon_init=args.eps_init)
     assert gw == thesis.gw
