@@ -170,9 +170,9 @@ def check_layer_of(architecture: str, layer: str) -> str:
     data is loaded or any model trained)."""
     from .models import build_model
 
-    names = dict(build_model(architecture).named_modules())
-    if layer != INPUT and layer not in names:
-        offered = ", ".join(getattr(type(build_model(architecture)), "readout_layers", (INPUT,)))
+    model = build_model(architecture)
+    if layer != INPUT and layer not in dict(model.named_modules()):
+        offered = ", ".join(getattr(model, "readout_layers", (INPUT,)))
         raise ConfigError(f"the {architecture} network has no layer {layer!r}; read relevance at one of {offered}")
     return layer
 
