@@ -123,8 +123,10 @@ def test_deep_link_on_a_fresh_server_gets_the_app_navigation(server, browser):
     expect(nav).to_contain_text("Heatmaps")
     expect(nav).to_contain_text("Poison")
     expect(nav).not_to_contain_text("common")
-    expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=30_000)
+    # Mean heatmaps, the chosen sample, its point clouds and the class's cloud sizes against t.
+    expect(page.locator(".js-plotly-plot")).to_have_count(4, timeout=30_000)
     expect(page.locator(".js-plotly-plot").first).to_contain_text("Mean heatmap")
+    expect(page.locator(".js-plotly-plot").last).to_contain_text("Cloud size against the mass threshold")
     # The experiment stays in the URL, so the link can be shared.
     assert "subset=3000" in page.url
 
