@@ -59,7 +59,8 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
         config = ExperimentConfig.from_query(SMALL)
         trained = train_or_load(config, gtsrb)
         train = poisoned_data(gtsrb, config).train
-        class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, 5, LRPConfig())
+        for class_id in (5, 2):  # the target, and the source class, which has no poisoned sample
+            class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, LRPConfig())
         # A quick GW k-means result (the page's defaults would take a minute on this class).
         experiment_gw(config, 5, LRPConfig(), GW_QUICK, gtsrb)
     finally:
@@ -323,6 +324,86 @@ def test_poison_and_heatmaps_pages_change_what_they_show(server, browser):
     page.keyboard.press("ArrowRight")
     expect(caption).not_to_have_text(first, timeout=30_000)
     assert "hm_position=2" in page.url
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the select box `label`."""
+    page.get_by_role("combobox", name=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def press(page, slider, key: str, times: int) -> None:
+    slider.focus()
+    for _ in range(times):
+        page.keyboard.press(key)
+        page.wait_for_timeout(100)
+
+
+def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches(server, browser):
+    """What is drawn, what the widgets show and what the link says agree after the round trips
+    that used to snap the thresholds to their minimum."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/heatmaps?{urlencode(SMALL)}")
+    expect(page.get_by_text("Training image #")).to_be_visible(timeout=60_000)
+    left, right = (page.get_by_role("slider", name=f"Mass threshold t ({side} cloud)") for side in ("left", "right"))
+    press(page, left, "ArrowLeft", 9)
+    press(page, right, "ArrowLeft", 10)
+    page.get_by_role("radiogroup", name="Show").get_by_text("poisoned").click()
+    choose(page, "Sort by model confidence", "highest first")
+    page.wait_for_function("() => window.location.search.includes('hm_sort=highest')", timeout=30_000)
+    clouds = page.locator(".js-plotly-plot").filter(has_text="Point clouds")
+
+    def holds() -> None:
+        expect(left).to_have_attribute("aria-valuetext", "0.90")
+        expect(right).to_have_attribute("aria-valuetext", "0.40")
+        expect(page.get_by_role("radio", name="poisoned")).to_be_checked()
+        expect(page.get_by_role("combobox", name="Sort by model confidence")).to_have_value("highest first")
+        expect(clouds.filter(has_text="t = 0.90: ").filter(has_text="t = 0.40: ")).to_have_count(1)
+        expect(page.get_by_text("Training image #")).to_contain_text("· poisoned ·")
+        query = page.evaluate("() => window.location.search")
+        for field in ("hm_t1=0.9&", "hm_t2=0.4", "hm_filter=poisoned", "hm_sort=highest+first"):
+            assert field in query + "&", (field, query)
+
+    holds()
+    for _ in range(2):  # class 2 has no poisoned sample: the sample view stops before the thresholds
+        choose(page, "Class", "2 · Speed limit (50km/h)")
+        expect(page.get_by_text("This class has no poisoned samples")).to_be_visible()
+        choose(page, "Class", "5 · Speed limit (80km/h)")
+        holds()
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Spectral").click()
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    nav.get_by_role("link", name="Heatmaps").click()
+    holds()
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_defense_budgets_hold_when_the_attack_changes_norm(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{server}/defense?{urlencode(SMALL)}")
+    expect(page.get_by_role("button", name="Attack and purify")).to_be_visible(timeout=60_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    linf = sidebar.get_by_role("spinbutton", name="Budget ε (L∞, in 1/255)")
+    expect(linf).to_have_value("8.00")
+    choose(page, "Attack", "PGD L2")
+    expect(sidebar.get_by_role("spinbutton", name="Budget ε (L2)")).to_have_value("0.50")
+    sidebar.get_by_text("B4", exact=True).click()  # another control, while the L∞ budget is hidden
+    page.wait_for_function("() => window.location.search.includes('df_marginals=B4')", timeout=30_000)
+    choose(page, "Attack", "FGSM (L∞)")
+    expect(linf).to_have_value("8.00")
+    choose(page, "Attack", "Carlini–Wagner L2")  # the next run used to send the 0.50 shown back
+    page.wait_for_function("() => window.location.search.includes('df_attack=cw-l2')", timeout=30_000)
+    choose(page, "Attack", "DeepFool L∞")
+    expect(linf).to_have_value("8.00")
+    page.wait_for_function("() => window.location.search.includes('df_attack=deepfool-linf')", timeout=30_000)
+    assert "df_eps_linf=8.0&" in page.evaluate("() => window.location.search")
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Heatmaps").click()
+    expect(page.get_by_text("Images of the class")).to_be_visible(timeout=60_000)
+    nav.get_by_role("link", name="Defense").click()
+    expect(sidebar.get_by_role("combobox", name="Attack")).to_have_value("DeepFool L∞")
+    expect(linf).to_have_value("8.00")
+    expect(sidebar.get_by_role("radio", name="B4")).to_be_checked()
 
 
 def test_a_copied_link_restores_the_view_in_a_new_browser(server, browser):

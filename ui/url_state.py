@@ -3,7 +3,8 @@
 Each page declares its fields (widget key → what values it takes). Before its widgets (and
 after `active_experiment`, which puts the experiment in the URL) the page calls `restore_view`: a widget the session has not set yet takes its value from the
 URL (a copied link, or a link from another view), else from the session's memory of this
-view (the sidebar's page menu drops the URL's fields), else its default. After the widgets,
+view (the sidebar's page menu drops the URL's fields), else its default; on arriving from another
+page, the link's values win over the session's. After the widgets,
 `remember_view` writes the values back to the URL and to that memory (so a view survives a
 visit to another page). URL values are parsed as plain text against the declared options
 or ranges: a number is clamped into its range, an unknown option is dropped with a note;
@@ -21,6 +22,7 @@ import streamlit as st
 from core.experiment import ExperimentConfig
 
 _MEMORY = "view_memory"
+_LAST_VIEW = "view_last"
 EXPERIMENT_KEYS = frozenset(ExperimentConfig().to_query())
 
 
@@ -84,6 +86,22 @@ def parse_view(spec: Mapping[str, Field], query: Mapping[str, str]) -> Tuple[Dic
     return values, problems
 
 
+def _hold_view_state(view: Tuple[str, ...]) -> bool:
+    """Keep every view's widget values through runs that do not draw their widgets (another page, a
+    view that stops early, a control shown for some choices only); say whether `view` was just entered.
+
+    Streamlit drops an undrawn widget's value at the end of a run, and a widget whose value is then
+    set again draws its minimum while the script reads the value set (streamlit#4247); the next
+    interaction sends that minimum back. Writing each value to itself marks it as the session's, which
+    Streamlit keeps."""
+    for key in st.session_state.setdefault(_MEMORY, {}):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    arrived = st.session_state.get(_LAST_VIEW) != view
+    st.session_state[_LAST_VIEW] = view
+    return arrived
+
+
 def restore_view(spec: Mapping[str, Field]) -> None:
     """Before the page's widgets (after `active_experiment`): give each declared widget its
     remembered, linked or default value, and drop other views' fields from the URL."""
@@ -92,8 +110,9 @@ def restore_view(spec: Mapping[str, Field]) -> None:
             del st.query_params[key]
     memory = st.session_state.setdefault(_MEMORY, {})
     linked, problems = parse_view(spec, {k: st.query_params[k] for k in st.query_params if k in spec})
+    arrived = _hold_view_state(tuple(spec))
     for key, field in spec.items():
-        if key in st.session_state:
+        if key in st.session_state and not (arrived and key in linked):
             continue
         if key in linked:
             st.session_state[key] = linked[key]
