@@ -562,3 +562,13 @@ def test_two_servers_sharing_the_cache_train_a_model_once(server, browser, gtsrb
             assert page.get_by_test_id("stException").count() == 0
     finally:
         stop_server(other, other_log)
+
+
+def test_the_servers_logged_no_traceback_and_no_watcher_noise(server):
+    """Last in this module: what the servers printed during every browser test above."""
+    logs = sorted(SERVER["log"].parent.glob("*server.log"))
+    assert SERVER["log"] in logs
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for noise in ("Traceback", "Inotify", "ArrowInvalid", "Exception", "Error:"):
+            assert noise not in text, f"{log.name}: {text[max(0, text.find(noise) - 300):text.find(noise) + 700]}"

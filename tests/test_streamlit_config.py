@@ -25,3 +25,4 @@ def test_streamlit_reads_these_values():
     assert config.get_option("server.address") == "localhost"
     assert config.get_option("server.enableXsrfProtection") is True
     assert config.get_option("client.showErrorDetails") == "type"
+    assert config.get_option("server.fileWatcherType") == "none"  # no inotify flood in the server log
