@@ -25,13 +25,14 @@ the last iterate that the defended model misclassifies, if any.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .progress import ProgressCallback, report
 from .validation import real_number, whole_number
 
 ATTACKS = {
@@ -80,6 +81,24 @@ def _classifier(model: nn.Module, num_classes: int):
                              clip_values=(0.0, 1.0), device_type="cpu")
 
 
+GRADIENT_CALLS = {"fgsm": 1, "pgd-linf": 40, "pgd-l2": 50, "cw-l2": 2 * 5 * 50}
+"""Gradient calls per batch of each library attack (C&W: two class gradients per iteration, 5 binary
+search steps of at most 50 iterations; it may stop early). AutoAttack's count depends on its runs."""
+
+
+def _count_gradients(classifier, tick: Callable[[], None]) -> None:
+    """Call `tick` before every gradient the attack asks of `classifier`: the library attacks
+    report no progress of their own, and their gradient calls are their steps."""
+    for name in ("class_gradient", "loss_gradient"):
+        original = getattr(classifier, name)
+
+        def counted(*args, _original=original, **kwargs):
+            tick()
+            return _original(*args, **kwargs)
+
+        setattr(classifier, name, counted)
+
+
 def _make_attack(classifier, config: AttackConfig):
     from art.attacks.evasion import AutoAttack, CarliniL2Method, FastGradientMethod, ProjectedGradientDescent
 
@@ -110,7 +129,7 @@ def project(original: torch.Tensor, adversarial: torch.Tensor, norm: str, eps: f
 
 
 def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: str = "linf", steps: int = 50,
-             candidates: int = 10, overshoot: float = 0.02) -> torch.Tensor:
+             candidates: int = 10, overshoot: float = 0.02, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
     """DeepFool: step to the nearest linearised decision boundary among the `candidates` most
     likely classes, in the L∞ norm (steps along sign(w), length |f|/‖w‖₁) or L2 (along w,
     length |f|/‖w‖₂); the accumulated step is scaled by 1 + overshoot. Images stop once misclassified."""
@@ -121,12 +140,13 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
     others = torch.stack([row[row != label][: candidates - 1] for row, label in zip(ranked, labels)])  # (B, c − 1)
     total = torch.zeros_like(original)
     current = original.clone()
-    for _ in range(steps):
+    for step_index in range(steps):
         current.requires_grad_(True)
         logits = model(current)
         active = logits.argmax(dim=1) == labels
         if not bool(active.any()):
             break
+        report(progress, "attack", step_index, steps, f"DeepFool: step {step_index + 1} of at most {steps}, {int(active.sum())} images still correct")
         differences = logits.gather(1, others) - logits.gather(1, labels[:, None])  # f_k − f_label, negative while correct
         grads = torch.stack([torch.autograd.grad(differences[:, k].sum(), current, retain_graph=k < others.shape[1] - 1)[0]
                              for k in range(others.shape[1])], dim=1)  # (B, c − 1, C, H, W)
@@ -145,7 +165,8 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
     return current.detach()
 
 
-def bpda(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig, defense) -> torch.Tensor:
+def bpda(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig, defense,
+         progress: Optional[ProgressCallback] = None) -> torch.Tensor:
     """PGD L∞ against model ∘ purify, with the identity as purify's backward pass."""
     from .defense import purify
 
@@ -157,7 +178,8 @@ def bpda(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: A
     current = (original + noise).clamp(0.0, 1.0)
     best = original.clone()
     fooled = torch.zeros(len(original), dtype=torch.bool)
-    for _ in range(40):
+    for step_index in range(40):
+        report(progress, "attack", step_index, 40, f"BPDA: step {step_index + 1} of 40 through the defense")
         with torch.no_grad():
             cleaned = purify(current, defense)
         cleaned.requires_grad_(True)
@@ -177,10 +199,10 @@ def bpda(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: A
 
 
 def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: AttackConfig = AttackConfig(),
-           num_classes: int = 43, defense=None) -> torch.Tensor:
+           num_classes: int = 43, defense=None, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
     """Adversarial versions of float images in [0, 1] (B, 3, 32, 32) against `model` (logits),
     untargeted, within the config's budget. The adaptive attack needs the `defense`
-    (a DefenseConfig) it attacks."""
+    (a DefenseConfig) it attacks. `progress` hears of every gradient step."""
     if not isinstance(config, AttackConfig):
         raise ConfigError("config must be an AttackConfig")
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != (3, 32, 32):
@@ -198,15 +220,33 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config:
     model.eval()
     np.random.seed(config.seed)  # ART draws random starts from numpy's global generator
     torch.manual_seed(config.seed)
+    hooks = []
     try:
         if config.name == "bpda":
-            return project(images.float(), bpda(model, images, labels, config, defense), config.norm, config.budget)
+            return project(images.float(), bpda(model, images, labels, config, defense, progress), config.norm, config.budget)
         if config.name == "deepfool-linf":
-            return project(images.float(), deepfool(model, images, labels, "linf"), config.norm, config.budget)
+            return project(images.float(), deepfool(model, images, labels, "linf", progress=progress), config.norm, config.budget)
         classifier = _classifier(model, num_classes)
+        if progress is not None:
+            batches = -(-len(images) // config.batch_size)
+            total = GRADIENT_CALLS.get(config.name, 0) * batches
+            steps = [0]
+
+            def tick() -> None:
+                steps[0] += 1
+                what = f"gradient step {steps[0]} of at most {total}" if total else f"network pass {steps[0]}"
+                report(progress, "attack", min(steps[0], total), total, f"{ATTACKS[config.name]}: {what}")
+
+            if config.name == "autoattack":  # it runs copies of the classifier: count the network's passes instead,
+                last = [m for m in model.modules() if not list(m.children())][-1]  # at its output layer (the library
+                hooks.append(last.register_forward_hook(lambda *_: tick()))  # calls a Sequential's layers one by one)
+            else:
+                _count_gradients(classifier, tick)
         x = images.detach().float().numpy()
         y = np.eye(num_classes, dtype=np.float32)[labels.numpy()]
         adversarial = torch.from_numpy(_make_attack(classifier, config).generate(x=x, y=y)).float()
     finally:
+        for hook in hooks:
+            hook.remove()
         model.train(was_training)
     return project(images.float(), adversarial, config.norm, config.budget)

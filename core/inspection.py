@@ -86,7 +86,7 @@ def inspect(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tenso
         with torch.no_grad():
             labels = model(images).argmax(dim=1)
     report(progress, "inspect", 0, 4, f"attacking with {attack_config.name}")
-    attacked = attack(model, images, labels, attack_config, defense=defense)
+    attacked = attack(model, images, labels, attack_config, defense=defense, progress=progress)
     report(progress, "inspect", 1, 4, "barycenters")
     versions = torch.stack([images, attacked, purify(attacked, defense), purify(images, defense)])
     flat = versions.flatten(0, 1)

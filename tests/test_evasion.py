@@ -8,7 +8,7 @@ import torch
 
 from core.defense import DefenseConfig, purify
 from core.errors import ConfigError
-from core.evasion import ATTACKS, AttackConfig, attack, deepfool, project
+from core.evasion import ATTACKS, GRADIENT_CALLS, AttackConfig, attack, deepfool, project
 from core.models import predict
 
 
@@ -23,7 +23,14 @@ def test_every_attack_stays_within_its_budget_and_fools_the_model(victim, name):
     model, images, labels = victim
     config = AttackConfig(name=name)
     defense = DefenseConfig(iterations=50)
-    adversarial = attack(model, images[:8], labels[:8], config, defense=defense if name == "bpda" else None)
+    events = []
+    adversarial = attack(model, images[:8], labels[:8], config, defense=defense if name == "bpda" else None, progress=events.append)
+    steps = [e for e in events if e.task == "attack"]
+    assert steps and all("step" in e.message or "pass" in e.message for e in steps)  # the bar moves with the attack's own steps
+    if name in ("fgsm", "pgd-linf", "pgd-l2"):
+        assert len(steps) == steps[-1].done == steps[-1].total == GRADIENT_CALLS[name]
+    elif name == "cw-l2":
+        assert steps[-1].total == GRADIENT_CALLS[name] and 0 < steps[-1].done <= steps[-1].total
     assert adversarial.shape == images[:8].shape and adversarial.min() >= 0 and adversarial.max() <= 1
     delta = (adversarial - images[:8]).flatten(1)
     if config.norm == "linf":
@@ -37,7 +44,7 @@ def test_every_attack_stays_within_its_budget_and_fools_the_model(victim, name):
 
 def test_attacks_are_reproducible_with_their_seed(victim):
     model, images, labels = victim
-    first = attack(model, images, labels, AttackConfig(name="pgd-linf", seed=3))
+    first = attack(model, images, labels, AttackConfig(name="pgd-linf", seed=3), progress=lambda event: None)  # counting changes nothing
     again = attack(model, images, labels, AttackConfig(name="pgd-linf", seed=3))
     other = attack(model, images, labels, AttackConfig(name="pgd-linf", seed=4))
     assert torch.equal(first, again) and not torch.equal(first, other)
