@@ -310,13 +310,15 @@ def cached(
     decode: Callable[[Dict[str, torch.Tensor], Dict[str, Any]], T],
     use_cache: bool = True,
     progress: Optional[ProgressCallback] = None,
+    measure: Optional[Tuple[str, float]] = None,
 ) -> T:
     """`decode` of the artifact at `path`, or `compute()` stored there through `encode`.
 
     Computing happens under the artifact's lock, so a second process asking for the same
     artifact waits (reporting WAITING every second) and then loads what the first one stored.
     A file that fails its checksum or that `decode` cannot read is removed and recomputed.
-    With `use_cache=False` nothing is read, written or locked.
+    With `use_cache=False` nothing is read, written or locked. `measure` (step, units) records the
+    computation's duration on this CPU (core.durations), from which pages estimate the next one.
     """
     if not use_cache:
         return compute()
@@ -342,7 +344,13 @@ def cached(
         found = load_cached(path, decode)
         if found is not None:
             return found
-        result = compute()
+        if measure is None:
+            result = compute()
+        else:
+            from .durations import measured
+
+            with measured(*measure):
+                result = compute()
         save_artifact(path, *encode(result))
         return result
     finally:

@@ -29,6 +29,7 @@ from .errors import DataError
 from .progress import ProgressCallback, report
 
 NUM_CLASSES = 43
+DECODE_STEP = "decode gtsrb"  # its duration is measured per CPU (core.durations)
 IMAGE_SIZE = 32
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm")
@@ -184,7 +185,7 @@ def load_gtsrb(
         tensors = _decode_all(entries, progress)
         return _from_tensors(tensors, str(path), layout, tensors_checksum(tensors))
 
-    return cached(cache_file, compute, encode, decode_tensors, use_cache, progress)
+    return cached(cache_file, compute, encode, decode_tensors, use_cache, progress, measure=(DECODE_STEP, 1))
 
 
 def dataset_cache_path(root: Optional[os.PathLike | str] = None) -> Path:

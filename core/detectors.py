@@ -120,6 +120,9 @@ def gw_distances_path(experiment, class_id: int, lrp: LRPConfig, config: GWDista
     return cache_dir() / f"gwdist-{config_hash(1, _heatmaps_file(experiment, class_id, lrp, data), config)}.safetensors"
 
 
+PAIRWISE_GW_STEP = "pairwise gw"  # its duration per pair is measured per CPU (core.durations)
+
+
 def _gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceConfig, data,
                   progress: Optional[ProgressCallback], use_cache: bool):
     """Pairwise GW distances between the heatmap clouds of a random subset of the class,
@@ -146,7 +149,9 @@ def _gw_distances(experiment, class_id: int, lrp: LRPConfig, config: GWDistanceC
     def decode(tensors, meta):
         return tensors["subset"].numpy(), tensors["distances"].numpy()
 
-    subset, distances = cached(gw_distances_path(experiment, class_id, lrp, config, data), compute, encode, decode, use_cache, progress)
+    count = min(config.samples, len(heatmaps))
+    subset, distances = cached(gw_distances_path(experiment, class_id, lrp, config, data), compute, encode, decode, use_cache, progress,
+                               measure=(PAIRWISE_GW_STEP, count * (count - 1) / 2))
     return heatmaps, subset, distances
 
 
@@ -232,7 +237,13 @@ def experiment_gw(experiment, class_id: int, lrp, config: GWConfig, data=None, p
         clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, config.threshold)
         return gw_kmeans(clouds, config, truth=heatmaps.poison_mask.numpy(), progress=progress)
 
-    return heatmaps, cached(path, compute, _encode_gw, _gw_decoder(config), use_cache, progress)
+    return heatmaps, cached(path, compute, _encode_gw, _gw_decoder(config), use_cache, progress,
+                            measure=(gw_kmeans_step(config), len(heatmaps)))
+
+
+def gw_kmeans_step(config: GWConfig) -> str:
+    """The name under which GW k-means' duration per cloud is measured (core.durations)."""
+    return f"gw k-means {config.barycenter} barycenters"
 
 
 def gw_kmeans_path(experiment, class_id: int, lrp: LRPConfig, config: GWConfig, data):

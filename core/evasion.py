@@ -117,6 +117,11 @@ def _make_attack(classifier, config: AttackConfig):
     return AutoAttack(classifier, norm=np.inf, eps=eps, eps_step=eps / 4, batch_size=batch)
 
 
+def attack_step(architecture: str, config: AttackConfig) -> str:
+    """The name under which an attack's duration per image is measured (core.durations)."""
+    return f"attack {config.name} {architecture}"
+
+
 def project(original: torch.Tensor, adversarial: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """The adversarial images moved back into the ε-ball around the originals and [0, 1]."""
     delta = adversarial - original

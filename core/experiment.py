@@ -20,6 +20,7 @@ from torch import nn
 from . import params
 from .cache import cache_dir, cached, config_hash, load_cached
 from .data import GTSRB, NUM_CLASSES, Split, load_gtsrb
+from .durations import record
 from .errors import ConfigError
 from .models import build_model, predict
 from .poison import PoisonConfig, PoisonedSplit, attack_test_set, poison_split
@@ -193,6 +194,19 @@ def train_or_load(
     return cached(path, lambda: _train(config, data, path, progress), encode, _decoder(config, path), use_cache, progress)
 
 
+def training_step(config: ExperimentConfig) -> str:
+    """The name under which training's duration per image and epoch is measured (core.durations)."""
+    return f"train {config.train.architecture}"
+
+
+def training_estimate(config: ExperimentConfig, data: GTSRB) -> Optional[float]:
+    """Seconds that training `config` takes at most on this CPU (all its epochs), if measured here."""
+    from .durations import estimate
+
+    images = min(config.train.subset, len(data.train)) if config.train.subset else len(data.train)
+    return estimate(training_step(config), images * config.train.max_epochs)
+
+
 def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional[ProgressCallback]) -> TrainedModel:
     poisoned = poisoned_data(data, config)
     torch.manual_seed(config.train.seed)
@@ -204,4 +218,5 @@ def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional
         epochs=result.epochs, best_epoch=result.best_epoch,
         train_seconds=round(time.perf_counter() - started, 2), history=result.history,
     )
+    record(training_step(config), metrics["train_seconds"], len(poisoned.train) * result.epochs)
     return TrainedModel(model, metrics, path, False)

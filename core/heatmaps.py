@@ -16,6 +16,7 @@ from .data import NUM_CLASSES
 from .errors import ConfigError
 from .validation import whole_number
 from .lrp import LRPConfig, explain
+from .models import architecture_name
 from .progress import ProgressCallback
 
 _ARTIFACT_VERSION = 1
@@ -146,7 +147,13 @@ def class_heatmaps(
     def decode(tensors, meta) -> ClassHeatmaps:
         return ClassHeatmaps(**{k: tensors[k] for k in _HEATMAP_TENSORS}, class_id=class_id, config=config, seconds=meta["seconds"])
 
-    return cached(heatmaps_path(model_file, class_id, config), compute, encode, decode, use_cache, progress)
+    return cached(heatmaps_path(model_file, class_id, config), compute, encode, decode, use_cache, progress,
+                  measure=(lrp_step(architecture_name(model), config), len(indices)))
+
+
+def lrp_step(architecture: str, config: LRPConfig) -> str:
+    """The name under which LRP's duration per image is measured (core.durations)."""
+    return f"lrp {architecture} {config.rule}"
 
 
 _HEATMAP_TENSORS = ("heatmaps", "indices", "poison_mask", "explained", "logit", "confidence", "predicted")

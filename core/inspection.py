@@ -17,8 +17,10 @@ from torch import nn
 
 from .defense import DefenseConfig, check_images, purify
 from .errors import ConfigError
-from .evasion import AttackConfig, attack
+from .durations import measured
+from .evasion import AttackConfig, attack, attack_step
 from .lrp import LRPConfig, explain
+from .models import architecture_name
 from .progress import ProgressCallback, report
 
 VERSIONS = ("clean", "attacked", "barycenter", "clean_barycenter")
@@ -86,7 +88,8 @@ def inspect(model: nn.Module, images: torch.Tensor, labels: Optional[torch.Tenso
         with torch.no_grad():
             labels = model(images).argmax(dim=1)
     report(progress, "inspect", 0, 4, f"attacking with {attack_config.name}")
-    attacked = attack(model, images, labels, attack_config, defense=defense, progress=progress)
+    with measured(attack_step(architecture_name(model), attack_config), len(images)):
+        attacked = attack(model, images, labels, attack_config, defense=defense, progress=progress)
     report(progress, "inspect", 1, 4, "barycenters")
     versions = torch.stack([images, attacked, purify(attacked, defense), purify(images, defense)])
     flat = versions.flatten(0, 1)

@@ -158,6 +158,11 @@ ARCHITECTURE_LABELS = {
 }
 
 
+def architecture_name(model: nn.Module) -> str:
+    """The registered name of `model`'s architecture (its class name if it is not registered)."""
+    return next((name for name, factory in ARCHITECTURES.items() if type(model) is factory), type(model).__name__)
+
+
 def build_model(name: str) -> nn.Module:
     """A freshly initialised network of the registered architecture `name`."""
     try:

@@ -16,6 +16,8 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from .defense import DefenseConfig, purify
+from .evasion import attack_step
+from .models import architecture_name
 from .errors import ConfigError
 from .validation import whole_number
 from .evasion import ATTACKS, AttackConfig, attack
@@ -93,7 +95,7 @@ def adversarial_examples(model, model_name: str, images: torch.Tensor, labels: t
 
     return cached(cache_dir() / f"adv-{config.name}-{key}.safetensors", compute,
                   lambda adversarial: ({"images": adversarial.contiguous()}, {"attack": asdict(config), "model": model_name}),
-                  lambda tensors, meta: tensors["images"], use_cache, progress)
+                  lambda tensors, meta: tensors["images"], use_cache, progress, measure=(attack_step(architecture_name(model), config), len(images)))
 
 
 def _purified(images: torch.Tensor, defense: DefenseConfig, progress: Optional[ProgressCallback], task: str,

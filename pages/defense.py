@@ -19,7 +19,9 @@ from core.experiment import clean_twin, load_trained, model_path, train_or_load
 from core.inspection import VERSIONS, inspect, sensitivity_grid, upload_input
 from core.jobs import RUNNER
 from core.robustness import RobustnessConfig, cached_table, draw_test_images, model_inputs, robustness_table, table_path
-from ui.common import active_experiment, data_or_stop, job_result, run_through_app, settle_job
+from core.durations import estimate
+from core.evasion import attack_step
+from ui.common import active_experiment, data_or_stop, expected_time, job_result, run_through_app, settle_job, training_time
 from ui.tiles import diverging_rgb, enlarge
 from ui.url_state import Choice, Number, remember_view, restore_view
 
@@ -173,7 +175,7 @@ chosen_experiment = models[model_choice]
 trained = load_trained(data, chosen_experiment)
 if trained is None:
     key = model_path(data, chosen_experiment).name
-    settle_job(key, "Training", "Training on two CPU cores takes about 3 minutes.")
+    settle_job(key, "Training", f"Training: {training_time(chosen_experiment, data)}.")
     st.write(f"The {model_choice} model of this experiment is not trained yet.")
     if st.button("Train it", type="primary"):
         RUNNER.submit(key, f"Training the {model_choice} model", lambda progress: train_or_load(chosen_experiment, data, progress=progress))
@@ -188,7 +190,9 @@ with tab_images:
     key = f"inspect:{hash(settings)}"
     result = job_result(key, "Attack and barycenters",
                         lambda progress: inspect(trained.model, images, labels, attack_config, defense, progress=progress),
-                        "Attacks take a few seconds for a handful of images (AutoAttack and BPDA longer).", "Attack and purify")
+                        f"The attack on {images.shape[0]} image{'s' if images.shape[0] > 1 else ''}: "
+                        f"{expected_time(estimate(attack_step(chosen_experiment.train.architecture, attack_config), images.shape[0]))}; "
+                        "the bar follows its steps.", "Attack and purify")
     if result is not None:
         norm = "L∞" if attack_config.norm == "linf" else "L2"
         st.caption(f"{ATTACKS[attack_config.name]}, ε = {attack_config.budget:.4g} ({norm}), defense {defense.marginals}, "
@@ -218,9 +222,15 @@ with tab_table:
     table = None if robustness is None else cached_table(trained.path.name, robustness)
     if table is None and robustness is not None:
         key = table_path(trained.path.name, robustness).name
+        architecture = chosen_experiment.train.architecture
+        per_attack = {a: estimate(attack_step(architecture, AttackConfig(name=a)), int(count)) for a in robustness.attacks}
+        unmeasured = [ATTACKS[a] for a, seconds in per_attack.items() if seconds is None]
+        measured_part = expected_time(sum(s for s in per_attack.values() if s is not None)) if len(unmeasured) < len(per_attack) else ""
         table = job_result(key, "Robustness table", lambda progress: robustness_table(chosen_experiment, robustness, data, progress=progress),
-                           "Every attack runs once on every image and is cached: about half an hour per 1,000 images on two cores "
-                           "(Carlini–Wagner, AutoAttack and BPDA take longest).", f"Run the attacks on {count} images")
+                           "Every attack runs once on every image and is cached. "
+                           + (f"The attacks: {measured_part}" if measured_part else "")
+                           + (f"{'; ' if measured_part else ''}not yet measured on this CPU: {', '.join(unmeasured)}" if unmeasured else "")
+                           + ". The bar follows each attack.", f"Run the attacks on {count} images")
     if table is not None:
         st.plotly_chart(robustness_chart(table), width="stretch")
         rows = [{"attack": "no attack", "budget": "", "AA (%)": 100 * table["clean_accuracy"],
@@ -250,7 +260,7 @@ with tab_sensitivity:
         first = images[0] if which == "clean" else inspected.result.images[1, 0]
         key = f"sensitivity:{trained.path.name}:{hash((caption, which, attack_config, defense, first.sum().item()))}"
         grid = job_result(key, "Sensitivity grid", lambda progress: sensitivity_grid(trained.model, first, defense, progress=progress),
-                          "23 barycenters of one image, up to 2,000 iterations each: a few seconds.", "Compute the grid")
+                          "23 barycenters of one image, up to 2,000 iterations each; the bar counts them.", "Compute the grid")
         if grid is not None:
             st.caption("The paper's figure 1 (rows γ, θ, τ) and the two choices it leaves open: the iteration count and the cost's unit. "
                        "At a cost of 1 per pixel step the kernel's off-centre entries are e^−50: no transport, only a pixelwise mix.")

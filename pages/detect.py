@@ -14,7 +14,8 @@ from plotly.subplots import make_subplots
 
 from core.commands import detect_command
 from core.data import CLASS_NAMES, NUM_CLASSES
-from core.detectors import gw_kmeans_detection, gw_kmeans_path, heatmap_spectral, thesis_gw
+from core.detectors import gw_kmeans_detection, gw_kmeans_path, gw_kmeans_step, heatmap_spectral, thesis_gw
+from core.durations import estimate
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.gw_kmeans import GWConfig, mds_embedding
@@ -23,8 +24,8 @@ from core.lrp import LRPConfig
 from core.presets import PRESETS
 from core.spectral import SpectralConfig
 from ui.charts import confusion_chart
-from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
-                       set_active_experiment, settle_job, view_links)
+from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, heatmaps_or_stop,
+                       run_through_app, set_active_experiment, settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
@@ -112,9 +113,9 @@ with st.sidebar:
     seeding = st.radio("Second seed drawn in proportion to", VIEW["gw_seeding"].options, key="gw_seeding", horizontal=True,
                        format_func={"distance": "GW distance", "squared": "its square (thesis)"}.get)
     barycenter = st.radio("Barycenters", VIEW["gw_bary"].options, key="gw_bary", horizontal=True,
-                          format_func={"entropic": "entropic, warm-started", "exact": "exact (thesis; minutes)"}.get,
+                          format_func={"entropic": "entropic, warm-started", "exact": "exact (thesis; slow)"}.get,
                           help="Exact barycenters are POT's gromov_barycenters from a fresh random start, as in the thesis's code: "
-                               "about 30 ms per cloud and update, so several minutes per iteration on a whole class.")
+                               "one solver run per cloud and update, many times slower than the warm-started entropic updates.")
 remember_view(VIEW)
 try:
     lrp = LRPConfig(rule=rule, layer=layer, positive=positive)
@@ -130,10 +131,10 @@ path = gw_kmeans_path(experiment, class_id, lrp, config, data)
 key = path.name
 if not path.is_file():
     settle_job(key, "GW k-means", "GW k-means runs in the background: switching pages or changing controls does not stop it.")
-    st.write(f"GW k-means has not run yet for class {class_id} with these settings. On the whole default class "
-             "(2,463 clouds of about 1,000 points) it takes 30–45 s on two cores, depending on the CPU (the first run "
-             "also compiles the solver's kernels, a few seconds); smaller thresholds are no faster, "
-             "because every cloud lives on the same 32×32 grid.")
+    clouds = int((poisoned_data(data, experiment).train.labels == class_id).sum())
+    st.write(f"GW k-means has not run yet for class {class_id} with these settings. Its {clouds:,} clouds: "
+             f"{expected_time(estimate(gw_kmeans_step(config), clouds))} (a first run in a new process also compiles the "
+             "solver's kernels). Smaller thresholds are no faster, because every cloud lives on the same 32×32 grid.")
     if st.button("Run GW k-means", type="primary"):
         RUNNER.submit(key, "GW k-means", lambda progress: step(progress=progress))
         st.rerun()
@@ -174,7 +175,7 @@ hover_preview("gw_scatter", {"image": (f"{heatmaps_file}-images", images), "heat
 st.subheader("Compared with the other methods on the same class")
 spectral = cached_detection(("euclidean", heatmaps_file, SpectralConfig()), partial(heatmap_spectral, experiment, class_id, lrp, SpectralConfig(), data))
 rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.short_name})": spectral.score.as_dict()}
-if st.toggle("Add activation clustering (a few seconds)", key="gw_baselines"):
+if st.toggle("Add activation clustering", key="gw_baselines"):
     rows["activation clustering"] = cached_baselines(model_path(data, experiment).name, class_id, 0, experiment, data)["activation clustering"]
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}},

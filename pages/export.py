@@ -31,8 +31,8 @@ lrp = LRPConfig(rule=rule, layer=layer, positive=positive)
 st.subheader("Detection results and experiment")
 key = f"export-frame:{experiment.to_query()}:{class_id}:{lrp.short_name}"
 frame = job_result(key, "Detection table", lambda progress: detection_frame(experiment, class_id, lrp, data=data, progress=progress),
-                   "Heatmaps, spectral clustering and the three baselines on the class: about half a minute (longer if the model "
-                   "or the heatmaps are not cached yet).", "Score every method on the class")
+                   "Heatmaps, spectral clustering and the three baselines on the class (the model and the heatmaps first, "
+                   "if they are not cached yet); the bar follows each step.", "Score every method on the class")
 if frame is not None:
     record = experiment_record(experiment, data, frame, class_id, lrp)
     methods = record["detection"]["methods"]
@@ -55,7 +55,7 @@ if not classes:
 else:
     key = f"export-virelay:{experiment.to_query()}:{sorted(classes)}:{lrp.short_name}"
     archive = job_result(key, "ViRelAy export", lambda progress: virelay_zip(experiment, classes, lrp, data=data, progress=progress),
-                         "Heatmaps, spectral analysis and t-SNE of every chosen class, written as HDF5: about a minute for two classes.",
+                         "Heatmaps, spectral analysis and t-SNE of every chosen class, written as HDF5; the bar follows each class.",
                          "Build the ViRelAy project")
     if archive is not None:
         st.download_button(f"Download the project ({len(archive) / 1e6:.1f} MB zip)", archive, file_name="poisonlab-virelay.zip",

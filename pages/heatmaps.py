@@ -12,12 +12,15 @@ from plotly.subplots import make_subplots
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
 from core.experiment import load_trained
-from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path
+from core.durations import estimate
+from core.experiment import poisoned_data
+from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path, lrp_step
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
 from core.pointcloud import normalised_mass, point_cloud, point_count, visibility
 from core.poison import sticker_window
-from ui.common import active_experiment, computed_heatmaps, run_through_app, data_or_stop, settle_job, view_links
+from ui.common import (active_experiment, computed_heatmaps, data_or_stop, expected_time, run_through_app, settle_job, training_time,
+                       view_links)
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
 from ui.url_state import Choice, Number, remember_view, restore_view
 
@@ -172,11 +175,12 @@ key = experiment_heatmaps_path(experiment, class_id, lrp, data).name
 
 heatmaps = computed_heatmaps(experiment, class_id, lrp, data)
 if heatmaps is None:
-    settle_job(key, "Computing the heatmaps",
-               "LRP for a class takes about a second; if the model is not trained yet, it is trained first (about 3 minutes).")
     trained = load_trained(data, experiment)
-    note = "" if trained is not None else " The model of this experiment is not trained yet: it will be trained first (about 3 minutes)."
-    st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}.{note}")
+    class_size = int((poisoned_data(data, experiment).train.labels == class_id).sum())
+    lrp_time = expected_time(estimate(lrp_step(experiment.train.architecture, lrp), class_size))
+    note = "" if trained is not None else f" The model is not trained yet: it is trained first ({training_time(experiment, data)})."
+    settle_job(key, "Computing the heatmaps", f"LRP of the class's {class_size:,} images: {lrp_time}.{note}")
+    st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}. LRP of its {class_size:,} images: {lrp_time}.{note}")
     if st.button("Compute heatmaps", type="primary"):
         RUNNER.submit(key, "LRP heatmaps", lambda progress: experiment_heatmaps(experiment, class_id, lrp, data, progress=progress))
         st.rerun()
@@ -216,8 +220,6 @@ st.session_state["hm_position"] = min(int(st.session_state.get("hm_position", 1)
 position = right.slider("Sample", 1, len(candidates), key="hm_position") if len(candidates) > 1 else 1
 chosen = int(candidates[min(position, len(candidates)) - 1])
 index = int(heatmaps.indices[chosen])
-from core.experiment import poisoned_data  # noqa: E402
-
 image = poisoned_data(data, experiment).train.images[index].permute(1, 2, 0).numpy()
 heat = heatmaps.heatmaps[chosen].numpy()
 st.caption(

@@ -18,7 +18,7 @@ from core.params import widget_params
 from core.poison import PoisonConfig
 from core.train import TrainConfig
 from ui.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
-                          set_active_experiment)
+                          set_active_experiment, training_time)
 from ui.url_state import restore_view
 
 THESIS = {"clean_accuracy": 0.968, "attack_success_rate": 1.0}
@@ -194,7 +194,7 @@ if trained is None:
         follow_job(key, "Training runs in the background: you can change widgets or leave the page, it goes on.")
     else:
         st.write("No model has been trained for this experiment yet.")
-        if st.button("Train model", type="primary", help="A few minutes for the full data on 2 CPU cores; the quick experiment about a minute"):
+        if st.button("Train model", type="primary", help=f"Training: {training_time(config, data)}."):
             RUNNER.submit(key, "Training", lambda progress: train_or_load(config, data, progress=progress))
             st.rerun()
 else:

@@ -11,15 +11,16 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import CLASS_NAMES, NUM_CLASSES
-from core.detectors import GWDistanceConfig, gw_distances_path, gw_spectral, heatmap_features, heatmap_spectral, thesis_spectral
+from core.durations import estimate
+from core.detectors import PAIRWISE_GW_STEP, GWDistanceConfig, gw_distances_path, gw_spectral, heatmap_features, heatmap_spectral, thesis_spectral
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
 from core.spectral import SpectralConfig, embed_2d
 from ui.charts import confusion_chart
-from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, heatmaps_or_stop, run_through_app,
-                       settle_job, view_links)
+from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, heatmaps_or_stop,
+                       run_through_app, settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb, enlarge
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
@@ -102,7 +103,8 @@ if distance_kind == "gw":
         settle_job(gw_path.name, "Pairwise GW", "Pairwise GW runs in the background: switching pages or changing controls does not stop it.")
         pairs = gw_config.samples * (gw_config.samples - 1) // 2
         st.write(f"Gromov–Wasserstein distances between {gw_config.samples} random samples of the class ({pairs:,} pairs, "
-                 f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: about a minute.")
+                 f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: "
+                 f"{expected_time(estimate(PAIRWISE_GW_STEP, pairs))}.")
         if st.button("Compute GW distances", type="primary"):
             RUNNER.submit(gw_path.name, "Pairwise GW", lambda progress: step(progress=progress))
             st.rerun()

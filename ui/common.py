@@ -15,7 +15,7 @@ from core.heatmaps import ClassHeatmaps, experiment_heatmaps_path, model_heatmap
 from core.jobs import RUNNER, Job
 from core.lrp import LRPConfig
 from ui.relevance import relevance_query
-from core.progress import time_left_text
+from core.progress import approximate_duration, time_left_text
 from ui.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
@@ -42,6 +42,22 @@ def run_through_app() -> None:
         PagesManager.uses_pages_directory = False
         st.session_state["page_rerun_for_app"] = True
         st.rerun()
+
+
+UNMEASURED = "not yet measured on this CPU; once it runs, the bar shows the time left"
+
+
+def expected_time(seconds: Optional[float]) -> str:
+    """An estimate measured on this CPU (core.durations) in words, or UNMEASURED."""
+    return UNMEASURED if seconds is None else f"{approximate_duration(seconds)} on this CPU (as measured here)"
+
+
+def training_time(config: ExperimentConfig, data: GTSRB) -> str:
+    """How long training `config` takes here, all epochs counted (early stopping may end it sooner)."""
+    from core.experiment import training_estimate
+
+    seconds = training_estimate(config, data)
+    return expected_time(seconds) + ("" if seconds is None else f" for all {config.train.max_epochs} epochs")
 
 
 def view_links(experiment: ExperimentConfig, links) -> None:
@@ -95,7 +111,7 @@ def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = N
         box = st.info if config == quick_experiment(config) else st.warning
         box(f"**Reduced experiment:** the model trains on {config.train.subset:,}{of} training images for at most "
             f"{config.train.max_epochs} epochs, so its accuracy, the attack's success and the detection scores are lower "
-            "than the thesis's. The full experiment trains on every image (a few minutes); on the command line: "
+            "than the thesis's. The full experiment trains on every image; on the command line: "
             f"`{train_command(full_experiment(config))}`.", icon=":material/speed:")
         if st.button("Switch to the full experiment", key="scale_full"):
             set_active_experiment(full_experiment(config))
@@ -103,7 +119,8 @@ def experiment_scale_note(config: ExperimentConfig, data_size: Optional[int] = N
     else:
         left, right = st.columns([3, 1], vertical_alignment="center")
         left.caption(f"For a first look or a live demo, the quick experiment trains the same attack on {QUICK_TRAINING['subset']:,} "
-                     f"images for {QUICK_TRAINING['max_epochs']} epochs, in about a minute, and still shows the whole story.")
+                     f"images for {QUICK_TRAINING['max_epochs']} epochs, in a fraction of the full training's time, and still "
+                     "shows the whole story.")
         if right.button("Quick experiment", key="scale_quick", icon=":material/speed:"):
             set_active_experiment(quick_experiment(config))
             st.rerun()
@@ -113,7 +130,7 @@ def _write_query(config: ExperimentConfig) -> None:
     write_experiment_query(config.to_query())
 
 
-@st.cache_data(show_spinner="Running the baselines (a few seconds)…", max_entries=4)
+@st.cache_data(show_spinner="Running the baselines…", max_entries=4)
 def cached_baselines(model_file: str, class_id: int, seed: int, _experiment: ExperimentConfig, _data):
     """Activation clustering, spectral signatures and raw-image clustering, shared by the detection
     pages; the model's file name stands for the experiment (its hash covers data, attack and training)."""
@@ -181,7 +198,10 @@ def data_or_stop() -> GTSRB:
     if job.state in ("failed", "cancelled"):
         _data_missing(job.error or "unknown error")
         st.stop()
-    follow_job(key, "GTSRB is decoded once and cached on disk; this takes about 10 s.")
+    from core.data import DECODE_STEP
+    from core.durations import estimate
+
+    follow_job(key, f"GTSRB is decoded once and cached on disk: {expected_time(estimate(DECODE_STEP))}.")
     st.stop()
 
 
