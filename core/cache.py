@@ -32,7 +32,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .errors import ArtifactError, ConfigError
-from .progress import ProgressCallback, report
+from .progress import Progress, ProgressCallback, listening, report
 
 _CHECKSUM_KEY = "poisonlab.sha256"
 _META_KEY = "poisonlab.meta"
@@ -284,6 +284,50 @@ def _lock_file(key: str) -> Path:
     return lock_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.lock"
 
 
+def _progress_file(key: str) -> Path:
+    return _lock_file(key).with_suffix(".progress")
+
+
+class _ProgressFile:
+    """The latest progress of a computation, written beside its lock (at most twice a second) so that
+    other processes can show it."""
+
+    def __init__(self, key: str) -> None:
+        self.path = _progress_file(key)
+        self.started = time.time()
+        self.written = 0.0
+
+    def __call__(self, event: Progress) -> None:
+        now = time.time()
+        if now - self.written < 0.5 or event.message == WAITING:
+            return
+        self.written = now
+        state = {"key": self.path.name, "pid": os.getpid(), "started": self.started, "updated": now, "task": event.task,
+                 "done": event.done, "total": event.total, "message": event.message}
+        try:
+            atomic_write_bytes(self.path, json.dumps(state).encode())
+        except OSError:
+            pass
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def progress_elsewhere(key: str) -> Optional[Dict[str, Any]]:
+    """While a computation of `key` holds its lock (in any process): its latest progress (task, done,
+    total, message, pid, started, updated); {} before its first report; None when nothing computes it."""
+    if not locked_elsewhere(key):
+        return None
+    try:
+        state = json.loads(_progress_file(key).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def locked_elsewhere(key: str) -> bool:
     """True while a computation holds the lock of `key`, in any process (this one included)."""
     lock = FileLock(_lock_file(key))  # its own file descriptor, so a holder in this process counts too
@@ -344,13 +388,18 @@ def cached(
         found = load_cached(path, decode)
         if found is not None:
             return found
-        if measure is None:
-            result = compute()
-        else:
-            from .durations import measured
+        shown = _ProgressFile(path.name)
+        try:
+            with listening(shown):
+                if measure is None:
+                    result = compute()
+                else:
+                    from .durations import measured
 
-            with measured(*measure):
-                result = compute()
+                    with measured(*measure):
+                        result = compute()
+        finally:
+            shown.remove()
         save_artifact(path, *encode(result))
         return result
     finally:

@@ -8,18 +8,21 @@ on the page from cached inputs in seconds, and otherwise "not yet computed".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional
 
-from .cache import artifact_meta, locked_elsewhere
+from .cache import WAITING, artifact_meta, locked_elsewhere, progress_elsewhere
 from .errors import ArtifactError
-from .experiment import ExperimentConfig, model_path
+from .experiment import ExperimentConfig, model_path, training_estimate
 from .detectors import detection_path
 from .gw_kmeans import GWConfig
 from .heatmaps import heatmaps_path
 from .jobs import RUNNER
 from .lrp import LRPConfig
+from .models import ARCHITECTURE_LABELS
+from .progress import Progress, approximate_duration
 from .robustness import RobustnessConfig, table_path
 
 
@@ -37,6 +40,28 @@ def _state(path: Path) -> str:
     if (job is not None and job.active) or locked_elsewhere(path.name):
         return "running"
     return "cached" if path.is_file() else "not yet computed"
+
+
+def running_detail(key: str) -> Optional[str]:
+    """What the computation of `key` reports, in this process or another (None if it is not running)."""
+    job = RUNNER.get(key)
+    event = job.progress if job is not None and job.active else None
+    if event is None or event.message == WAITING:
+        state = progress_elsewhere(key)
+        if state is None:
+            return None if job is None or not job.active else "starting"
+        if not state:
+            return "starting in another process"
+        where = "" if state.get("pid") == os.getpid() else f" (process {state.get('pid')})"
+        event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("message", "")))
+    else:
+        where = ""
+    share = f" {100 * event.fraction:.0f} %" if event.total > 0 else ""
+    return f"running{where}:{share} {event.message or event.task}".rstrip()
+
+
+def _expected(seconds: Optional[float]) -> str:
+    return "not yet measured on this CPU" if seconds is None else f"{approximate_duration(seconds)} on this CPU"
 
 
 def _meta(path: Path) -> dict:
@@ -57,24 +82,25 @@ def pipeline_status(experiment: ExperimentConfig, data, lrp: LRPConfig = LRPConf
     metrics = _meta(model).get("metrics", {})
     trained = _state(model)
     explained = _state(heatmaps)
+    network = ARCHITECTURE_LABELS[experiment.train.architecture]
     steps = [
         Step("Poison", "poison", "ready", f"{p.describe()}; poisoned on the fly from the decoded data set"),
         Step("Train", "poison", trained,
              (f"clean accuracy {100 * metrics['clean_accuracy']:.1f} %, attack success rate {100 * metrics['attack_success_rate']:.1f} %"
-              if metrics else "the network of thesis appendix A.1, 2–3 minutes on two cores (the quick experiment: under a minute)"), model.name),
+              if metrics else f"{network}: {_expected(training_estimate(experiment, data))}"), model.name),
         Step("Explain", "heatmaps", explained, f"LRP heatmaps of class {p.target} ({lrp.describe()})", heatmaps.name),
         Step("Cluster", "spectral", "ready" if explained == "cached" else "not yet computed",
-             "spectral clustering of the heatmaps, computed on the page in seconds"),
+             "spectral clustering of the heatmaps, computed on the page from the cached heatmaps"),
         Step("Detect", "detect", _state(detection), _detection_detail(detection), detection.name),
         Step("Defend", "defense", _state(table), f"AA/BA table of {robustness.images} test images, "
              f"{len(robustness.attacks)} attacks, defense {robustness.defense.marginals}", table.name),
     ]
-    return steps
+    return [replace(step, detail=running_detail(step.artifact) or step.detail) if step.state == "running" else step for step in steps]
 
 
 def _detection_detail(path: Path) -> str:
     meta = _meta(path)
     if not meta.get("iterations"):
-        return "Gromov–Wasserstein k-means with the thesis's settings (minutes)"
+        return "Gromov–Wasserstein k-means with the GW page's default settings"
     counts = meta["iterations"][-1]["counts"]
     return "GW k-means: tn, fp, fn, tp = {tn}, {fp}, {fn}, {tp}".format(**counts)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,31 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+_LISTENERS: contextvars.ContextVar[Tuple[ProgressCallback, ...]] = contextvars.ContextVar("progress_listeners", default=())
+
+
 def report(callback: Optional[ProgressCallback], *args, **kwargs) -> None:
-    """Call `callback` with a Progress if one was given (so callers need no None checks)."""
+    """Call `callback` with a Progress if one was given (so callers need no None checks), and the
+    listeners of the computation this thread is in (see `listening`)."""
+    listeners = _LISTENERS.get()
+    if callback is None and not listeners:
+        return
+    event = Progress(*args, **kwargs)
+    for listener in listeners:
+        listener(event)
     if callback is not None:
-        callback(Progress(*args, **kwargs))
+        callback(event)
+
+
+@contextmanager
+def listening(listener: ProgressCallback) -> Iterator[None]:
+    """Within the block, every report in this thread also goes to `listener` (whatever callback the
+    computation was given), e.g. to show another process how far a cached computation is."""
+    token = _LISTENERS.set(_LISTENERS.get() + (listener,))
+    try:
+        yield
+    finally:
+        _LISTENERS.reset(token)
 
 
 @dataclass

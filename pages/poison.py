@@ -17,7 +17,8 @@ from core.jobs import RUNNER
 from core.params import widget_params
 from core.poison import PoisonConfig
 from core.train import TrainConfig
-from ui.common import (active_experiment, data_or_stop, experiment_scale_note, follow_job, run_through_app,
+from core.cache import locked_elsewhere
+from ui.common import (active_experiment, data_or_stop, experiment_scale_note, follow_elsewhere, follow_job, run_through_app,
                           set_active_experiment, training_time)
 from ui.url_state import restore_view
 
@@ -192,6 +193,8 @@ if trained is None and job is not None and job.state in ("failed", "cancelled"):
 if trained is None:
     if job is not None and job.active:
         follow_job(key, "Training runs in the background: you can change widgets or leave the page, it goes on.")
+    elif locked_elsewhere(key):
+        follow_elsewhere(key, "Training")
     else:
         st.write("No model has been trained for this experiment yet.")
         if st.button("Train model", type="primary", help=f"Training: {training_time(config, data)}."):

@@ -325,3 +325,32 @@ def test_the_cache_listing_describes_each_artifact_from_its_header(tmp_path):
     assert delete_artifacts(["gtsrb-27c30e838eabdc12.safetensors"], tmp_path) == 1
     assert not (tmp_path / "gtsrb-27c30e838eabdc12.safetensors").exists()
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_a_computation_shows_its_progress_to_other_processes_until_it_is_stored(tmp_path):
+    import threading
+
+    from core.cache import cached, progress_elsewhere
+    from core.progress import report
+
+    path = tmp_path / "thing-0123456789abcdef.safetensors"
+    assert progress_elsewhere(path.name) is None
+    reported, finish = threading.Event(), threading.Event()
+
+    def compute():
+        report(None, "steps", 2, 8, "step 2 of 8")  # no callback given: the other processes hear of it all the same
+        reported.set()
+        finish.wait(30)
+        return torch.ones(2)
+
+    worker = threading.Thread(target=cached, args=(path, compute, lambda t: ({"t": t}, {}), lambda tensors, meta: tensors["t"]))
+    worker.start()
+    try:
+        assert reported.wait(30)
+        state = progress_elsewhere(path.name)
+        assert (state["done"], state["total"], state["message"], state["pid"]) == (2, 8, "step 2 of 8", os.getpid())
+    finally:
+        finish.set()
+        worker.join(30)
+    assert progress_elsewhere(path.name) is None and path.is_file()
+    assert not list(core.cache.lock_dir().glob("*.progress"))

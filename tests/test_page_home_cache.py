@@ -14,6 +14,19 @@ from core.experiment import ExperimentConfig, model_path, train_or_load
 from apptest import ROOT, open_page
 
 SMALL = {"subset": "3000", "epochs": "2", "patience": "2"}
+HOLDER = """
+import sys, time
+from pathlib import Path
+from core.cache import cached
+from core.progress import report
+
+def compute():
+    report(None, "training", 3, 10, "epoch 3 of 10")
+    print("held", flush=True)
+    time.sleep(60)
+
+cached(Path(sys.argv[1]), compute, lambda result: ({}, {}), lambda tensors, meta: None)
+"""
 
 
 def step_states(at) -> dict:
@@ -36,18 +49,24 @@ def test_home_shows_where_the_experiment_stands(seeded_cache, gtsrb):
     parameters = {row["parameter"]: row["value"] for row in at.dataframe[0].value.to_dict("records")}
     assert parameters["training subset (0: all)"] == "3000" or parameters["training subset (0: all)"] == 3000
 
-    # Another process (a second server or the CLI) holds the model's lock: the step is running.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from core.cache import artifact_lock; lock = artifact_lock(sys.argv[1]); "
-         "lock.acquire(); print('held', flush=True); time.sleep(60)", model_path(gtsrb, config).name],
-        cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, text=True)
+    # Another process (a second server or the CLI) computes the model: the step is running, with that
+    # process's progress, on the home page and on the Poison page.
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(model_path(gtsrb, config))],
+                              cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         at.run()
         assert step_states(at)["Train"] == "running"
+        assert any(f"running (process {holder.pid}): 30 % epoch 3 of 10" in c.value for c in at.caption), [c.value for c in at.caption]
+        poison = open_page("pages/poison.py", SMALL)
+        bars = [bar.proto.text for bar in poison.get("progress")]
+        assert any(f"Training is running in process {holder.pid}" in text and "epoch 3 of 10" in text for text in bars), bars
+        assert not [b for b in poison.button if b.label == "Train model"]  # no second start while another process trains
     finally:
         holder.kill()
         holder.wait()
+    at.run()
+    assert step_states(at)["Train"] == "not yet computed"  # the killed process left nothing that looks like work
 
     trained = train_or_load(config, gtsrb)
     at.run()

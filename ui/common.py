@@ -15,7 +15,8 @@ from core.heatmaps import ClassHeatmaps, experiment_heatmaps_path, model_heatmap
 from core.jobs import RUNNER, Job
 from core.lrp import LRPConfig
 from ui.relevance import relevance_query
-from core.progress import approximate_duration, time_left_text
+from core.cache import WAITING, locked_elsewhere, progress_elsewhere
+from core.progress import Progress, approximate_duration, time_left_text
 from ui.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
@@ -229,9 +230,13 @@ def _data_missing(message: str) -> None:
 
 def settle_job(key: str, label: str, note: str) -> None:
     """For an artifact that is not on disk yet: report its job's failure, or follow the running
-    job (the script stops here), or rerun once a finished job's artifact can be read."""
+    job, here or in another process (the script stops here), or rerun once a finished job's
+    artifact can be read."""
     job = RUNNER.get(key)
     if job is None:
+        if locked_elsewhere(key):
+            follow_elsewhere(key, label)
+            st.stop()
         return
     if job.state in ("failed", "cancelled"):
         st.error(f"{label} failed: {job.error}")
@@ -262,6 +267,26 @@ def job_result(key: str, title: str, work, note: str, button: str):
     return None
 
 
+def follow_elsewhere(key: str, label: str) -> None:
+    """Poll the progress of a computation another process (the CLI, another server) holds the lock
+    of; rerun the page when it lets go."""
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        state = progress_elsewhere(key)
+        if state is None:
+            st.rerun()
+        event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("message", "")))
+        started = time.time() - float(state.get("started", time.time()))
+        who = f"process {state['pid']}" if "pid" in state else "another process"
+        st.progress(event.fraction, text=f"{label} is running in {who} (for {approximate_duration(started).removeprefix('about ')}): "
+                                         f"{event.message or 'starting…'}")
+        st.caption("Another process (the command line or another server) is computing this; the page shows it when it is done. "
+                   "Starting it here as well would only wait for that process.")
+
+    poll()
+
+
 def follow_job(key: str, note: str) -> None:
     """Poll a job's progress every second; rerun the page when it ends."""
 
@@ -273,6 +298,11 @@ def follow_job(key: str, note: str) -> None:
         if not job.active:
             st.rerun()
         event = job.progress
+        if event is not None and event.message == WAITING:  # the lock is held elsewhere: show that process's progress
+            state = progress_elsewhere(key) or {}
+            if state:
+                event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)),
+                                 f"waiting for process {state.get('pid')}, which is at: {state.get('message', '')}")
         fraction = event.fraction if event else 0.0
         text = f"{job.title}: {event.message}" if event and event.message else f"{job.title}: starting…"
         remaining = time_left_text(job.seconds_left())
