@@ -56,7 +56,8 @@ def window_option(text: str) -> Tuple[int, int]:
 WHOLE = Kind("whole", str, int, lambda v: [str(v)], str)
 REAL = Kind("real", repr, float, lambda v: [repr(v)], lambda v: f"{v:g}")
 NAME = Kind("name", str, str, lambda v: [str(v)], str)
-COLOUR = Kind("colour", lambda v: "%02x%02x%02x" % tuple(v), _hex_colour, lambda v: [str(c) for c in v], lambda v: "#%02x%02x%02x" % tuple(v))
+COLOUR = Kind("colour", lambda v: "%02x%02x%02x" % tuple(v), _hex_colour, lambda v: [str(c) for c in v],
+              lambda v: "#%02x%02x%02x = (%d, %d, %d)" % (*v, *v))
 WINDOW = Kind("window", lambda v: f"{v[0]}-{v[1]}", _window, lambda v: [f"{v[0]}-{v[1]}"], lambda v: f"{v[0]}–{v[1]}")
 SWITCH = Kind("switch", lambda v: "1" if v else "0", lambda text: text == "1", lambda v: [], lambda v: "yes" if v else "no")
 """A true/false parameter whose flag turns it off (`--no-augment`): the flag appears when it is false."""
@@ -141,10 +142,14 @@ def from_query(experiment_type: type, query: Mapping[str, str]) -> Any:
     values: Dict[str, Dict[str, Any]] = {section: {} for section, _ in _sections(experiment_type)}
     for section, name, param, _ in experiment_params(experiment_type):
         if param.key in query:
+            text = str(query[param.key])
             try:
-                values[section][name] = param.kind.from_text(str(query[param.key]))
+                values[section][name] = param.kind.from_text(text)
             except ValueError as exc:
-                raise ConfigError(f"malformed experiment parameter in the link: {exc}") from None
+                shown = repr(text if len(text) <= 30 else text[:30] + "…")
+                plain = str(exc) if "invalid literal" not in str(exc) and "could not convert" not in str(exc) else (
+                    "it is not a whole number" if param.kind is WHOLE else "it is not a number")
+                raise ConfigError(f"{param.key} = {shown} ({param.label}): {plain}") from None
     return experiment_type(**{section: config_type(**values[section]) for section, config_type in _sections(experiment_type)})
 
 

@@ -83,7 +83,7 @@ def test_the_link_and_the_command_line_reproduce_the_experiment():
         assert ExperimentConfig.from_query(config.to_query()) == config
         assert experiment_from_args(build_parser().parse_args(train_command(config).split()[3:])) == config
     rows = {row["parameter"]: row["value"] for row in params.parameter_rows(changed)}
-    assert rows["sticker colour (RGB)"] == "#ff000a" and rows["sticker x window"] == "3–9" and rows["augmentation"] == "no"
+    assert rows["sticker colour (RGB)"] == "#ff000a = (255, 0, 10)" and rows["sticker x window"] == "3–9" and rows["augmentation"] == "no"
     assert all(isinstance(value, str) for value in rows.values())  # one type per column: Arrow can show the table
 
 

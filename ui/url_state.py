@@ -37,7 +37,8 @@ class Choice:
         for option in self.options:
             if str(option) == text:
                 return option
-        raise ValueError(f"{text[:40]!r} is not one of the choices")
+        shown = ", ".join(str(o) for o in self.options[:6]) + (", …" if len(self.options) > 6 else "")
+        raise ValueError(f"it is not one of the choices ({shown})")
 
     def text(self, value: Any) -> str:
         return str(value)
@@ -54,10 +55,13 @@ class Number:
 
     def parse(self, text: str) -> Union[int, float]:
         if len(text) > 40:
-            raise ValueError("too long for a number")
-        value = float(text)
+            raise ValueError("it is too long for a number")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("it is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"{text!r} is not a finite number")
+            raise ValueError("it is not a finite number")
         value = min(max(value, self.low), self.high)
         return int(round(value)) if self.integer else float(value)
 
@@ -120,8 +124,23 @@ def restore_view(spec: Mapping[str, Field]) -> None:
             st.session_state[key] = memory[key]
         else:
             st.session_state[key] = field.default
-    if problems:
-        st.caption("Ignored in the link: " + "; ".join(f"{k} ({v})" for k, v in problems.items()))
+    notes = [f"{key} = {_shown(st.query_params[key])} could not be used ({problem}), so {spec[key].text(st.session_state[key])} is shown"
+             for key, problem in problems.items()]
+    notes += [f"{key} = {_shown(st.query_params[key])} is outside {spec[key].low:g}–{spec[key].high:g}, so {spec[key].text(value)} is used"
+              for key, value in linked.items() if _clamped(spec[key], st.query_params[key], value)]
+    if notes:
+        st.caption("From the link: " + "; ".join(notes) + ".")
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 30 else text[:30] + "…")
+
+
+def _clamped(field: Field, text: str, value: Any) -> bool:
+    """Whether a linked number was moved into its range (rounding onto whole numbers is not a clamp)."""
+    if not isinstance(field, Number):
+        return False
+    return not field.low <= float(text) <= field.high
 
 
 def remember_view(spec: Mapping[str, Field]) -> None:
