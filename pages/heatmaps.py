@@ -76,20 +76,22 @@ def sticker_box(fig: go.Figure, window: np.ndarray, row: int, col: int) -> None:
 
 
 def mean_heatmaps(h: ClassHeatmaps, window: np.ndarray) -> go.Figure:
+    """The mean heatmap of each group the class has (poisoned, clean), on one colour scale."""
     maps = h.heatmaps.numpy()
     mask = h.poison_mask.numpy()
-    poisoned = maps[mask].mean(0) if mask.any() else np.zeros(maps.shape[1:])
-    clean = maps[~mask].mean(0) if (~mask).any() else np.zeros(maps.shape[1:])
-    bound = symmetric_range(poisoned, clean)
-    fig = make_subplots(1, 2, subplot_titles=[f"poisoned samples ({int(mask.sum())})", f"clean samples ({int((~mask).sum())})"],
-                        horizontal_spacing=0.06)
-    fig.add_trace(heatmap_trace(poisoned, bound, "mean, poisoned"), 1, 1)
-    fig.add_trace(heatmap_trace(clean, bound, "mean, clean", show_scale=False), 1, 2)
-    for col in (1, 2):
+    groups = [(f"poisoned samples ({int(mask.sum())})", "mean, poisoned", maps[mask]), (f"clean samples ({int((~mask).sum())})", "mean, clean", maps[~mask])]
+    groups = [(title, name, members.mean(0)) for title, name, members in groups if len(members)]
+    bound = symmetric_range(*(mean for _, _, mean in groups))
+    fig = make_subplots(1, 2, subplot_titles=[title for title, _, _ in groups], horizontal_spacing=0.06)
+    for col, (_, name, mean) in enumerate(groups, start=1):
+        fig.add_trace(heatmap_trace(mean, bound, name, show_scale=col == 1), 1, col)
         sticker_box(fig, window, 1, col)
     fig.update_xaxes(**AXIS)
     fig.update_yaxes(**SQUARE)
     fig.update_yaxes(scaleanchor="x2", row=1, col=2)
+    if len(groups) == 1:
+        fig.update_xaxes(visible=False, row=1, col=2)
+        fig.update_yaxes(visible=False, row=1, col=2)
     fig.update_layout(height=340, margin=dict(l=0, r=0, t=60, b=0),
                       title=dict(text="Mean heatmap of the class (shared colour scale; magenta: sticker window)", font=dict(size=14)))
     return fig
@@ -198,7 +200,13 @@ if summary["window_positive_share_poisoned"] is not None:
     cols[3].metric("Positive relevance in sticker window, poisoned", f"{100 * summary['window_positive_share_poisoned']:.1f} %",
                    help=f"The window is {100 * summary['window_share_of_image']:.1f} % of the image.")
 if summary["window_positive_share_clean"] is not None:
-    cols[4].metric("… clean", f"{100 * summary['window_positive_share_clean']:.1f} %")
+    cols[4].metric("… clean" if summary["window_positive_share_poisoned"] is not None else "Positive relevance in sticker window, clean",
+                   f"{100 * summary['window_positive_share_clean']:.1f} %")
+if not summary["poisoned"]:
+    p = experiment.poison
+    why = (f"the attack gave its stickered images the label {p.target}, so they are explained on class {p.target}'s page"
+           if class_id == p.source else f"the attack poisons class {p.source} towards class {p.target} only")
+    st.info(f"Class {class_id} has no poisoned samples: {why}. Its heatmaps show what clean samples look like.", icon=":material/info:")
 
 st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 

@@ -124,12 +124,31 @@ if distance_kind == "gw":
                f"(`python -m core spectral --distance gw --gw-samples {gw_config.samples} --cluster-seed {gw_config.seed}`).")
 features = heatmap_features(heatmaps)
 
+suggested = int(result.eigengap_clusters)
 cols = st.columns(5)
-cols[0].metric("Eigengap suggests", f"{result.eigengap_clusters} clusters")
+cols[0].metric("Eigengap suggests", f"{suggested} cluster{'s' if suggested != 1 else ''}",
+               help="The largest gap between consecutive eigenvalues of the graph Laplacian: a hint at how many groups the class "
+                    "falls into. The clustering below uses the number chosen in the sidebar.")
 cols[1].metric("Accuracy", f"{100 * score.accuracy:.2f} %")
 cols[2].metric("TPR (poisoned found)", f"{100 * score.tpr:.2f} %" if np.isfinite(score.tpr) else "–")
 cols[3].metric("TNR (clean kept)", f"{100 * score.tnr:.2f} %" if np.isfinite(score.tnr) else "–")
-cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–", help="From the second eigenvector, a continuous score")
+cols[4].metric("ROC-AUC", f"{score.auc:.3f}" if score.auc is not None else "–",
+               help="How well the second eigenvector ranks poisoned above clean samples, over every possible cut: 1.000 means some "
+                    "cut separates them perfectly. TPR and TNR score the one cut the clustering made, so a high AUC beside a low TPR "
+                    "says the groups are separable but the clustering cut in the wrong place (try another k or number of clusters).")
+if score.auc is not None and np.isfinite(score.tpr) and score.auc - min(score.tpr, score.tnr) > 0.05:
+    st.caption(f"ROC-AUC {score.auc:.3f} against TPR {100 * score.tpr:.1f} % and TNR {100 * score.tnr:.1f} %: the second eigenvector ranks "
+               "poisoned samples above clean ones better than the clustering's cut separates them, so the groups are there but the "
+               "cut misses part of them.")
+low, high = VIEW["sp_clusters"].bounds
+if suggested != clusters:
+    note, button = st.columns([4, 1], vertical_alignment="center")
+    usable = min(max(suggested, low), high)
+    reason = ("a single group (no gap after λ1 is larger)" if suggested == 1 else f"{suggested} groups")
+    note.caption(f"The eigengap hints at {reason}; the clustering below uses {clusters}, the sidebar's choice. With 2 clusters the "
+                 "smaller one is flagged as poisoned; with more, the smallest one is.")
+    if usable != clusters:
+        button.button(f"Use {usable} clusters", key="sp_use_suggested", on_click=st.session_state.__setitem__, args=("sp_clusters", usable))
 left, right = st.columns([3, 2])
 left.plotly_chart(eigenvalue_chart(result.eigenvalues, result.eigengap_clusters), width="stretch")
 right.plotly_chart(confusion_chart(score, "Confusion of the spectral clustering"), width="stretch")

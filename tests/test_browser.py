@@ -368,6 +368,10 @@ def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches
     for _ in range(2):  # class 2 has no poisoned sample: the sample view stops before the thresholds
         choose(page, "Class", "2 · Speed limit (50km/h)")
         expect(page.get_by_text("This class has no poisoned samples")).to_be_visible()
+        expect(page.get_by_text("Class 2 has no poisoned samples: the attack gave its stickered images the label 5")).to_be_visible()
+        mean = page.locator(".js-plotly-plot").filter(has_text="Mean heatmap")
+        expect(mean).to_contain_text("clean samples (")
+        expect(mean).not_to_contain_text("poisoned samples (0)")
         choose(page, "Class", "5 · Speed limit (80km/h)")
         holds()
     nav = page.get_by_test_id("stSidebarNav")

@@ -23,7 +23,17 @@ def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
     config, heatmaps = small_heatmaps
     at = open_page("pages/spectral.py", SMALL)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Eigengap suggests"].endswith("clusters")
+    suggested = int(metrics["Eigengap suggests"].split()[0])
+    assert metrics["Eigengap suggests"] == (f"{suggested} clusters" if suggested != 1 else "1 cluster")
+    hint = [c.value for c in at.caption if c.value.startswith("The eigengap hints at")]
+    assert bool(hint) == (suggested != 2)  # a suggestion other than the clustering's 2 is explained
+    use = [b for b in at.button if b.key == "sp_use_suggested"]
+    if 2 < suggested <= 8:
+        use[0].click().run()
+        assert at.session_state["sp_clusters"] == suggested and not [c for c in at.caption if c.value.startswith("The eigengap")]
+        at.slider(key="sp_clusters").set_value(2).run()
+    else:
+        assert not use  # nothing to offer: 1 cluster is below the smallest cut, more than 8 above the slider
     assert 0 <= float(metrics["Accuracy"].rstrip(" %")) <= 100
     table = at.dataframe[0].value
     row = table.iloc[0]
