@@ -71,7 +71,10 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
                       format_func={"test": "GTSRB test images", "upload": "upload your own"}.get)
     if source == "upload":
         left, right = st.columns([2, 1])
-        upload = left.file_uploader("A PNG or JPEG image of a traffic sign, any size (resized to 32 × 32)", key="df_upload")
+        limit = st.get_option("server.maxUploadSize")
+        upload = left.file_uploader(f"A PNG or JPEG image of a traffic sign, any size up to {limit} MB (resized to 32 × 32)", key="df_upload",
+                                    help=f"A file larger than {limit} MB is refused by the browser before it is sent; any other "
+                                         "file is checked here and refused with its reason.")
         label = right.selectbox("Its class (if known)", [None, *range(NUM_CLASSES)], key="df_upload_label",
                                 format_func=lambda c: "unknown: attack the model's prediction" if c is None else f"{c} · {CLASS_NAMES[c]}")
         if upload is None:
@@ -82,6 +85,7 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
         except PoisonLabError as exc:
             st.error(f"{upload.name} cannot be used: {exc}")
             st.stop()
+        left.image(enlarge(to_rgb(images[0]), 3), caption=f"{upload.name} as the model sees it (32 × 32)")
         labels = None if label is None else torch.tensor([label])
         return images, labels, upload.name, f"--image {upload.name}"
     left, middle, right = st.columns([2, 1, 1])
@@ -93,7 +97,14 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     index = draw_test_images(data.test, int(count), int(draw), None if class_id == "any" else class_id)
     positions = " ".join(str(int(i)) for i in index)
     images, labels = model_inputs(data.test, index)
+    for column, image, label, i in zip(st.columns(8), images, labels.tolist(), index.tolist()):
+        column.image(enlarge(to_rgb(image), 3), caption=f"#{i} · {CLASS_NAMES[label][:18]}")
     return images, labels, f"test images {positions}", f"--test-index {positions}"
+
+
+def to_rgb(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) image in [0, 1] as 8-bit RGB (H, W, 3)."""
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def side_by_side(result, i: int, known: bool) -> go.Figure:
