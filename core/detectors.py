@@ -31,7 +31,7 @@ from .lrp import LRPConfig
 from .params import REAL, WHOLE, check_declared, parameter
 from .pointcloud import check_threshold, normalised_mass
 from .progress import ProgressCallback, report
-from .spectral import SpectralConfig, analyse, euclidean_distances, fiedler_score
+from .spectral import SpectralConfig, analyse, embed_2d, euclidean_distances, fiedler_score
 from .validation import one_of, whole_number
 
 
@@ -88,6 +88,36 @@ def heatmap_spectral(experiment, class_id: int, lrp: LRPConfig, spectral: Spectr
     started = time.perf_counter()
     heatmaps = experiment_heatmaps(experiment, check_class(class_id), lrp, data, progress=progress)
     return _spectral(heatmaps, euclidean_distances(heatmap_features(heatmaps)), spectral, started)
+
+
+def embedding_path(source: str, method: str, config: SpectralConfig) -> Path:
+    """Where the 2-D embedding `method` of the class whose distances come from the artifact `source` is cached."""
+    on_spectral = asdict(config) if method.endswith("-spectral") else None
+    return cache_dir() / f"embedding-{method}-{config_hash(1, source, method, config.seed, on_spectral)}.safetensors"
+
+
+def class_embedding(source: str, method: str, config: SpectralConfig, features: np.ndarray, result,
+                    progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> np.ndarray:
+    """Coordinates of the class for the scatter plot: `method` is an embedding of core.spectral,
+    of the features or, with "-spectral", of the spectral embedding. Cached per source artifact, so a
+    t-SNE or UMAP is fitted once and any later view shows it at once."""
+    base, _, on = method.partition("-")
+    x = result.embedding[:, : max(config.n_clusters, 3)] if on == "spectral" else features
+
+    def compute() -> np.ndarray:
+        report(progress, "embedding", 0, 1, f"fitting {base.upper() if base != 'tsne' else 't-SNE'} to {len(x):,} samples")
+        return np.asarray(embed_2d(x, base, config.seed, result), dtype=np.float32)
+
+    def encode(coords: np.ndarray):
+        return {"coords": torch.from_numpy(np.ascontiguousarray(coords))}, {"method": method, "source": source, "seed": config.seed}
+
+    return cached(embedding_path(source, method, config), compute, encode, lambda tensors, meta: tensors["coords"].numpy(),
+                  use_cache, progress, measure=(embedding_step(method), len(x)))
+
+
+def embedding_step(method: str) -> str:
+    """The name under which an embedding's duration per sample is measured (core.durations)."""
+    return f"embedding {method.partition('-')[0]}"
 
 
 @dataclass(frozen=True)

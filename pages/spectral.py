@@ -12,15 +12,17 @@ import streamlit as st
 
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.durations import estimate
-from core.detectors import PAIRWISE_GW_STEP, GWDistanceConfig, gw_distances_path, gw_spectral, heatmap_features, heatmap_spectral, thesis_spectral
+from core.cache import locked_elsewhere
+from core.detectors import (PAIRWISE_GW_STEP, class_embedding, embedding_path, embedding_step)
+from core.detectors import GWDistanceConfig, gw_distances_path, gw_spectral, heatmap_features, heatmap_spectral, thesis_spectral
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
 from core.spectral import SpectralConfig, embed_2d
 from ui.charts import confusion_chart
-from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, heatmaps_or_stop,
-                       run_through_app, settle_job, view_links)
+from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, follow_elsewhere, follow_job,
+                       heatmaps_or_stop, run_through_app, settle_job, view_links)
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb, enlarge
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
@@ -30,12 +32,36 @@ EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
 
 
-@st.cache_data(show_spinner="Embedding the class (UMAP compiles on its first use: up to 30 s)…", max_entries=8)
-def embedding(heatmap_key: str, choice: str, config: SpectralConfig, _features: np.ndarray, _result):
-    """`choice` is an embedding of core.spectral, optionally applied to the spectral embedding ("-spectral")."""
-    method, _, source = choice.partition("-")
-    features = _result.embedding[:, : max(config.n_clusters, 3)] if source == "spectral" else _features
-    return embed_2d(features, method, config.seed, _result)
+@st.cache_data(show_spinner=False, max_entries=16)
+def embedding(path_name: str, source: str, choice: str, config: SpectralConfig, _features: np.ndarray, _result) -> np.ndarray:
+    """A cached t-SNE or UMAP (core.detectors.class_embedding), read once per session."""
+    return class_embedding(source, choice, config, _features, _result)
+
+
+def coordinates(source: str, choice: str, config: SpectralConfig, features: np.ndarray, result) -> tuple[np.ndarray, str]:
+    """The scatter's coordinates and what they are. t-SNE and UMAP are fitted in a job (with its
+    progress shown) and cached; until they are ready, the spectral embedding stands in."""
+    if choice == "spectral":
+        return embed_2d(features, "spectral", config.seed, result), choice
+    path = embedding_path(source, choice, config)
+    if path.is_file():
+        return embedding(path.name, source, choice, config, features, result), choice
+    job = RUNNER.get(path.name)
+    if job is not None and job.state == "done":
+        RUNNER.forget(path.name)
+        return embedding(path.name, source, choice, config, features, result), choice
+    if job is not None and job.state in ("failed", "cancelled"):
+        (st.info if job.state == "cancelled" else st.error)(f"{EMBEDDING_LABELS[choice]}: {job.state}: {job.error}")
+        RUNNER.forget(path.name)
+    elif job is None and not locked_elsewhere(path.name):
+        RUNNER.submit(path.name, EMBEDDING_LABELS[choice],
+                      lambda progress: class_embedding(source, choice, config, features, result, progress=progress))
+    if RUNNER.get(path.name) is not None:
+        expected = expected_time(estimate(embedding_step(choice), len(features)))
+        follow_job(path.name, f"Fitted once and cached: {expected}. Until it is ready, the spectral embedding is shown.")
+    else:
+        follow_elsewhere(path.name, EMBEDDING_LABELS[choice])
+    return embed_2d(features, "spectral", config.seed, result), "spectral"
 
 
 def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
@@ -51,7 +77,7 @@ def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
     return fig
 
 
-def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list) -> go.Figure:
+def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list, embedding_label: str) -> go.Figure:
     fig = go.Figure()
     palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"]
     for i, (value, name) in enumerate(names.items()):
@@ -60,7 +86,8 @@ def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list) ->
                                    marker=dict(size=5, color=palette[i % len(palette)], opacity=0.7),
                                    customdata=members, hovertext=[hover[m] for m in members], hoverinfo="text"))
     fig.update_layout(height=480, margin=dict(l=0, r=0, t=40, b=0), dragmode="lasso",
-                      title=dict(text="The class's samples (hover for a preview, drag to select a group)", font=dict(size=14)),
+                      title=dict(text=f"The class's samples: {embedding_label} (hover for a preview, drag to select a group)",
+                                 font=dict(size=14)),
                       xaxis_title="dimension 1", yaxis_title="dimension 2", legend=dict(orientation="h", y=-0.15))
     return fig
 
@@ -159,7 +186,7 @@ if t is not None:
 method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
 colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
 remember_view(VIEW)
-coords = embedding(distance_key, method, spectral_config, features, result)
+coords, shown = coordinates(distance_key, method, spectral_config, features, result)
 indices = heatmaps.indices.numpy()
 hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
          f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
@@ -169,7 +196,7 @@ if colour == "cluster":
 else:
     groups = truth.astype(int)
     names = {0: "clean", 1: "poisoned"}
-event = st.plotly_chart(scatter(coords, groups, names, hover), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
+event = st.plotly_chart(scatter(coords, groups, names, hover, EMBEDDING_LABELS[shown]), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
 train = poisoned_data(data, experiment).train
 images = train.images[indices].permute(0, 2, 3, 1).numpy()
 hover_preview("sp_scatter", {"image": (f"{distance_key}-images", images),

@@ -42,9 +42,19 @@ def test_spectral_view_scores_the_clustering(small_heatmaps, gtsrb):
 
     at.slider(key="sp_k").set_value(15).run()
     assert not at.exception
-    for choice in ("tsne", "tsne-spectral"):
+    def scatter_title(app) -> str:
+        return [c.proto.spec for c in app.get("plotly_chart") if "The class's samples" in c.proto.spec][0]
+
+    for choice, label in (("tsne", "t-SNE of the heatmaps"), ("tsne-spectral", "t-SNE of the spectral embedding")):
         at.radio(key="sp_embedding").set_value(choice).run()
         assert not at.exception, choice
+        assert "Spectral (eigenvectors 2 and 3)" in scatter_title(at)  # fitted in a job; the spectral embedding stands in
+        assert any(label in bar.proto.text for bar in at.get("progress"))
+        wait_for_jobs(timeout=120)
+        at.run()
+        assert label in scatter_title(at), choice
+    again = open_page("pages/spectral.py", {**SMALL, "sp_k": "15", "sp_embedding": "tsne-spectral"})  # another session: from disk
+    assert "t-SNE of the spectral embedding" in scatter_title(again) and not again.get("progress")
     at.radio(key="sp_colour").set_value("ground truth").run()
     assert not at.exception
 
