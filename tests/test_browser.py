@@ -548,8 +548,10 @@ def test_two_servers_sharing_the_cache_train_a_model_once(server, browser, gtsrb
             expect(page.get_by_role("button", name="Train model")).to_be_visible(timeout=60_000)
         for page in pages:
             page.get_by_role("button", name="Train model").click()
-        # Whichever server takes the lock first trains; the other one's page says it waits.
-        waiting = [page.get_by_text("another process is computing this") for page in pages]
+        # Whichever server takes the lock first trains; the other one's page shows the trainer's progress:
+        # its own job waits for the lock, or (its click came after the lock was taken) it starts none.
+        shown = "another process is computing this|waiting for process [0-9]+, which is at|Training is running in process [0-9]+"
+        waiting = [page.get_by_text(re.compile(shown)) for page in pages]
         deadline = time.time() + 60
         while not any(w.count() for w in waiting):
             assert time.time() < deadline, "neither page showed the wait for the other server"
@@ -561,7 +563,7 @@ def test_two_servers_sharing_the_cache_train_a_model_once(server, browser, gtsrb
         assert times[0] == times[1]  # the same training run, read from the same file
         assert path.stat().st_mtime_ns == written
         logs = [SERVER["log"].read_text(), (SERVER["cache"].parent / "second-server.log").read_text()]
-        assert all(f"job started: Training ({path.name})" in log for log in logs)  # each asked once; one trained
+        assert 1 <= sum(log.count(f"job started: Training ({path.name})") for log in logs) <= 2  # at most one job each; one trained
         for page in pages:
             assert page.get_by_test_id("stException").count() == 0
     finally:
