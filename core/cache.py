@@ -316,16 +316,26 @@ class _ProgressFile:
             pass
 
 
-def progress_elsewhere(key: str) -> Optional[Dict[str, Any]]:
-    """While a computation of `key` holds its lock (in any process): its latest progress (task, done,
-    total, message, pid, started, updated); {} before its first report; None when nothing computes it."""
+@dataclasses.dataclass(frozen=True)
+class Computing:
+    """A computation that holds an artifact's lock: its process, when it started and its latest
+    progress (None before its first report)."""
+
+    pid: Optional[int]
+    started: Optional[float]
+    progress: Optional[Progress]
+
+
+def progress_elsewhere(key: str) -> Optional[Computing]:
+    """The computation of `key` while one holds its lock (in any process), else None."""
     if not locked_elsewhere(key):
         return None
     try:
         state = json.loads(_progress_file(key).read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
+        progress = Progress(str(state["task"]), int(state["done"]), int(state["total"]), str(state["message"]))
+        return Computing(int(state["pid"]), float(state["started"]), progress)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Computing(None, None, None)
 
 
 def locked_elsewhere(key: str) -> bool:

@@ -22,7 +22,7 @@ from .heatmaps import heatmaps_path
 from .jobs import RUNNER
 from .lrp import LRPConfig
 from .models import ARCHITECTURE_LABELS
-from .progress import Progress, approximate_duration
+from .progress import approximate_duration
 from .robustness import RobustnessConfig, table_path
 
 
@@ -47,13 +47,13 @@ def running_detail(key: str) -> Optional[str]:
     job = RUNNER.get(key)
     event = job.progress if job is not None and job.active else None
     if event is None or event.message == WAITING:
-        state = progress_elsewhere(key)
-        if state is None:
+        computing = progress_elsewhere(key)
+        if computing is None:
             return None if job is None or not job.active else "starting"
-        if not state:
+        if computing.progress is None:
             return "starting in another process"
-        where = "" if state.get("pid") == os.getpid() else f" (process {state.get('pid')})"
-        event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("message", "")))
+        where = "" if computing.pid == os.getpid() else f" (process {computing.pid})"
+        event = computing.progress
     else:
         where = ""
     share = f" {100 * event.fraction:.0f} %" if event.total > 0 else ""

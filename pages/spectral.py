@@ -50,18 +50,20 @@ def coordinates(source: str, choice: str, config: SpectralConfig, features: np.n
     if job is not None and job.state == "done":
         RUNNER.forget(path.name)
         return embedding(path.name, source, choice, config, features, result), choice
-    if job is not None and job.state in ("failed", "cancelled"):
+    stand_in = embed_2d(features, "spectral", config.seed, result), "spectral"
+    if job is not None and job.state in ("failed", "cancelled"):  # shown once; the next interaction tries again
         (st.info if job.state == "cancelled" else st.error)(f"{EMBEDDING_LABELS[choice]}: {job.state}: {job.error}")
         RUNNER.forget(path.name)
-    elif job is None and not locked_elsewhere(path.name):
+        return stand_in
+    if job is None:
+        if locked_elsewhere(path.name):
+            follow_elsewhere(path.name, EMBEDDING_LABELS[choice])
+            return stand_in
         RUNNER.submit(path.name, EMBEDDING_LABELS[choice],
                       lambda progress: class_embedding(source, choice, config, features, result, progress=progress))
-    if RUNNER.get(path.name) is not None:
-        expected = expected_time(estimate(embedding_step(choice), len(features)))
-        follow_job(path.name, f"Fitted once and cached: {expected}. Until it is ready, the spectral embedding is shown.")
-    else:
-        follow_elsewhere(path.name, EMBEDDING_LABELS[choice])
-    return embed_2d(features, "spectral", config.seed, result), "spectral"
+    expected = expected_time(estimate(embedding_step(choice), len(features)))
+    follow_job(path.name, f"Fitted once and cached: {expected}. Until it is ready, the spectral embedding is shown.")
+    return stand_in
 
 
 def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:

@@ -385,7 +385,7 @@ def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches
 def test_defense_budgets_hold_when_the_attack_changes_norm(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
     page.goto(f"{server}/defense?{urlencode(SMALL)}")
-    expect(page.get_by_role("button", name="Attack and purify")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("tab", name="Attack and purify")).to_be_visible(timeout=60_000)  # its result may be shown already
     sidebar = page.get_by_test_id("stSidebar")
     linf = sidebar.get_by_role("spinbutton", name="Budget ε (L∞, in 1/255)")
     expect(linf).to_have_value("8.00")

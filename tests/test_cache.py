@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -347,8 +348,9 @@ def test_a_computation_shows_its_progress_to_other_processes_until_it_is_stored(
     worker.start()
     try:
         assert reported.wait(30)
-        state = progress_elsewhere(path.name)
-        assert (state["done"], state["total"], state["message"], state["pid"]) == (2, 8, "step 2 of 8", os.getpid())
+        computing = progress_elsewhere(path.name)
+        assert computing.pid == os.getpid() and computing.started <= time.time()
+        assert (computing.progress.done, computing.progress.total, computing.progress.message) == (2, 8, "step 2 of 8")
     finally:
         finish.set()
         worker.join(30)

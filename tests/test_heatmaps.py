@@ -65,7 +65,7 @@ def test_class_heatmaps_fit_the_training_split(quick):
 def test_class_heatmaps_are_cached(quick, tmp_cache, monkeypatch):
     first = compute(quick)
     path = heatmaps_path(MODEL_FILE, TARGET, RULES["composite"])
-    assert [p.name for p in tmp_cache.iterdir()] == [path.name]
+    assert [p.name for p in tmp_cache.iterdir() if not p.name.startswith("durations-")] == [path.name]  # and this CPU's durations
     monkeypatch.setattr(heatmaps_module, "explain", refuse_to_explain)
     assert_same(compute(quick), first)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from typing import Optional
 
 import streamlit as st
@@ -16,7 +17,7 @@ from core.jobs import RUNNER, Job
 from core.lrp import LRPConfig
 from ui.relevance import relevance_query
 from core.cache import WAITING, locked_elsewhere, progress_elsewhere
-from core.progress import Progress, approximate_duration, time_left_text
+from core.progress import approximate_duration, time_left_text
 from ui.url_state import write_experiment_query
 
 _EXPERIMENT = "active_experiment"
@@ -273,14 +274,14 @@ def follow_elsewhere(key: str, label: str) -> None:
 
     @st.fragment(run_every=1.0)
     def poll() -> None:
-        state = progress_elsewhere(key)
-        if state is None:
+        computing = progress_elsewhere(key)
+        if computing is None:
             st.rerun()
-        event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)), str(state.get("message", "")))
-        started = time.time() - float(state.get("started", time.time()))
-        who = f"process {state['pid']}" if "pid" in state else "another process"
-        st.progress(event.fraction, text=f"{label} is running in {who} (for {approximate_duration(started).removeprefix('about ')}): "
-                                         f"{event.message or 'starting…'}")
+        event = computing.progress
+        who = "another process" if computing.pid is None else f"process {computing.pid}"
+        since = "" if computing.started is None else f" (for {approximate_duration(time.time() - computing.started).removeprefix('about ')})"
+        st.progress(0.0 if event is None else event.fraction,
+                    text=f"{label} is running in {who}{since}: {event.message if event and event.message else 'starting…'}")
         st.caption("Another process (the command line or another server) is computing this; the page shows it when it is done. "
                    "Starting it here as well would only wait for that process.")
 
@@ -299,10 +300,9 @@ def follow_job(key: str, note: str) -> None:
             st.rerun()
         event = job.progress
         if event is not None and event.message == WAITING:  # the lock is held elsewhere: show that process's progress
-            state = progress_elsewhere(key) or {}
-            if state:
-                event = Progress(str(state.get("task", "")), int(state.get("done", 0)), int(state.get("total", 0)),
-                                 f"waiting for process {state.get('pid')}, which is at: {state.get('message', '')}")
+            computing = progress_elsewhere(key)
+            if computing is not None and computing.progress is not None:
+                event = replace(computing.progress, message=f"waiting for process {computing.pid}, which is at: {computing.progress.message}")
         fraction = event.fraction if event else 0.0
         text = f"{job.title}: {event.message}" if event and event.message else f"{job.title}: starting…"
         remaining = time_left_text(job.seconds_left())
