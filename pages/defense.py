@@ -107,14 +107,20 @@ def to_rgb(image: torch.Tensor) -> np.ndarray:
     return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
+def short_name(class_id: int, length: int = 24) -> str:
+    """A class name short enough for one of four charts side by side (the long ones overlapped)."""
+    name = CLASS_NAMES[class_id]
+    return name if len(name) <= length else name[: length - 1].rstrip() + "…"
+
+
 def side_by_side(result, i: int, known: bool) -> go.Figure:
     """Row 1: the four versions of image i; row 2: LRP heatmaps of each version's prediction."""
     titles = []
     for v, version in enumerate(VERSIONS):
         predicted = int(result.predicted[v, i])
         mark = "" if not known else (" ✓" if predicted == int(result.labels[i]) else " ✗")
-        titles.append(f"{VERSION_TITLES[version]}<br><b>{CLASS_NAMES[predicted]}</b> {100 * float(result.confidence[v, i]):.1f} %{mark}")
-    titles += [f"LRP: {CLASS_NAMES[int(result.predicted[v, i])]}" for v in range(len(VERSIONS))]
+        titles.append(f"{VERSION_TITLES[version]}<br><b>{short_name(predicted)}</b> {100 * float(result.confidence[v, i]):.1f} %{mark}")
+    titles += [f"LRP: {short_name(int(result.predicted[v, i]))}" for v in range(len(VERSIONS))]
     fig = make_subplots(2, len(VERSIONS), subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.03)
     for v in range(len(VERSIONS)):
         rgb = (result.images[v, i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -151,7 +157,7 @@ def sensitivity_figure(grid, labels: int | None) -> go.Figure:
             value = f"{cell.value:g}" if cell.parameter != "cost_unit" else ("1/32" if abs(cell.value - 1 / 32) < 1e-12 else f"{cell.value:g}")
             star = " ★" if cell.is_default else ""
             mark = "" if labels is None else (" ✓" if cell.predicted == labels else " ✗")
-            titles.append(f"{PARAMETER_TITLES[cell.parameter]} = {value}{star}<br>{CLASS_NAMES[cell.predicted][:22]} {100 * cell.confidence:.0f} %{mark}")
+            titles.append(f"{PARAMETER_TITLES[cell.parameter]} = {value}{star}<br>{short_name(cell.predicted, 22)} {100 * cell.confidence:.0f} %{mark}")
         titles += [""] * (columns - len(row))
     fig = make_subplots(len(grid), columns, subplot_titles=titles, vertical_spacing=0.07, horizontal_spacing=0.02)
     for r, row in enumerate(grid, start=1):
