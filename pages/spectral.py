@@ -73,7 +73,7 @@ def eigenvalue_chart(values: np.ndarray, gap_k: int) -> go.Figure:
              for i, v, g in zip(index, values, gaps)]
     fig = go.Figure(go.Scatter(x=index, y=values, mode="lines+markers", hovertext=hover, hoverinfo="text", name="eigenvalue"))
     fig.add_vrect(x0=gap_k + 0.1, x1=gap_k + 0.9, fillcolor="#f97316", opacity=0.25, line_width=0,
-                  annotation_text=f"largest gap: {gap_k} clusters", annotation_position="top left")
+                  annotation_text=f"largest gap: {gap_k} cluster{'s' if gap_k != 1 else ''}", annotation_position="top left")
     fig.update_layout(height=360, margin=dict(l=0, r=0, t=40, b=0), title=dict(text="Smallest eigenvalues of the normalised Laplacian L_sym", font=dict(size=14)),
                       xaxis_title="index i", yaxis_title="eigenvalue λi", showlegend=False)
     return fig
