@@ -202,66 +202,84 @@ if summary["window_positive_share_poisoned"] is not None:
 if summary["window_positive_share_clean"] is not None:
     cols[4].metric("… clean" if summary["window_positive_share_poisoned"] is not None else "Positive relevance in sticker window, clean",
                    f"{100 * summary['window_positive_share_clean']:.1f} %")
+notice = st.container()  # always drawn, so that a class with a note keeps every element below at its place
 if not summary["poisoned"]:
     p = experiment.poison
     why = (f"the attack gave its stickered images the label {p.target}, so they are explained on class {p.target}'s page"
            if class_id == p.source else f"the attack poisons class {p.source} towards class {p.target} only")
-    st.info(f"Class {class_id} has no poisoned samples: {why}. Its heatmaps show what clean samples look like.", icon=":material/info:")
+    notice.info(f"Class {class_id} has no poisoned samples: {why}. Its heatmaps show what clean samples look like.", icon=":material/info:")
 
 st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 
-st.subheader("One sample")
-left, middle, right = st.columns([1, 1, 2])
-which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter")
-order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort")
-mask = heatmaps.poison_mask.numpy()
-candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
-if len(candidates) == 0:
-    st.info(f"This class has no {which} samples.")
-    st.stop()
-confidence = heatmaps.confidence.numpy()[candidates]
-if order == "lowest first":
-    candidates = candidates[np.argsort(confidence, kind="stable")]
-elif order == "highest first":
-    candidates = candidates[np.argsort(-confidence, kind="stable")]
-st.session_state["hm_position"] = min(int(st.session_state.get("hm_position", 1)), len(candidates))  # a linked position may exceed this filter's count
-position = right.slider("Sample", 1, len(candidates), key="hm_position") if len(candidates) > 1 else 1
-chosen = int(candidates[min(position, len(candidates)) - 1])
-index = int(heatmaps.indices[chosen])
-image = poisoned_data(data, experiment).train.images[index].permute(1, 2, 0).numpy()
-heat = heatmaps.heatmaps[chosen].numpy()
-st.caption(
-    f"Training image #{index} · {'poisoned' if mask[chosen] else 'clean'} · label {class_id} · predicted "
-    f"{int(heatmaps.predicted[chosen])} ({CLASS_NAMES[int(heatmaps.predicted[chosen])]}) · confidence "
-    f"{100 * float(heatmaps.confidence[chosen]):.1f} % · explained logit {float(heatmaps.logit[chosen]):.2f} · "
-    f"total relevance {float(heat.sum()):.2f}"
-)
-st.plotly_chart(sample_figure(image, heat, window), width="stretch")
-t1, t2 = st.columns(2)
-first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0.01, key="hm_t1")
-second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2")
-remember_view(VIEW)
-st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
+@st.fragment
+def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None:
+    """The sample browser and its clouds: choosing a sample reruns this section alone, so the
+    class's mean heatmaps above are not sent or redrawn again."""
+    st.subheader("One sample")
+    left, middle, right = st.columns([1, 1, 2])
+    which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter")
+    order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort")
+    mask = heatmaps.poison_mask.numpy()
+    candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
+    if len(candidates) == 0:
+        remember_view(VIEW)
+        st.info(f"This class has no {which} samples.")
+        return
+    confidence = heatmaps.confidence.numpy()[candidates]
+    if order == "lowest first":
+        candidates = candidates[np.argsort(confidence, kind="stable")]
+    elif order == "highest first":
+        candidates = candidates[np.argsort(-confidence, kind="stable")]
+    st.session_state["hm_position"] = min(int(st.session_state.get("hm_position", 1)), len(candidates))  # a linked position may exceed this filter's count
+    position = right.slider("Sample", 1, len(candidates), key="hm_position") if len(candidates) > 1 else 1
+    remember_view(VIEW)
+    chosen = int(candidates[min(position, len(candidates)) - 1])
+    index = int(heatmaps.indices[chosen])
+    heat = heatmaps.heatmaps[chosen].numpy()
+    st.caption(
+        f"Training image #{index} · {'poisoned' if mask[chosen] else 'clean'} · label {class_id} · predicted "
+        f"{int(heatmaps.predicted[chosen])} ({CLASS_NAMES[int(heatmaps.predicted[chosen])]}) · confidence "
+        f"{100 * float(heatmaps.confidence[chosen]):.1f} % · explained logit {float(heatmaps.logit[chosen]):.2f} · "
+        f"total relevance {float(heat.sum()):.2f}"
+    )
+    st.plotly_chart(sample_figure(images[index].permute(1, 2, 0).numpy(), heat, window_tensor.numpy()), width="stretch")
+    clouds(heatmaps, key, window_tensor, chosen)
 
-st.subheader("What Gromov–Wasserstein can see")
-st.caption("GW compares clouds up to rotation and translation: it cannot see where the sticker is, only whether a cloud is one "
-           "heavy compact atom. So poisoned clouds stand out when their heaviest pixels hold much more of the mass than clean "
-           "clouds' do. The thesis's clouds: 55 % against 12 % in the 9 heaviest pixels, 512 against 584 points at t = 0.99.")
-values = class_visibility(key, heatmaps, window_tensor)
-at_t = int(np.argmin(np.abs(values["thresholds"] - first)))
-exact_t = abs(values["thresholds"][at_t] - first) < 1e-9
-sizes_at_t = values["sizes"][:, at_t] if exact_t else point_count(normalised_mass(heatmaps.heatmaps), first).numpy()
-POINTS, TOP, WINDOW = f"points (t = {first:.2f})", "top-9 mass", "window mass"
-rows = {}
-for name, where in (("poisoned", mask), ("clean", ~mask), ("this sample", np.arange(len(mask)) == chosen)):
-    if where.any():
-        rows[name] = {POINTS: float(np.median(sizes_at_t[where])), TOP: float(np.median(values["top_share"][where])),
-                      WINDOW: float(np.median(values["window_share"][where]))}
-left, right = st.columns([1, 1])
-left.dataframe(pd.DataFrame(rows).T.style.format({POINTS: "{:.0f}", TOP: "{:.1%}", WINDOW: "{:.1%}"}), width="stretch")
-left.caption("Medians over the class's poisoned and clean samples at the left cloud's threshold t: the cloud's size, the "
-             "share of its mass in its 9 heaviest pixels, and in the sticker window (where the attack may place the sticker).")
-right.plotly_chart(visibility_figure(values, mask, first, chosen), width="stretch")
+
+@st.fragment
+def clouds(heatmaps: ClassHeatmaps, key: str, window_tensor, chosen: int) -> None:
+    """The two clouds of the chosen sample and what GW can see at the left threshold: a threshold
+    nudge reruns this section alone."""
+    heat = heatmaps.heatmaps[chosen].numpy()
+    mask = heatmaps.poison_mask.numpy()
+    t1, t2 = st.columns(2)
+    first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0.01, key="hm_t1")
+    second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2")
+    remember_view(VIEW)
+    st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
+
+    st.subheader("What Gromov–Wasserstein can see")
+    st.caption("GW compares clouds up to rotation and translation: it cannot see where the sticker is, only whether a cloud is one "
+               "heavy compact atom. So poisoned clouds stand out when their heaviest pixels hold much more of the mass than clean "
+               "clouds' do. The thesis's clouds: 55 % against 12 % in the 9 heaviest pixels, 512 against 584 points at t = 0.99.")
+    values = class_visibility(key, heatmaps, window_tensor)
+    at_t = int(np.argmin(np.abs(values["thresholds"] - first)))
+    exact_t = abs(values["thresholds"][at_t] - first) < 1e-9
+    sizes_at_t = values["sizes"][:, at_t] if exact_t else point_count(normalised_mass(heatmaps.heatmaps), first).numpy()
+    POINTS, TOP, WINDOW = f"points (t = {first:.2f})", "top-9 mass", "window mass"
+    rows = {}
+    for name, where in (("poisoned", mask), ("clean", ~mask), ("this sample", np.arange(len(mask)) == chosen)):
+        if where.any():
+            rows[name] = {POINTS: float(np.median(sizes_at_t[where])), TOP: float(np.median(values["top_share"][where])),
+                          WINDOW: float(np.median(values["window_share"][where]))}
+    left, right = st.columns([1, 1])
+    left.dataframe(pd.DataFrame(rows).T.style.format({POINTS: "{:.0f}", TOP: "{:.1%}", WINDOW: "{:.1%}"}), width="stretch")
+    left.caption("Medians over the class's poisoned and clean samples at the left cloud's threshold t: the cloud's size, the "
+                 "share of its mass in its 9 heaviest pixels, and in the sticker window (where the attack may place the sticker).")
+    right.plotly_chart(visibility_figure(values, mask, first, chosen), width="stretch")
+
+
+one_sample(heatmaps, poisoned_data(data, experiment).train.images, key, window_tensor)
 view_links(experiment, [
     ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
     ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),

@@ -94,6 +94,42 @@ def scatter(coords: np.ndarray, groups: np.ndarray, names: dict, hover: list, em
     return fig
 
 
+@st.fragment
+def embedding_section(distance_key: str, spectral_config: SpectralConfig, features: np.ndarray, result, heatmaps, truth: np.ndarray,
+                      flagged: np.ndarray, train_images) -> None:
+    """The class's scatter, its colouring and the selected samples: switching the embedding or the
+    colouring, or selecting points, reruns this section alone."""
+    method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
+    colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
+    remember_view(VIEW)
+    coords, shown = coordinates(distance_key, method, spectral_config, features, result)
+    indices = heatmaps.indices.numpy()
+    hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
+             f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
+    if colour == "cluster":
+        groups = result.assignments
+        names = {c: f"cluster {c}{' (flagged)' if flagged[result.assignments == c].all() else ''}" for c in np.unique(groups)}
+    else:
+        groups = truth.astype(int)
+        names = {0: "clean", 1: "poisoned"}
+    event = st.plotly_chart(scatter(coords, groups, names, hover, EMBEDDING_LABELS[shown]), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
+    images = train_images[indices].permute(0, 2, 3, 1).numpy()
+    hover_preview("sp_scatter", {"image": (f"{distance_key}-images", images),
+                                 "heatmap": (f"{distance_key}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
+                  [h.replace(" · ", "\n", 1) for h in hover])
+    selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
+    if selected:
+        previews = selected[:16]
+        st.write(f"{len(selected)} selected: {int(truth[selected].sum())} poisoned, {len(selected) - int(truth[selected].sum())} clean"
+                 f"{' (showing 16)' if len(selected) > 16 else ''}. Each sample: image, then its heatmap (red: for the class, blue: against).")
+        grid = st.columns(8)
+        for n, i in enumerate(previews):
+            image = train_images[indices[i]].permute(1, 2, 0).numpy()
+            label = f"#{indices[i]} {'poisoned' if truth[i] else 'clean'}"
+            grid[(2 * n) % 8].image(enlarge(image), caption=label)
+            grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[i].numpy())), caption="heatmap")
+
+
 run_through_app()
 st.title("Spectral analysis")
 st.caption("Spectral relevance analysis (SpRAy; thesis sections 6.3 and 7): a k-nearest-neighbour graph over the class's "
@@ -185,36 +221,7 @@ t = thesis_spectral(experiment, class_id) if distance_kind == "euclidean" else N
 if t is not None:
     right.caption(f"Thesis, Euclidean spectral clustering on the same setting: tn {t['tn']}, fp {t['fp']}, fn {t['fn']}, tp {t['tp']}.")
 
-method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
-colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
-remember_view(VIEW)
-coords, shown = coordinates(distance_key, method, spectral_config, features, result)
-indices = heatmaps.indices.numpy()
-hover = [f"#{indices[i]} · {'poisoned' if truth[i] else 'clean'} · cluster {result.assignments[i]}"
-         f"{' (flagged)' if flagged[i] else ''} · confidence {100 * float(heatmaps.confidence[i]):.1f} %" for i in range(len(truth))]
-if colour == "cluster":
-    groups = result.assignments
-    names = {c: f"cluster {c}{' (flagged)' if flagged[result.assignments == c].all() else ''}" for c in np.unique(groups)}
-else:
-    groups = truth.astype(int)
-    names = {0: "clean", 1: "poisoned"}
-event = st.plotly_chart(scatter(coords, groups, names, hover, EMBEDDING_LABELS[shown]), width="stretch", on_select="rerun", selection_mode=("lasso", "box", "points"), key="sp_scatter")
-train = poisoned_data(data, experiment).train
-images = train.images[indices].permute(0, 2, 3, 1).numpy()
-hover_preview("sp_scatter", {"image": (f"{distance_key}-images", images),
-                             "heatmap": (f"{distance_key}-heatmaps", diverging_rgb(heatmaps.heatmaps.numpy()))},
-              [h.replace(" · ", "\n", 1) for h in hover])
-selected = sorted({int(p["customdata"]) for p in (event.selection.points if event and event.selection else []) if "customdata" in p})
-if selected:
-    shown = selected[:16]
-    st.write(f"{len(selected)} selected: {int(truth[selected].sum())} poisoned, {len(selected) - int(truth[selected].sum())} clean"
-             f"{' (showing 16)' if len(selected) > 16 else ''}. Each sample: image, then its heatmap (red: for the class, blue: against).")
-    grid = st.columns(8)
-    for n, i in enumerate(shown):
-        image = train.images[indices[i]].permute(1, 2, 0).numpy()
-        label = f"#{indices[i]} {'poisoned' if truth[i] else 'clean'}"
-        grid[(2 * n) % 8].image(enlarge(image), caption=label)
-        grid[(2 * n + 1) % 8].image(enlarge(diverging_rgb(heatmaps.heatmaps[i].numpy())), caption="heatmap")
+embedding_section(distance_key, spectral_config, features, result, heatmaps, truth, flagged, poisoned_data(data, experiment).train.images)
 
 st.subheader("Methods on the same model and class")
 rows = {f"LRP heatmaps, {'Euclidean' if distance_kind == 'euclidean' else 'GW'} spectral ({lrp.rule})": score.as_dict()}

@@ -332,6 +332,12 @@ def choose(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def settled(page) -> None:
+    """Wait until the app's script run has ended: during a run Streamlit shows the new elements
+    beside the stale ones they replace."""
+    expect(page.get_by_test_id("stApp")).to_have_attribute("data-test-script-state", "notRunning")
+
+
 def press(page, slider, key: str, times: int) -> None:
     slider.focus()
     for _ in range(times):
@@ -354,6 +360,9 @@ def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches
     clouds = page.locator(".js-plotly-plot").filter(has_text="Point clouds")
 
     def holds() -> None:
+        expect(page.get_by_text("Training image #")).to_be_visible()
+        settled(page)
+        expect(page.get_by_role("radio", name="poisoned")).to_have_count(1)
         expect(left).to_have_attribute("aria-valuetext", "0.90")
         expect(right).to_have_attribute("aria-valuetext", "0.40")
         expect(page.get_by_role("radio", name="poisoned")).to_be_checked()
@@ -369,7 +378,9 @@ def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches
         choose(page, "Class", "2 · Speed limit (50km/h)")
         expect(page.get_by_text("This class has no poisoned samples")).to_be_visible()
         expect(page.get_by_text("Class 2 has no poisoned samples: the attack gave its stickered images the label 5")).to_be_visible()
+        settled(page)
         mean = page.locator(".js-plotly-plot").filter(has_text="Mean heatmap")
+        expect(mean).to_have_count(1)
         expect(mean).to_contain_text("clean samples (")
         expect(mean).not_to_contain_text("poisoned samples (0)")
         choose(page, "Class", "5 · Speed limit (80km/h)")

@@ -111,8 +111,12 @@ def _note_drawn(spec: Mapping[str, Field]) -> None:
     from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    if ctx is not None:
-        st.session_state[_DRAWN] = frozenset(key for key in spec if key in ctx.shared.widget_user_keys_this_run)
+    if ctx is None:
+        return
+    drawn = frozenset(key for key in spec if key in ctx.shared.widget_user_keys_this_run)
+    if ctx.fragment_ids_this_run:  # a fragment's rerun: the rest of the page keeps what the last full run drew
+        drawn |= st.session_state.get(_DRAWN, frozenset())
+    st.session_state[_DRAWN] = drawn
 
 
 def _entered(view: Tuple[str, ...]) -> bool:
