@@ -22,7 +22,7 @@ from core.poison import sticker_window
 from ui.common import (active_experiment, computed_heatmaps, data_or_stop, expected_time, run_through_app, settle_job, training_time,
                        view_links)
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
-from ui.url_state import Choice, Number, remember_view, restore_view
+from ui.url_state import Choice, Number, remember_view, resend_in_fragment, restore_view
 
 SQUARE = dict(scaleanchor="x", autorange="reversed", constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
 AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
@@ -215,6 +215,7 @@ st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None:
     """The sample browser and its clouds: choosing a sample reruns this section alone, so the
     class's mean heatmaps above are not sent or redrawn again."""
+    resend_in_fragment(("hm_filter", "hm_sort", "hm_position"))
     st.subheader("One sample")
     left, middle, right = st.columns([1, 1, 2])
     which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter")
@@ -250,6 +251,7 @@ def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None
 def clouds(heatmaps: ClassHeatmaps, key: str, window_tensor, chosen: int) -> None:
     """The two clouds of the chosen sample and what GW can see at the left threshold: a threshold
     nudge reruns this section alone."""
+    resend_in_fragment(("hm_t1", "hm_t2"))
     heat = heatmaps.heatmaps[chosen].numpy()
     mask = heatmaps.poison_mask.numpy()
     t1, t2 = st.columns(2)

@@ -26,7 +26,7 @@ from ui.common import (active_experiment, cached_baselines, cached_detection, da
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb, enlarge
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
-from ui.url_state import Choice, Number, remember_view, restore_view
+from ui.url_state import Choice, Number, remember_view, resend_in_fragment, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
@@ -99,6 +99,7 @@ def embedding_section(distance_key: str, spectral_config: SpectralConfig, featur
                       flagged: np.ndarray, train_images) -> None:
     """The class's scatter, its colouring and the selected samples: switching the embedding or the
     colouring, or selecting points, reruns this section alone."""
+    resend_in_fragment(("sp_embedding", "sp_colour"))
     method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
     colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
     remember_view(VIEW)

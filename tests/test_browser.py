@@ -196,10 +196,8 @@ def test_hovering_a_point_previews_its_image_and_heatmap(server, browser):
     expect(preview).to_be_hidden(timeout=10_000)
 
 
-def test_gw_detection_page_draws_barycenters_and_previews_samples(server, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 2200})
-    page.goto(f"{server}/detect?{urlencode(SMALL)}")
-    expect(page.get_by_text("Mass threshold t")).to_be_visible(timeout=60_000)
+def choose_quick_gw(page) -> None:
+    """Move the GW page's sliders to the cached quick setting: t = 0.5, ε = 0.05, two iterations."""
     sidebar = page.get_by_test_id("stSidebar")
     # Select the cached quick setting: t = 0.5, ε = 0.05, two iterations.
     for label, value in (("Mass threshold t", "0.5"), ("Entropic ε (seeding and updates)", "0.05")):
@@ -217,6 +215,13 @@ def test_gw_detection_page_draws_barycenters_and_previews_samples(server, browse
         page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowRight")
     expect(iterations).to_have_attribute("aria-valuetext", "2")
+
+
+def test_gw_detection_page_draws_barycenters_and_previews_samples(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(f"{server}/detect?{urlencode(SMALL)}")
+    expect(page.get_by_text("Mass threshold t")).to_be_visible(timeout=60_000)
+    choose_quick_gw(page)
     expect(page.get_by_text("The two barycenters, drawn by metric MDS")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("Compared with the other methods on the same class")).to_be_visible()
     expect(page.locator("[data-testid=hover-preview][data-hooked=true]")).to_be_attached(timeout=60_000)
@@ -391,6 +396,127 @@ def test_heatmap_thresholds_filter_and_sort_hold_through_class_and_page_switches
     nav.get_by_role("link", name="Heatmaps").click()
     holds()
     assert page.get_by_test_id("stException").count() == 0
+
+
+def test_gw_controls_hold_through_class_and_page_switches(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2200})
+    page.goto(f"{server}/detect?{urlencode(SMALL)}")
+    expect(page.get_by_text("Mass threshold t")).to_be_visible(timeout=60_000)
+    choose_quick_gw(page)
+    sidebar = page.get_by_test_id("stSidebar")
+
+    def holds() -> None:
+        expect(page.get_by_text("The two barycenters, drawn by metric MDS")).to_be_visible(timeout=60_000)  # the cached quick result
+        settled(page)
+        for label, value in (("Mass threshold t", "0.5"), ("Entropic ε (seeding and updates)", "0.05"), ("k-means iterations at most", "2")):
+            expect(sidebar.get_by_role("slider", name=label)).to_have_attribute("aria-valuetext", value)
+        query = page.evaluate("() => window.location.search") + "&"
+        for field in ("gw_threshold=0.5&", "gw_eps=0.05&", "gw_iter=2&", "gw_class=5&"):
+            assert field in query, (field, query)
+
+    holds()
+    choose(page, "Class", "2 · Speed limit (50km/h)")
+    page.wait_for_function("() => window.location.search.includes('gw_class=2')", timeout=30_000)
+    settled(page)
+    expect(sidebar.get_by_role("slider", name="Mass threshold t")).to_have_attribute("aria-valuetext", "0.5")
+    choose(page, "Class", "5 · Speed limit (80km/h)")
+    holds()
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Heatmaps").click()
+    expect(page.get_by_text("Images of the class")).to_be_visible(timeout=60_000)
+    nav.get_by_role("link", name="GW detection").click()
+    holds()
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_spectral_controls_hold_through_class_and_page_switches(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    k, clusters = (sidebar.get_by_role("slider", name=name) for name in ("Neighbours k of the kNN graph", "Number of clusters"))
+    press(page, k, "ArrowRight", 2)
+    press(page, clusters, "ArrowRight", 1)
+    page.wait_for_function("() => window.location.search.includes('sp_clusters=3')", timeout=30_000)
+    page.get_by_role("radiogroup", name="Embedding").get_by_text("t-SNE of the heatmaps").click()
+    scatter = page.locator(".js-plotly-plot").filter(has_text="The class's samples")
+
+    def holds() -> None:
+        expect(scatter.filter(has_text="t-SNE of the heatmaps")).to_have_count(1, timeout=120_000)  # fitted in a job, then drawn
+        settled(page)
+        expect(k).to_have_attribute("aria-valuetext", "12")
+        expect(clusters).to_have_attribute("aria-valuetext", "3")
+        expect(page.get_by_role("radio", name="t-SNE of the heatmaps")).to_be_checked()
+        expect(scatter).to_contain_text("cluster 2")  # three clusters drawn
+        query = page.evaluate("() => window.location.search") + "&"
+        for field in ("sp_k=12&", "sp_clusters=3&", "sp_embedding=tsne&", "sp_class=5&"):
+            assert field in query, (field, query)
+
+    holds()
+    choose(page, "Class", "2 · Speed limit (50km/h)")
+    page.wait_for_function("() => window.location.search.includes('sp_class=2')", timeout=30_000)
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    settled(page)
+    expect(k).to_have_attribute("aria-valuetext", "12")
+    choose(page, "Class", "5 · Speed limit (80km/h)")
+    holds()
+    nav = page.get_by_test_id("stSidebarNav")
+    nav.get_by_role("link", name="Heatmaps").click()
+    expect(page.get_by_text("Images of the class")).to_be_visible(timeout=60_000)
+    nav.get_by_role("link", name="Spectral").click()
+    holds()
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def received(page) -> list:
+    """The websocket frames the page receives from now on (what the server sends it)."""
+    frames = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda f: frames.append(f if isinstance(f, bytes) else f.encode())))
+    return frames
+
+
+def test_tuning_resends_only_the_section_it_changes(server, browser):
+    """A threshold nudge, a sample step and a colour switch rerun their section alone: the server
+    does not send the page's other figures again, so the browser does not redraw them."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    frames = received(page)
+    page.goto(f"{server}/heatmaps?{urlencode(SMALL)}")
+    expect(page.get_by_text("Training image #")).to_be_visible(timeout=60_000)
+    settled(page)
+    page.wait_for_timeout(500)
+    assert b"Mean heatmap of the class" in b"".join(frames)  # the whole page came in the first run
+    frames.clear()
+    left = page.get_by_role("slider", name="Mass threshold t (left cloud)")
+    left.focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator(".js-plotly-plot").filter(has_text="t = 0.98: ")).to_have_count(1)
+    settled(page)
+    sent = b"".join(frames)
+    assert b"Point clouds" in sent and b"Cloud size against" in sent
+    assert b"Mean heatmap of the class" not in sent and b"overlay" not in sent and b"Training image #" not in sent
+    frames.clear()
+    caption = page.get_by_text("Training image #")
+    before = caption.inner_text()
+    page.get_by_role("slider", name="Sample").focus()
+    page.keyboard.press("ArrowRight")
+    expect(caption).not_to_have_text(before)
+    settled(page)
+    sent = b"".join(frames)
+    assert b"overlay" in sent and b"Mean heatmap of the class" not in sent
+
+    page.goto(f"{server}/spectral?{urlencode(SMALL)}")
+    expect(page.get_by_text("Eigengap suggests")).to_be_visible(timeout=60_000)
+    settled(page)
+    page.wait_for_timeout(500)
+    frames.clear()
+    page.get_by_role("radiogroup", name="Colour by").get_by_text("ground truth").click()
+    page.wait_for_function("() => window.location.search.includes('sp_colour=ground+truth')", timeout=30_000)
+    settled(page)
+    scatter = page.locator(".js-plotly-plot").filter(has_text="The class's samples")
+    expect(scatter).to_have_count(1)
+    expect(scatter).to_contain_text("poisoned (")
+    sent = b"".join(frames)
+    assert b"The class's samples" in sent and b"Smallest eigenvalues" not in sent and b"Methods on the same model" not in sent
 
 
 def test_defense_budgets_hold_when_the_attack_changes_norm(server, browser):

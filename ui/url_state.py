@@ -119,6 +119,23 @@ def _note_drawn(spec: Mapping[str, Field]) -> None:
     st.session_state[_DRAWN] = drawn
 
 
+def resend_in_fragment(keys: Tuple[str, ...]) -> None:
+    """At the top of a fragment: on the fragment's own rerun, send its widgets' values to the browser.
+
+    A change made in a fragment while a full run is under way reaches the script only after that
+    run, which draws the widget with its old value: the browser then shows the old value while the
+    fragment draws the new one, and its next request sends the old value back. Writing the values
+    through Session State makes the fragment's rerun set them in the browser as well."""
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not ctx.fragment_ids_this_run:
+        return
+    for key in keys:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
 def _entered(view: Tuple[str, ...]) -> bool:
     """Whether this run shows `view` after a run that showed another one."""
     arrived = st.session_state.get(_LAST_VIEW) != view
