@@ -15,6 +15,7 @@ matter and corrupt the gap.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +137,28 @@ def fiedler_score(result: SpectralResult, flagged) -> np.ndarray:
 
 
 EMBEDDINGS = ("spectral", "umap", "tsne")
+
+
+_UMAP_COMPILE: dict = {}
+_UMAP_COMPILE_LOCK = threading.Lock()
+
+
+def compile_umap_in_background() -> threading.Thread:
+    """Start, once per process, a UMAP fit of a tiny random set in a background thread.
+
+    UMAP's numba kernels are compiled on their first use in a process, and most are not cached
+    on disk: a class's first UMAP in a fresh server took 17 s on a 2-core AVX2 CPU, of which ~9 s
+    was compiling (bench/embeddings.py). A view that offers UMAP calls this when it opens, so
+    the compiling is done before anyone asks for a UMAP; a fit that starts meanwhile waits for
+    numba's compiler lock instead of compiling again."""
+    with _UMAP_COMPILE_LOCK:
+        thread = _UMAP_COMPILE.get("thread")
+        if thread is None:
+            sample = np.random.default_rng(0).random((60, 16), dtype=np.float32)
+            thread = threading.Thread(target=embed_2d, args=(sample, "umap"), name="compile-umap", daemon=True)
+            thread.start()
+            _UMAP_COMPILE["thread"] = thread
+        return thread
 
 
 def embed_2d(features, method: str, seed: int = 0, result: SpectralResult | None = None) -> np.ndarray:

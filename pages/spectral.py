@@ -19,7 +19,7 @@ from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
-from core.spectral import SpectralConfig, embed_2d
+from core.spectral import SpectralConfig, compile_umap_in_background, embed_2d
 from ui.charts import confusion_chart
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, follow_elsewhere, follow_job,
                        heatmaps_or_stop, run_through_app, settle_job, view_links)
@@ -137,6 +137,7 @@ st.caption("Spectral relevance analysis (SpRAy; thesis sections 6.3 and 7): a k-
            "normalised heatmaps, the eigenvalues of its normalised Laplacian (a gap after the k-th hints at k groups), "
            "and spectral clustering. The smaller cluster is flagged as poisoned and scored against the truth.")
 experiment = active_experiment()
+compile_umap_in_background()  # so that a first UMAP does not also wait for numba's compiler
 VIEW = {"sp_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("sp", experiment.train.architecture),
         "sp_k": Number(2, 50, 10, integer=True), "sp_clusters": Number(2, 8, 2, integer=True),
         "sp_distance": Choice(("euclidean", "gw"), "euclidean"), "sp_embedding": Choice(tuple(EMBEDDING_LABELS), "spectral"),

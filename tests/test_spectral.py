@@ -419,3 +419,19 @@ def test_fiedler_score_without_two_groups_is_the_plain_eigenvector():
     result = analyse(euclidean_distances(points), SpectralConfig(k_neighbors=5))
     for flags in (np.zeros(30, bool), np.ones(30, bool)):
         assert np.array_equal(fiedler_score(result, flags), result.embedding[:, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_compiling_umap_in_the_background_runs_once_and_compiles_what_a_fit_uses():
+    from umap import layouts
+
+    from core.spectral import compile_umap_in_background
+
+    thread = compile_umap_in_background()
+    assert compile_umap_in_background() is thread, "one compile per process"
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert layouts.clip.signatures, "the layout's kernels are compiled"
+    points, _ = blobs(sizes=(35, 25), dims=6)
+    assert np.isfinite(embed_2d(points, "umap", seed=1)).all()
