@@ -191,16 +191,18 @@ if heatmaps is None:
 window_tensor = sticker_window(experiment.poison)
 window = window_tensor.numpy()
 summary = heatmaps.summary(window_tensor, 0.99)
-cols = st.columns(5)
+cols = st.columns([1, 0.8, 1.1, 1.5, 0.8])
 cols[0].metric("Images of the class", f"{summary['count']:,}", help=f"{summary['poisoned']} poisoned, {summary['clean']} clean")
 cols[1].metric("LRP time", f"{heatmaps.seconds:.2f} s")
-cols[2].metric("Conservation gap (median)", f"{100 * summary['conservation_gap_median']:.1f} %",
-               help="(logit − total relevance) / |logit|: the share that biases and ε absorb. With zero biases and ε → 0 it is 0.")
+cols[2].metric("Conservation gap", f"{100 * summary['conservation_gap_median']:.1f} %",
+               help="Median over the class of (logit − total relevance) / |logit|: the share that biases and ε absorb. "
+                    "With zero biases and ε → 0 it is 0.")
 if summary["window_positive_share_poisoned"] is not None:
-    cols[3].metric("Positive relevance in sticker window, poisoned", f"{100 * summary['window_positive_share_poisoned']:.1f} %",
-                   help=f"The window is {100 * summary['window_share_of_image']:.1f} % of the image.")
+    cols[3].metric("In sticker window: poisoned", f"{100 * summary['window_positive_share_poisoned']:.1f} %",
+                   help=f"The share of the positive relevance that lies in the sticker window (mean over the poisoned samples). "
+                        f"The window is {100 * summary['window_share_of_image']:.1f} % of the image.")
 if summary["window_positive_share_clean"] is not None:
-    cols[4].metric("… clean" if summary["window_positive_share_poisoned"] is not None else "Positive relevance in sticker window, clean",
+    cols[4].metric("… clean" if summary["window_positive_share_poisoned"] is not None else "In sticker window: clean",
                    f"{100 * summary['window_positive_share_clean']:.1f} %")
 notice = st.container()  # always drawn, so that a class with a note keeps every element below at its place
 if not summary["poisoned"]:
