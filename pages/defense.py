@@ -33,28 +33,28 @@ PARAMETER_TITLES = {"gamma": "γ", "theta": "θ", "tau": "τ", "iterations": "it
 def controls() -> tuple[str, AttackConfig, DefenseConfig]:
     with st.sidebar:
         st.subheader("Model")
-        model = st.radio("Attack the", VIEW["df_model"].options, horizontal=True, key="df_model",
+        model = st.radio("Attack the", VIEW["df_model"].options, horizontal=True, key="df_model", persist_state="session",
                          format_func={"poisoned": "poisoned model", "clean": "clean model"}.get,
                          help="The clean model is the same experiment trained without poisoned samples.")
         st.subheader("Attack")
-        name = st.selectbox("Attack", list(ATTACKS), format_func=ATTACKS.get, key="df_attack",
+        name = st.selectbox("Attack", list(ATTACKS), format_func=ATTACKS.get, key="df_attack", persist_state="session",
                             help="BPDA is the adaptive attack: PGD through the defense, with the barycenter's gradient taken as the identity.")
         norm = AttackConfig(name=name).norm
         if norm == "linf":
-            eps = st.number_input("Budget ε (L∞, in 1/255)", *VIEW["df_eps_linf"].bounds, step=0.5, key="df_eps_linf") / 255
+            eps = st.number_input("Budget ε (L∞, in 1/255)", *VIEW["df_eps_linf"].bounds, step=0.5, key="df_eps_linf", persist_state="session") / 255
         else:
-            eps = st.number_input("Budget ε (L2)", *VIEW["df_eps_l2"].bounds, step=0.05, key="df_eps_l2")
-        seed = st.number_input("Attack seed", *VIEW["df_seed"].bounds, key="df_seed")
+            eps = st.number_input("Budget ε (L2)", *VIEW["df_eps_l2"].bounds, step=0.05, key="df_eps_l2", persist_state="session")
+        seed = st.number_input("Attack seed", *VIEW["df_seed"].bounds, key="df_seed", persist_state="session")
         st.subheader("Defense")
-        marginals = st.radio("Marginals", VIEW["df_marginals"].options, horizontal=True, key="df_marginals",
+        marginals = st.radio("Marginals", VIEW["df_marginals"].options, horizontal=True, key="df_marginals", persist_state="session",
                              help="B6: the image, rotations by ±2° and ±3°, a 3-pixel shift. B4: the image, ±2°, the shift.")
         with st.expander("Algorithm 1 settings (the paper's by default)"):
             base = DefenseConfig()
-            iterations = st.number_input("Iterations", 1, 5000, base.iterations, 50, key="df_iterations",
+            iterations = st.number_input("Iterations", 1, 5000, base.iterations, 50, key="df_iterations", persist_state="session",
                                          help="At θ = 1e5 the barycenter drifts back towards the input as iterations go on: more iterations, weaker defense.")
-            gamma = st.number_input("γ (entropic regularisation)", 0.001, 10.0, base.gamma, 0.005, format="%.3f", key="df_gamma")
-            theta = st.number_input("θ (pull towards the input)", 1.0, 1e9, base.theta, format="%.0f", key="df_theta")
-            tau = st.number_input("τ (step)", 0.001, 10.0, base.tau, 0.05, format="%.3f", key="df_tau")
+            gamma = st.number_input("γ (entropic regularisation)", 0.001, 10.0, base.gamma, 0.005, format="%.3f", key="df_gamma", persist_state="session")
+            theta = st.number_input("θ (pull towards the input)", 1.0, 1e9, base.theta, format="%.0f", key="df_theta", persist_state="session")
+            tau = st.number_input("τ (step)", 0.001, 10.0, base.tau, 0.05, format="%.3f", key="df_tau", persist_state="session")
     try:
         attack = AttackConfig(name=name, eps=float(eps), seed=int(seed))
         defense = DefenseConfig(marginals=marginals, iterations=int(iterations), gamma=float(gamma), theta=float(theta), tau=float(tau))
@@ -67,7 +67,7 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
 def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
     """Images (B, 3, 32, 32) in [0, 1], their labels (None for an upload), a caption per
     image set, and the CLI's image option."""
-    source = st.radio("Images", VIEW["df_source"].options, horizontal=True, key="df_source",
+    source = st.radio("Images", VIEW["df_source"].options, horizontal=True, key="df_source", persist_state="session",
                       format_func={"test": "GTSRB test images", "upload": "upload your own"}.get)
     if source == "upload":
         left, right = st.columns([2, 1])
@@ -75,7 +75,7 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
         upload = left.file_uploader(f"A PNG or JPEG image of a traffic sign, any size up to {limit} MB (resized to 32 × 32)", key="df_upload",
                                     help=f"A file larger than {limit} MB is refused by the browser before it is sent; any other "
                                          "file is checked here and refused with its reason.")
-        label = right.selectbox("Its class (if known)", [None, *range(NUM_CLASSES)], key="df_upload_label",
+        label = right.selectbox("Its class (if known)", [None, *range(NUM_CLASSES)], key="df_upload_label", persist_state="session",
                                 format_func=lambda c: "unknown: attack the model's prediction" if c is None else f"{c} · {CLASS_NAMES[c]}")
         if upload is None:
             st.info("Choose a file to attack and purify it.")
@@ -89,10 +89,10 @@ def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
         labels = None if label is None else torch.tensor([label])
         return images, labels, upload.name, f"--image {upload.name}"
     left, middle, right = st.columns([2, 1, 1])
-    class_id = left.selectbox("Class", VIEW["df_class"].options, key="df_class",  # not None: a None value shows as no choice
+    class_id = left.selectbox("Class", VIEW["df_class"].options, key="df_class", persist_state="session",  # not None: a None value shows as no choice
                               format_func=lambda c: "any class" if c == "any" else f"{c} · {CLASS_NAMES[c]}")
-    count = middle.number_input("How many", *VIEW["df_count"].bounds, key="df_count")
-    draw = right.number_input("Draw", 0, 10_000, key="df_draw", help="Another number draws other images.")
+    count = middle.number_input("How many", *VIEW["df_count"].bounds, key="df_count", persist_state="session")
+    draw = right.number_input("Draw", 0, 10_000, key="df_draw", persist_state="session", help="Another number draws other images.")
     remember_view(VIEW)
     index = draw_test_images(data.test, int(count), int(draw), None if class_id == "any" else class_id)
     positions = " ".join(str(int(i)) for i in index)
@@ -225,9 +225,9 @@ with tab_images:
 
 with tab_table:
     left, right = st.columns([1, 2])
-    count = left.select_slider("Test images", [20, 100, 200, 500, 1000, 2000], 1000, key="df_table_images",
+    count = left.select_slider("Test images", [20, 100, 200, 500, 1000, 2000], 1000, key="df_table_images", persist_state="session",
                                help="A seeded random sample of the test split; every attack runs on the same images.")
-    chosen_attacks = right.multiselect("Attacks", list(ATTACKS), list(ATTACKS), format_func=ATTACKS.get, key="df_table_attacks")
+    chosen_attacks = right.multiselect("Attacks", list(ATTACKS), list(ATTACKS), format_func=ATTACKS.get, key="df_table_attacks", persist_state="session")
     robustness = None if not chosen_attacks else RobustnessConfig(images=int(count), attacks=tuple(a for a in ATTACKS if a in chosen_attacks),
                                   eps_linf=attack_config.budget if attack_config.norm == "linf" else 8 / 255,
                                   eps_l2=attack_config.budget if attack_config.norm == "l2" else 0.5, defense=defense)
@@ -268,7 +268,7 @@ with tab_table:
         st.code(defend_command(experiment, model_choice, robustness), language="bash")
 
 with tab_sensitivity:
-    which = st.radio("Purify", ["clean", "attacked"], horizontal=True, key="df_sens_which",
+    which = st.radio("Purify", ["clean", "attacked"], horizontal=True, key="df_sens_which", persist_state="session",
                      format_func={"clean": "the first clean image", "attacked": "its attacked version"}.get)
     inspected = RUNNER.get(f"inspect:{hash(settings)}")
     if which == "attacked" and (inspected is None or inspected.state != "done"):

@@ -104,15 +104,15 @@ with st.sidebar:
     st.subheader("Detect")
     for name, chosen in PRESETS.items():
         st.button(f"Preset: {name}", key=f"gw_preset_{name}", help=chosen.description, on_click=apply_preset, args=(name,))
-    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="gw_class", persist_state="session")
     rule, layer, positive = relevance_controls("gw", experiment.train.architecture)
-    threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold")
-    epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps")
-    max_iter = st.slider("k-means iterations at most", *VIEW["gw_iter"].bounds, key="gw_iter")
-    seed = st.number_input("Seed of the k-means++ seeding", *VIEW["gw_seed"].bounds, key="gw_seed")
-    seeding = st.radio("Second seed drawn in proportion to", VIEW["gw_seeding"].options, key="gw_seeding", horizontal=True,
+    threshold = st.select_slider("Mass threshold t", THRESHOLDS, key="gw_threshold", persist_state="session")
+    epsilon = st.select_slider("Entropic ε (seeding and updates)", EPSILONS, format_func=lambda e: f"{e:g}", key="gw_eps", persist_state="session")
+    max_iter = st.slider("k-means iterations at most", *VIEW["gw_iter"].bounds, key="gw_iter", persist_state="session")
+    seed = st.number_input("Seed of the k-means++ seeding", *VIEW["gw_seed"].bounds, key="gw_seed", persist_state="session")
+    seeding = st.radio("Second seed drawn in proportion to", VIEW["gw_seeding"].options, key="gw_seeding", persist_state="session", horizontal=True,
                        format_func={"distance": "GW distance", "squared": "its square (thesis)"}.get)
-    barycenter = st.radio("Barycenters", VIEW["gw_bary"].options, key="gw_bary", horizontal=True,
+    barycenter = st.radio("Barycenters", VIEW["gw_bary"].options, key="gw_bary", persist_state="session", horizontal=True,
                           format_func={"entropic": "entropic, warm-started", "exact": "exact (thesis; slow)"}.get,
                           help="Exact barycenters are POT's gromov_barycenters from a fresh random start, as in the thesis's code: "
                                "one solver run per cloud and update, many times slower than the warm-started entropic updates.")
@@ -175,7 +175,7 @@ hover_preview("gw_scatter", {"image": (f"{heatmaps_file}-images", images), "heat
 st.subheader("Compared with the other methods on the same class")
 spectral = cached_detection(("euclidean", heatmaps_file, SpectralConfig()), partial(heatmap_spectral, experiment, class_id, lrp, SpectralConfig(), data))
 rows = {"Gromov–Wasserstein k-means": score.as_dict(), f"Euclidean spectral clustering ({lrp.short_name})": spectral.score.as_dict()}
-if st.toggle("Add activation clustering", key="gw_baselines"):
+if st.toggle("Add activation clustering", key="gw_baselines", persist_state="session"):
     rows["activation clustering"] = cached_baselines(model_path(data, experiment).name, class_id, 0, experiment, data)["activation clustering"]
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}},

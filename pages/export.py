@@ -22,7 +22,7 @@ VIEW = {"export_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.targ
 restore_view(VIEW)
 data = data_or_stop()
 p = experiment.poison
-class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="export_class",
+class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="export_class", persist_state="session",
                         help="The class whose training images are scored; the attack's target class holds the poisoned images.")
 with st.expander("Heatmaps: rule and layer"):
     rule, layer, positive = relevance_controls("export", experiment.train.architecture)
@@ -49,7 +49,7 @@ if frame is not None:
 
 st.subheader("ViRelAy project")
 classes = st.multiselect("Classes", range(NUM_CLASSES), sorted({p.source, p.target}), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}",
-                         key="export_virelay_classes")
+                         key="export_virelay_classes", persist_state="session")
 if not classes:
     st.info("Choose at least one class.")
 else:

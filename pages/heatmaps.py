@@ -22,7 +22,7 @@ from core.poison import sticker_window
 from ui.common import (active_experiment, computed_heatmaps, data_or_stop, expected_time, run_through_app, settle_job, training_time,
                        view_links)
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
-from ui.url_state import Choice, Number, remember_view, resend_in_fragment, restore_view
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 SQUARE = dict(scaleanchor="x", autorange="reversed", constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
 AXIS = dict(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
@@ -43,13 +43,13 @@ SORT_ORDERS = ("lowest first", "highest first", "training index")
 def lrp_controls() -> tuple[int, LRPConfig]:
     with st.sidebar:
         st.subheader("Explain")
-        class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class")
+        class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="hm_class", persist_state="session")
         rule, layer, positive = relevance_controls("hm", experiment.train.architecture)
-        epsilon = st.number_input("ε (dense layers / ε rule)", *VIEW["hm_eps"].bounds, step=0.05, format="%.3f", key="hm_eps",
+        epsilon = st.number_input("ε (dense layers / ε rule)", *VIEW["hm_eps"].bounds, step=0.05, format="%.3f", key="hm_eps", persist_state="session",
                                   disabled=rule not in ("composite", "epsilon"))
-        gamma = st.number_input("γ (convolutions / γ rule)", *VIEW["hm_gamma"].bounds, step=0.05, format="%.3f", key="hm_gamma",
+        gamma = st.number_input("γ (convolutions / γ rule)", *VIEW["hm_gamma"].bounds, step=0.05, format="%.3f", key="hm_gamma", persist_state="session",
                                 disabled=rule not in ("composite", "gamma"))
-        target = st.radio("Explain the logit of", VIEW["hm_target"].options, key="hm_target", horizontal=True,
+        target = st.radio("Explain the logit of", VIEW["hm_target"].options, key="hm_target", persist_state="session", horizontal=True,
                           format_func={"label": "the image's label", "prediction": "the predicted class"}.get)
     try:
         return class_id, LRPConfig(rule=rule, epsilon=epsilon, gamma=gamma, target=target, layer=layer, positive=positive)
@@ -217,11 +217,10 @@ st.plotly_chart(mean_heatmaps(heatmaps, window), width="stretch")
 def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None:
     """The sample browser and its clouds: choosing a sample reruns this section alone, so the
     class's mean heatmaps above are not sent or redrawn again."""
-    resend_in_fragment(("hm_filter", "hm_sort", "hm_position"))
     st.subheader("One sample")
     left, middle, right = st.columns([1, 1, 2])
-    which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter")
-    order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort")
+    which = left.radio("Show", VIEW["hm_filter"].options, horizontal=True, key="hm_filter", persist_state="session")
+    order = middle.selectbox("Sort by model confidence", SORT_ORDERS, key="hm_sort", persist_state="session")
     mask = heatmaps.poison_mask.numpy()
     candidates = np.arange(len(heatmaps)) if which == "all" else np.flatnonzero(mask if which == "poisoned" else ~mask)
     if len(candidates) == 0:
@@ -234,7 +233,7 @@ def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None
     elif order == "highest first":
         candidates = candidates[np.argsort(-confidence, kind="stable")]
     st.session_state["hm_position"] = min(int(st.session_state.get("hm_position", 1)), len(candidates))  # a linked position may exceed this filter's count
-    position = right.slider("Sample", 1, len(candidates), key="hm_position") if len(candidates) > 1 else 1
+    position = right.slider("Sample", 1, len(candidates), key="hm_position", persist_state="session") if len(candidates) > 1 else 1
     remember_view(VIEW)
     chosen = int(candidates[min(position, len(candidates)) - 1])
     index = int(heatmaps.indices[chosen])
@@ -253,12 +252,11 @@ def one_sample(heatmaps: ClassHeatmaps, images, key: str, window_tensor) -> None
 def clouds(heatmaps: ClassHeatmaps, key: str, window_tensor, chosen: int) -> None:
     """The two clouds of the chosen sample and what GW can see at the left threshold: a threshold
     nudge reruns this section alone."""
-    resend_in_fragment(("hm_t1", "hm_t2"))
     heat = heatmaps.heatmaps[chosen].numpy()
     mask = heatmaps.poison_mask.numpy()
     t1, t2 = st.columns(2)
-    first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0.01, key="hm_t1")
-    second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2")
+    first = t1.slider("Mass threshold t (left cloud)", *VIEW["hm_t1"].bounds, step=0.01, key="hm_t1", persist_state="session")
+    second = t2.slider("Mass threshold t (right cloud)", *VIEW["hm_t2"].bounds, step=0.01, key="hm_t2", persist_state="session")
     remember_view(VIEW)
     st.plotly_chart(cloud_figure(heat, [first, second]), width="stretch")
 

@@ -26,7 +26,7 @@ from ui.common import (active_experiment, cached_baselines, cached_detection, da
 from ui.hover_preview import hover_preview
 from ui.tiles import diverging_rgb, enlarge
 from ui.relevance import relevance_controls, relevance_fields, relevance_query
-from ui.url_state import Choice, Number, remember_view, resend_in_fragment, restore_view
+from ui.url_state import Choice, Number, remember_view, restore_view
 
 EMBEDDING_LABELS = {"spectral": "Spectral (eigenvectors 2 and 3)", "umap": "UMAP of the heatmaps", "tsne": "t-SNE of the heatmaps",
                     "umap-spectral": "UMAP of the spectral embedding", "tsne-spectral": "t-SNE of the spectral embedding"}
@@ -99,9 +99,8 @@ def embedding_section(distance_key: str, spectral_config: SpectralConfig, featur
                       flagged: np.ndarray, train_images) -> None:
     """The class's scatter, its colouring and the selected samples: switching the embedding or the
     colouring, or selecting points, reruns this section alone."""
-    resend_in_fragment(("sp_embedding", "sp_colour"))
-    method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding")
-    colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour")
+    method = st.radio("Embedding", list(EMBEDDING_LABELS), format_func=EMBEDDING_LABELS.get, horizontal=True, key="sp_embedding", persist_state="session")
+    colour = st.radio("Colour by", VIEW["sp_colour"].options, horizontal=True, key="sp_colour", persist_state="session")
     remember_view(VIEW)
     coords, shown = coordinates(distance_key, method, spectral_config, features, result)
     indices = heatmaps.indices.numpy()
@@ -145,11 +144,11 @@ VIEW = {"sp_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target),
 restore_view(VIEW)
 with st.sidebar:
     st.subheader("Analyse")
-    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class")
+    class_id = st.selectbox("Class", range(NUM_CLASSES), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}", key="sp_class", persist_state="session")
     rule, layer, positive = relevance_controls("sp", experiment.train.architecture)
-    k = st.slider("Neighbours k of the kNN graph", *VIEW["sp_k"].bounds, key="sp_k")
-    clusters = st.slider("Number of clusters", *VIEW["sp_clusters"].bounds, key="sp_clusters")
-    distance_kind = st.radio("Distances between heatmaps", VIEW["sp_distance"].options, key="sp_distance",
+    k = st.slider("Neighbours k of the kNN graph", *VIEW["sp_k"].bounds, key="sp_k", persist_state="session")
+    clusters = st.slider("Number of clusters", *VIEW["sp_clusters"].bounds, key="sp_clusters", persist_state="session")
+    distance_kind = st.radio("Distances between heatmaps", VIEW["sp_distance"].options, key="sp_distance", persist_state="session",
                              format_func={"euclidean": "Euclidean (every sample)", "gw": "Gromov–Wasserstein (random subset)"}.get,
                              help="GW compares the heatmaps' point clouds up to rotation and translation; every pair is a GW problem, "
                                   "so it runs on a random subset of the class, on heatmaps pooled to an 8×8 grid.")
@@ -229,7 +228,7 @@ st.subheader("Methods on the same model and class")
 rows = {f"LRP heatmaps, {'Euclidean' if distance_kind == 'euclidean' else 'GW'} spectral ({lrp.rule})": score.as_dict()}
 if distance_kind == "gw":
     st.caption(f"The GW row is scored on its {len(truth)} samples; the baselines below on the whole class.")
-if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines"):
+if st.toggle("Run the baselines (activation clustering, spectral signatures, raw images)", key="sp_baselines", persist_state="session"):
     rows.update(cached_baselines(model_path(data, experiment).name, class_id, spectral_config.seed, experiment, data))
 table = pd.DataFrame(rows).T[["accuracy", "tpr", "tnr", "f1", "auc", "tn", "fp", "fn", "tp"]]
 formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{c: "{:.0f}" for c in ("tn", "fp", "fn", "tp")}}

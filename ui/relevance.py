@@ -29,12 +29,12 @@ def relevance_fields(prefix: str, architecture: str) -> Dict[str, Choice]:
 
 def relevance_controls(prefix: str, architecture: str) -> Tuple[str, str, bool]:
     """The three widgets (in the current container): rule, readout layer, positive part."""
-    rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key=f"{prefix}_rule")
-    layer = st.selectbox("Relevance read at", readout_layers(architecture), format_func=LAYER_LABELS.get, key=f"{prefix}_layer",
+    rule = st.selectbox("LRP rule", RULE_NAMES, format_func=RULE_LABELS.get, key=f"{prefix}_rule", persist_state="session")
+    layer = st.selectbox("Relevance read at", readout_layers(architecture), format_func=LAYER_LABELS.get, key=f"{prefix}_layer", persist_state="session",
                          help="At a layer, the relevance of its output is summed over its channels and brought to the 32×32 grid "
                               "(ThesisNet relu1: 12 maps of 32×32, relu2: 32 of 16×16; Inception v3 block: 256 of 32×32, relu2: 256 "
                               "of 15×15). The thesis read its heatmaps at the Inception block.")
-    positive = st.checkbox("Positive relevance only", key=f"{prefix}_positive",
+    positive = st.checkbox("Positive relevance only", key=f"{prefix}_positive", persist_state="session",
                            help="Set negative relevance to 0 before the heatmap becomes a point cloud (the thesis's maps had none).")
     return rule, layer, positive
 

@@ -23,7 +23,6 @@ from core.experiment import ExperimentConfig
 
 _MEMORY = "view_memory"
 _LAST_VIEW = "view_last"
-_DRAWN = "view_drawn"
 EXPERIMENT_KEYS = frozenset(ExperimentConfig().to_query())
 
 
@@ -91,51 +90,6 @@ def parse_view(spec: Mapping[str, Field], query: Mapping[str, str]) -> Tuple[Dic
     return values, problems
 
 
-def _hold_widget_values(spec: Mapping[str, Field]) -> None:
-    """Before the view's widgets: write to itself the value of every widget the last run did not draw
-    (other views' widgets, and this view's that were hidden or came after an early stop).
-
-    Streamlit forgets an undrawn widget's value at the end of a run, and a widget drawn again after
-    a run without it shows its minimum while the script reads the value it had (streamlit#4247);
-    the next interaction then sends that minimum back. A value written through Session State is kept
-    and sent to the widget when it is drawn again. Widgets the last run drew are left alone: writing
-    their values would send them back to the browser and undo a slider nudge made during the run."""
-    drawn = st.session_state.pop(_DRAWN, ())
-    for key in st.session_state.setdefault(_MEMORY, {}):
-        if key in st.session_state and key not in drawn:
-            st.session_state[key] = st.session_state[key]
-
-
-def _note_drawn(spec: Mapping[str, Field]) -> None:
-    """Which of the view's widgets this run has drawn so far (Streamlit's own record of the run)."""
-    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    if ctx is None:
-        return
-    drawn = frozenset(key for key in spec if key in ctx.shared.widget_user_keys_this_run)
-    if ctx.fragment_ids_this_run:  # a fragment's rerun: the rest of the page keeps what the last full run drew
-        drawn |= st.session_state.get(_DRAWN, frozenset())
-    st.session_state[_DRAWN] = drawn
-
-
-def resend_in_fragment(keys: Tuple[str, ...]) -> None:
-    """At the top of a fragment: on the fragment's own rerun, send its widgets' values to the browser.
-
-    A change made in a fragment while a full run is under way reaches the script only after that
-    run, which draws the widget with its old value: the browser then shows the old value while the
-    fragment draws the new one, and its next request sends the old value back. Writing the values
-    through Session State makes the fragment's rerun set them in the browser as well."""
-    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    if ctx is None or not ctx.fragment_ids_this_run:
-        return
-    for key in keys:
-        if key in st.session_state:
-            st.session_state[key] = st.session_state[key]
-
-
 def _entered(view: Tuple[str, ...]) -> bool:
     """Whether this run shows `view` after a run that showed another one."""
     arrived = st.session_state.get(_LAST_VIEW) != view
@@ -151,7 +105,6 @@ def restore_view(spec: Mapping[str, Field]) -> None:
             del st.query_params[key]
     memory = st.session_state.setdefault(_MEMORY, {})
     linked, problems = parse_view(spec, {k: st.query_params[k] for k in st.query_params if k in spec})
-    _hold_widget_values(spec)
     arrived = _entered(tuple(spec))
     for key, field in spec.items():
         if key in st.session_state and not (arrived and key in linked):
@@ -183,7 +136,6 @@ def _clamped(field: Field, text: str, value: Any) -> bool:
 
 def remember_view(spec: Mapping[str, Field]) -> None:
     """After the widgets (call again after later widget groups): their values into the URL and memory."""
-    _note_drawn(spec)
     memory = st.session_state.setdefault(_MEMORY, {})
     for key, field in spec.items():
         if key in st.session_state:
