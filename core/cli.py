@@ -337,6 +337,49 @@ def _cmd_cache(args: argparse.Namespace, bar: _Bar) -> dict:
     return {"directory": str(cache_dir()), "bytes": sum(row["size"] for row in rows), "artifacts": rows}
 
 
+def _study_from_args(args: argparse.Namespace):
+    from .study import load_study, study_from_dict
+
+    if args.file and (args.grid or args.base or args.detectors):
+        raise ConfigError("give a study file or --grid/--base/--detectors, not both")
+    if args.file:
+        return load_study(args.file)
+    if not args.grid:
+        raise ConfigError("give a study file (see README, Studies) or --grid KEY=V1,V2 …")
+
+    def pairs(items, option):
+        out = {}
+        for item in items or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"{option} {item!r}: write KEY=VALUE")
+            out[key] = value.split(",") if option == "--grid" else value
+        return out
+
+    return study_from_dict({"name": args.name or "study", "base": pairs(args.base, "--base"), "grid": pairs(args.grid, "--grid"),
+                            "detectors": args.detectors or []})
+
+
+def _cmd_study(args: argparse.Namespace, bar: _Bar):
+    from .data import load_gtsrb
+    from .study import run_study, study_status, study_table, table_csv
+
+    study = _study_from_args(args)
+    if args.gtsrb_dir:
+        os.environ["GTSRB_DIR"] = args.gtsrb_dir  # the Ray workers read the same folder
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    if args.action == "run":
+        run = run_study(study, data, address=args.address, progress=bar)
+        return {"study": study.name, "cells": len(study.cells), **run.as_dict()}
+    if args.action == "status":
+        rows = study_status(study, data)
+        steps = ["train", *study.detectors]
+        counts = {state: sum(row[s] == state for row in rows for s in steps) for state in ("cached", "running", "failed", "waiting")}
+        return {"study": study.name, "cells": len(rows), "steps": counts, "rows": rows}
+    table = study_table(study, data)
+    return table_csv(table) if args.format == "csv" else {"study": study.name, "rows": table}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .detectors import GWDistanceConfig
 
@@ -438,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 "'delete' removes the named files, which are recomputed when next needed.")
     cache.add_argument("action", choices=("list", "delete"))
     cache.add_argument("names", nargs="*", help="with delete: file names as listed")
+    study = commands.add_parser("study", help="a grid of experiments on Ray: run it, show each cell's state, or print its table",
+                                description="A study sweeps attack and training parameters over a grid (a TOML file, or --grid/--base); "
+                                "every cell is an ordinary cached experiment. 'run' computes what is missing on Ray (a local runtime, "
+                                "or --address of a cluster whose nodes share the cache folder); 'status' lists each cell's steps; "
+                                "'table' prints the results with mean and standard deviation over training seeds.")
+    study.add_argument("action", choices=("run", "status", "table"))
+    study.add_argument("file", nargs="?", help="the study's TOML file")
+    study.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="without a file: the grid's axes, e.g. pp=0.01,0.33 seed=0,1")
+    study.add_argument("--base", nargs="+", metavar="KEY=VALUE", help="without a file: parameters every cell shares, e.g. epochs=6")
+    study.add_argument("--detectors", nargs="+", choices=("spectral", "gw", "activation", "signatures"), help="without a file: detectors to score")
+    study.add_argument("--name", help="without a file: the study's name")
+    study.add_argument("--address", help="with run: the Ray cluster to use (default: a local runtime sized to this machine)")
+    study.add_argument("--format", choices=("csv", "json"), default="json", help="with table: CSV or JSON (default)")
+    _add_data_options(study)
     from .presets import PRESETS
 
     parser.preset_parsers = {"heatmaps": heatmaps, "spectral": spectral, "detect": detect}
@@ -467,7 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
                "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
-               "cache": _cmd_cache, "export": _cmd_export}[args.command]
+               "cache": _cmd_cache, "export": _cmd_export, "study": _cmd_study}[args.command]
     try:
         result = handler(args, bar)
     except PoisonLabError as exc:
@@ -475,5 +532,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     bar.close()
-    print(json.dumps(result))
+    print(result if isinstance(result, str) else json.dumps(result))
     return 0

@@ -1,0 +1,399 @@
+"""Studies: one attack and training setting swept over a grid, every cell an ordinary experiment.
+
+A study is declared in a small TOML file (or built from flags):
+
+    name = "sticker size against poisoned share"
+    detectors = ["spectral", "activation"]   # scored on each cell's target class
+
+    [base]          # experiment parameters every cell shares, as in a link (`python -m core train --help`)
+    epochs = 6
+    subset = 8000
+
+    [grid]          # every combination of these values is a cell
+    size = [1, 2, 3]
+    pp = [0.0025, 0.01, 0.33]
+    seed = [0, 1, 2]
+
+Each cell's model, heatmaps and detection scores are the same cached artifacts the other views
+use, so a cell one of them computed is not computed again, and the reverse. `run_study` hands
+the cells to Ray: one task per cell to train, one per detector that starts when its cell's
+model is ready. Finished steps are files in the cache (written whole, by a rename), so a study
+that is stopped and started again only computes what is missing; two studies that share a
+cell compute it once (the artifact lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .cache import cache_dir, cached, config_hash, locked_elsewhere
+from .errors import ConfigError
+from .experiment import ExperimentConfig
+from .progress import ProgressCallback, report
+
+ROOT = Path(__file__).resolve().parent.parent
+DETECTORS = {"spectral": "Euclidean spectral clustering of the LRP heatmaps",
+             "gw": "GW k-means of the LRP heatmap clouds",
+             "activation": "activation clustering",
+             "signatures": "spectral signatures"}
+MAX_CELLS = 1000
+_SCORE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Study:
+    """A grid of experiments: `base` parameters, the `grid` axes (parameter → values) and the
+    detectors scored on each cell, all as the link parameters of `ExperimentConfig.to_query`."""
+
+    name: str = "study"
+    base: Tuple[Tuple[str, str], ...] = ()
+    grid: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    detectors: Tuple[str, ...] = ()
+    cells: Tuple[ExperimentConfig, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        known = set(ExperimentConfig().to_query())
+        for key, _ in self.base:
+            if key not in known:
+                raise ConfigError(f"[base] {key}: not an experiment parameter (one of {', '.join(sorted(known))})")
+        for key, values in self.grid:
+            if key not in known:
+                raise ConfigError(f"[grid] {key}: not an experiment parameter (one of {', '.join(sorted(known))})")
+            if not values:
+                raise ConfigError(f"[grid] {key}: give at least one value")
+        for name in self.detectors:
+            if name not in DETECTORS:
+                raise ConfigError(f"detectors: {name!r} is not one of {', '.join(DETECTORS)}")
+        count = math.prod(len(values) for _, values in self.grid)
+        if count > MAX_CELLS:
+            raise ConfigError(f"the grid has {count:,} cells; at most {MAX_CELLS:,} are allowed in one study")
+        cells = []
+        for combination in itertools.product(*(values for _, values in self.grid)):
+            query = {**dict(self.base), **{key: value for (key, _), value in zip(self.grid, combination)}}
+            try:
+                cells.append(ExperimentConfig.from_query(query))
+            except ConfigError as exc:
+                shown = ", ".join(f"{k} = {v}" for (k, _), v in zip(self.grid, combination))
+                raise ConfigError(f"cell {shown}: {exc}") from None
+        object.__setattr__(self, "cells", tuple(cells))
+
+    @property
+    def axes(self) -> Tuple[str, ...]:
+        return tuple(key for key, _ in self.grid)
+
+    def key(self) -> str:
+        return config_hash(1, self.base, self.grid, self.detectors)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "detectors": list(self.detectors), "base": dict(self.base),
+                "grid": {key: list(values) for key, values in self.grid}}
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ConfigError(f"{where}: {value!r} is not a number or a word")
+
+
+def study_from_dict(value: Mapping[str, Any]) -> Study:
+    """A study from the parsed TOML: its sections checked, its values taken as link text."""
+    if not isinstance(value, Mapping):
+        raise ConfigError("a study is a table with name, detectors, [base] and [grid]")
+    unknown = set(value) - {"name", "detectors", "base", "grid"}
+    if unknown:
+        raise ConfigError(f"unknown entries {', '.join(sorted(unknown))}: a study has name, detectors, [base] and [grid]")
+    base, grid = value.get("base", {}), value.get("grid", {})
+    if not isinstance(base, Mapping) or not isinstance(grid, Mapping):
+        raise ConfigError("[base] and [grid] must be tables")
+    if not grid:
+        raise ConfigError("[grid] is empty: give at least one parameter with its values, e.g. pp = [0.01, 0.33]")
+    detectors = value.get("detectors", [])
+    if isinstance(detectors, str) or not isinstance(detectors, Sequence):
+        raise ConfigError("detectors must be a list, e.g. [\"spectral\", \"activation\"]")
+    axes = []
+    for key, values in grid.items():
+        values = values if isinstance(values, list) else [values]
+        axes.append((key, tuple(_text(v, f"[grid] {key}") for v in values)))
+    return Study(name=str(value.get("name", "study")), base=tuple((k, _text(v, f"[base] {k}")) for k, v in base.items()),
+                 grid=tuple(axes), detectors=tuple(str(d) for d in detectors))
+
+
+def load_study(path: Path) -> Study:
+    """A study from its TOML file; any problem is one line naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return study_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ------------------------------------------------------------------ one cell's steps
+
+def score_path(config: ExperimentConfig, detector: str, data) -> Path:
+    """Where a cell's detector score is cached (beside its model, named by the model's artifact)."""
+    from .experiment import model_path
+
+    model = model_path(data, config).name
+    return cache_dir() / f"score-{detector}-{config_hash(_SCORE_VERSION, model, detector, config.poison.target)}.safetensors"
+
+
+def train_cell(config: ExperimentConfig, data=None, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """The cell's model (trained, or loaded from the cache) and its clean accuracy and ASR."""
+    from .experiment import train_or_load
+
+    metrics = train_or_load(config, data, progress=progress).metrics
+    return {k: metrics[k] for k in ("clean_accuracy", "attack_success_rate", "source_accuracy", "n_poisoned", "n_train")}
+
+
+def detect_cell(config: ExperimentConfig, detector: str, data=None, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
+    """One detector's score on the cell's target class, cached."""
+    from .data import load_gtsrb
+
+    data = data if data is not None else load_gtsrb(progress=progress)
+    started = time.perf_counter()
+
+    def compute():
+        from .detectors import baseline_detections, gw_kmeans_detection, heatmap_spectral
+        from .gw_kmeans import GWConfig
+        from .lrp import LRPConfig
+        from .spectral import SpectralConfig
+
+        target = config.poison.target
+        if detector == "spectral":
+            found = heatmap_spectral(config, target, LRPConfig(), SpectralConfig(), data, progress=progress)
+        elif detector == "gw":
+            found = gw_kmeans_detection(config, target, LRPConfig(), GWConfig(), data, progress=progress)
+        else:
+            name = {"activation": "activation clustering", "signatures": "spectral signatures"}[detector]
+            found = baseline_detections(config, target, data, progress=progress)[name]
+        return {**found.score.as_dict(), "seconds": round(time.perf_counter() - started, 3)}, found.flagged
+
+    def encode(result):
+        score, flagged = result
+        return {"flagged": torch.as_tensor(flagged, dtype=torch.bool)}, {"score": score, "detector": detector,
+                                                                         "experiment": config.to_dict()}
+
+    if detector not in DETECTORS:
+        raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    score, _ = cached(score_path(config, detector, data), compute, encode, lambda tensors, meta: (meta["score"], None),
+                      progress=progress)
+    return score
+
+
+# ------------------------------------------------------------------ Ray
+
+def _worker_environment() -> Dict[str, str]:
+    """What a Ray worker needs to find the project, the data and this cache."""
+    env = {"PYTHONPATH": str(ROOT), "POISONLAB_CACHE": str(cache_dir()), "POISONLAB_NO_PROGRESS": "1"}
+    if os.environ.get("GTSRB_DIR"):
+        env["GTSRB_DIR"] = str(Path(os.environ["GTSRB_DIR"]).resolve())
+    return env
+
+
+def _train_task(query: Dict[str, str]) -> Dict[str, Any]:
+    started = time.perf_counter()
+    return {**train_cell(ExperimentConfig.from_query(query)), "step seconds": round(time.perf_counter() - started, 2)}
+
+
+def _detect_task(query: Dict[str, str], detector: str, _model_ready: Any) -> Dict[str, Any]:
+    return detect_cell(ExperimentConfig.from_query(query), detector)
+
+
+def start_ray(address: Optional[str] = None):
+    """A local Ray runtime sized to this machine, or a connection to the cluster at `address`
+    (whose nodes must see this project at the same path and share the cache folder)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    options = dict(runtime_env={"env_vars": _worker_environment()}, include_dashboard=False, logging_level="ERROR",
+                   log_to_driver=False)
+    if address:
+        ray.init(address=address, **options)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024 ** 2, **options)
+    return ray
+
+
+@dataclass
+class StudyRun:
+    """What one run of a study did: per step, computed here, found in the cache, or failed."""
+
+    computed: List[str] = field(default_factory=list)
+    cached: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)
+    workers: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"computed": self.computed, "cached": self.cached, "failed": self.failed, "workers": self.workers,
+                "seconds": round(self.seconds, 1)}
+
+
+def step_name(config: ExperimentConfig, study: Study, step: str) -> str:
+    shown = ", ".join(f"{k}={config.to_query()[k]}" for k in study.axes)
+    return f"{step} [{shown}]"
+
+
+def failures_path(study: Study) -> Path:
+    return cache_dir() / f"study-{study.key()}.json"
+
+
+def run_study(study: Study, data=None, address: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> StudyRun:
+    """Every missing step of the study, on Ray; finished steps are only counted. A failed step is
+    recorded with its error and the others go on (a cell's detectors are skipped if its model failed)."""
+    from .data import load_gtsrb
+    from .experiment import model_path
+
+    started = time.perf_counter()
+    data = data if data is not None else load_gtsrb(progress=progress)
+    run = StudyRun()
+    pending: Dict[Any, str] = {}
+    ray = None
+    train_remote = detect_remote = None
+    for config in study.cells:
+        query = config.to_query()
+        model_ready: Any = True
+        if model_path(data, config).is_file():
+            run.cached.append(step_name(config, study, "train"))
+        else:
+            if ray is None:
+                ray = start_ray(address)
+                train_remote = ray.remote(num_cpus=1, max_retries=0)(_train_task)
+                detect_remote = ray.remote(num_cpus=1, max_retries=0)(_detect_task)
+            model_ready = train_remote.remote(query)
+            pending[model_ready] = step_name(config, study, "train")
+        for detector in study.detectors:
+            if score_path(config, detector, data).is_file():
+                run.cached.append(step_name(config, study, detector))
+                continue
+            if ray is None:
+                ray = start_ray(address)
+                train_remote = ray.remote(num_cpus=1, max_retries=0)(_train_task)
+                detect_remote = ray.remote(num_cpus=1, max_retries=0)(_detect_task)
+            pending[detect_remote.remote(query, detector, model_ready)] = step_name(config, study, detector)
+    total = len(pending)
+    if ray is not None:
+        run.workers = int(ray.cluster_resources().get("CPU", 0))
+    report(progress, "study", 0, total, f"{total} steps to compute, {len(run.cached)} cached, on {run.workers} Ray workers")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(done[0])
+        try:
+            ray.get(done[0])
+            run.computed.append(name)
+        except Exception as exc:  # the task's own error, or its model's: recorded, and the study goes on
+            run.failed[name] = _one_line(exc)
+        finished = total - len(pending)
+        report(progress, "study", finished, total, f"{name}: {'failed' if name in run.failed else 'done'}")
+    run.seconds = time.perf_counter() - started
+    failures_path(study).write_text(json.dumps({"study": study.to_dict(), "failed": run.failed, "finished": time.time()}))
+    return run
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+# ------------------------------------------------------------------ status and results
+
+def study_status(study: Study, data) -> List[Dict[str, Any]]:
+    """Each cell's steps: cached, running (its lock is held, in any process), failed (the last
+    run's error) or waiting."""
+    from .experiment import model_path
+
+    failed = {}
+    if failures_path(study).is_file():
+        failed = json.loads(failures_path(study).read_text()).get("failed", {})
+    rows = []
+    for config in study.cells:
+        query = config.to_query()
+        row = {key: query[key] for key in study.axes}
+        for step, path in [("train", model_path(data, config))] + [(d, score_path(config, d, data)) for d in study.detectors]:
+            name = step_name(config, study, step)
+            row[step] = ("cached" if path.is_file() else "running" if locked_elsewhere(path.name)
+                         else "failed" if name in failed else "waiting")
+        rows.append(row)
+    return rows
+
+
+def study_results(study: Study, data) -> List[Dict[str, Any]]:
+    """One row per cell with what is cached: clean accuracy, ASR and each detector's scores."""
+    from .cache import load_artifact
+    from .experiment import model_path
+
+    rows = []
+    for config in study.cells:
+        query = config.to_query()
+        row: Dict[str, Any] = {key: query[key] for key in study.axes}
+        try:
+            metrics = load_artifact(model_path(data, config))[1]["metrics"]
+            row.update(clean_accuracy=metrics["clean_accuracy"], attack_success_rate=metrics["attack_success_rate"])
+        except FileNotFoundError:
+            pass
+        for detector in study.detectors:
+            try:
+                score = load_artifact(score_path(config, detector, data))[1]["score"]
+            except FileNotFoundError:
+                continue
+            for measure in ("accuracy", "tpr", "tnr", "auc"):
+                row[f"{detector} {measure}"] = score.get(measure)
+        rows.append(row)
+    return rows
+
+
+def study_table(study: Study, data, over: str = "seed") -> List[Dict[str, Any]]:
+    """The results with the cells that differ only in `over` (the training seed) folded into
+    mean and standard deviation, and the number of cells that had a value."""
+    rows = study_results(study, data)
+    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+    keys = [k for k in study.axes if k != over]
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    measures = [m for m in ("clean_accuracy", "attack_success_rate") + tuple(
+        f"{d} {m}" for d in study.detectors for m in ("accuracy", "tpr", "tnr", "auc"))]
+    table = []
+    for group_key, members in groups.items():
+        line: Dict[str, Any] = dict(zip(keys, group_key))
+        line["cells"] = len(members)
+        for measure in measures:
+            values = [r[measure] for r in members if isinstance(r.get(measure), (int, float)) and math.isfinite(r[measure])]
+            line[f"{measure} mean"] = statistics.fmean(values) if values else None
+            line[f"{measure} std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            line[f"{measure} n"] = len(values)
+        table.append(line)
+    return table
+
+
+def table_csv(table: List[Dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    columns = list(dict.fromkeys(k for row in table for k in row))
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return out.getvalue()
