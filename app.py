@@ -71,9 +71,10 @@ SPECTRAL = st.Page("pages/spectral.py", title="Spectral", icon=":material/scatte
 DETECT = st.Page("pages/detect.py", title="GW detection", icon=":material/hub:", url_path="detect")
 DEFENSE = st.Page("pages/defense.py", title="Defense", icon=":material/shield:", url_path="defense")
 EXPORT = st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export")
+STUDY = st.Page("pages/study.py", title="Studies", icon=":material/grid_view:", url_path="study")
 CACHE = st.Page("pages/cache.py", title="Cache", icon=":material/storage:", url_path="cache")
 PAGES = {"poison": POISON, "heatmaps": HEATMAPS, "spectral": SPECTRAL, "detect": DETECT, "defense": DEFENSE, "export": EXPORT,
-         "cache": CACHE}
+         "study": STUDY, "cache": CACHE}
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *PAGES.values()])
 from ui.common import mark_run_by_app  # noqa: E402
 

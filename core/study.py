@@ -397,3 +397,80 @@ def table_csv(table: List[Dict[str, Any]]) -> str:
     for row in table:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     return out.getvalue()
+
+
+# ------------------------------------------------------------------ a study in the background
+
+def to_toml(study: Study) -> str:
+    """The study as the TOML file `load_study` reads (values kept as the link text they are)."""
+    def text(value: str) -> str:
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+    lines = [f"name = {text(study.name)}", f"detectors = [{', '.join(text(d) for d in study.detectors)}]", "", "[base]"]
+    lines += [f"{key} = {text(value)}" for key, value in study.base]
+    lines += ["", "[grid]"] + [f"{key} = [{', '.join(text(v) for v in values)}]" for key, values in study.grid]
+    return "\n".join(lines) + "\n"
+
+
+def study_folder() -> Path:
+    path = cache_dir() / "studies"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+_PROCESSES: Dict[str, Any] = {}
+
+
+def start_study(study: Study, address: Optional[str] = None):
+    """`python -m core study run` on the study's file, in a process (and session) of its own, so that
+    it neither waits for nor blocks this process's jobs; its output goes to a log beside the file."""
+    import subprocess
+    import sys
+
+    running = study_process(study)
+    if running is not None:
+        return running
+    folder = study_folder()
+    path = folder / f"study-{study.key()}.toml"
+    path.write_text(to_toml(study))
+    command = [sys.executable, "-m", "core", "study", "run", str(path), "--quiet"] + (["--address", address] if address else [])
+    log = open(folder / f"study-{study.key()}.log", "w")
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "POISONLAB_CACHE": str(cache_dir())}, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    _PROCESSES[study.key()] = process
+    return process
+
+
+def study_process(study: Study):
+    """The running process this one started for `study`, if any."""
+    process = _PROCESSES.get(study.key())
+    return process if process is not None and process.poll() is None else None
+
+
+def study_log(study: Study) -> str:
+    path = study_folder() / f"study-{study.key()}.log"
+    return path.read_text() if path.is_file() else ""
+
+
+def stop_study(study: Study) -> bool:
+    """Stop the study's process and the Ray runtime it started; finished steps stay in the cache."""
+    import signal
+
+    process = study_process(study)
+    if process is None:
+        return False
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except Exception:
+        os.killpg(process.pid, signal.SIGKILL)
+    return True
+
+
+def preset_studies() -> Dict[str, Path]:
+    """The study files that come with the project (`studies/`), by their names."""
+    found = {}
+    for path in sorted((ROOT / "studies").glob("*.toml")):
+        found[load_study(path).name] = path
+    return found

@@ -277,6 +277,7 @@ PAGES = {  # url path → text that shows the page has rendered its main content
     "spectral": "Eigengap suggests",
     "detect": "Mass threshold t",
     "defense": "Attack and purify",
+    "study": "Run the study",
     "export": "Score every method on the class",
     "cache": "Partial writes",
 }
@@ -292,7 +293,7 @@ def test_every_page_loads_without_an_exception_and_is_screenshotted(server, brow
         page.screenshot(path=str(SCREENSHOTS / f"{path or 'home'}.png"), full_page=True)
         assert page.get_by_test_id("stException").count() == 0, path
         nav = page.get_by_test_id("stSidebarNav")
-        for title in ("Home", "Poison", "Heatmaps", "Spectral", "GW detection", "Defense", "Export", "Cache"):
+        for title in ("Home", "Poison", "Heatmaps", "Spectral", "GW detection", "Defense", "Export", "Studies", "Cache"):
             expect(nav).to_contain_text(title)
     assert sorted(p.name for p in SCREENSHOTS.glob("*.png")) == sorted(f"{p or 'home'}.png" for p in PAGES)
 
@@ -517,6 +518,24 @@ def test_tuning_resends_only_the_section_it_changes(server, browser):
     expect(scatter).to_contain_text("poisoned (")
     sent = b"".join(frames)
     assert b"The class's samples" in sent and b"Smallest eigenvalues" not in sent and b"Methods on the same model" not in sent
+
+
+def test_a_study_runs_on_ray_from_the_page_and_its_cells_fill_in(server, browser):
+    """Two cells: the module's model (cached) and one more share, trained by the study's own process
+    on a local Ray runtime while the page refreshes its grid; then the charts."""
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.goto(f"{server}/study")
+    box = page.get_by_label("The study (TOML: name, detectors, [base], [grid])")
+    expect(box).to_be_visible(timeout=60_000)
+    box.fill("name = 'two shares'\n[base]\nsubset = 3000\nepochs = 2\npatience = 2\n[grid]\npp = [0.2, 0.33]\n")
+    page.keyboard.press("Control+Enter")
+    expect(page.get_by_test_id("stMetric").filter(has_text="Steps cached")).to_contain_text("1 of 2")
+    page.get_by_role("button", name="Run the study").click()
+    expect(page.get_by_text("Running: ")).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMetric").filter(has_text="Steps cached")).to_contain_text("2 of 2", timeout=300_000)
+    expect(page.locator(".js-plotly-plot").filter(has_text="Attack success rate")).to_have_count(1)
+    expect(page.get_by_role("button", name="Run the study")).to_be_disabled()
+    assert page.get_by_test_id("stException").count() == 0
 
 
 def test_defense_budgets_hold_when_the_attack_changes_norm(server, browser):

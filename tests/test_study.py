@@ -109,7 +109,7 @@ def ray_runtime():
 
 
 @pytest.mark.slow
-def test_a_small_grid_runs_on_ray_and_its_cells_are_the_views_artifacts(gtsrb, tmp_cache, ray_runtime):
+def test_a_small_grid_runs_on_ray_and_its_cells_are_the_views_artifacts(gtsrb, seeded_cache, ray_runtime):
     study = study_from_dict({"name": "tiny", "detectors": ["spectral", "activation"], "base": TINY, "grid": {"pp": [0.1, 0.33]}})
     assert [row["train"] for row in study_status(study, gtsrb)] == ["waiting", "waiting"]
     run = run_study(study, gtsrb)
@@ -145,15 +145,15 @@ def kill_session(session: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.cli
-def test_a_killed_study_resumes_computing_only_its_unfinished_cells(gtsrb, tmp_cache, tmp_path):
+def test_a_killed_study_resumes_computing_only_its_unfinished_cells(gtsrb, seeded_cache, tmp_path):
     """Two cells train side by side; one epoch finishes long before eight. The study is killed
     when the first model is stored; the rerun loads it and trains only the other."""
     grid = write(tmp_path, "name = 'resume'\n[base]\nsubset = 3000\npatience = 8\n[grid]\nepochs = [1, 8]\n")
-    env = {**os.environ, "POISONLAB_CACHE": str(tmp_cache)}
+    env = {**os.environ, "POISONLAB_CACHE": str(seeded_cache)}
     driver = subprocess.Popen([sys.executable, "-m", "core", "study", "run", str(grid), "--quiet"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 600
-    while not list(tmp_cache.glob("model-*.safetensors")):
+    while not list(seeded_cache.glob("model-*.safetensors")):
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
         assert time.time() < deadline, "no cell finished in 10 minutes"
         time.sleep(0.2)
@@ -162,7 +162,7 @@ def test_a_killed_study_resumes_computing_only_its_unfinished_cells(gtsrb, tmp_c
     time.sleep(3)
     study = load_study(grid)
     assert [row["train"] for row in study_status(study, gtsrb)] == ["cached", "waiting"]
-    assert not list(tmp_cache.glob(".*.tmp")), "no partial artifact is left behind"
+    assert not list(seeded_cache.glob(".*.tmp")), "no partial artifact is left behind"
     resumed = subprocess.run([sys.executable, "-m", "core", "study", "run", str(grid), "--quiet"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
