@@ -362,9 +362,11 @@ def _study_from_args(args: argparse.Namespace):
 
 def _cmd_study(args: argparse.Namespace, bar: _Bar):
     from .data import load_gtsrb
-    from .study import run_study, study_status, study_table, table_csv
+    from .study import check_cluster_address, run_study, study_status, study_table, table_csv
 
     study = _study_from_args(args)
+    if args.action == "run" and args.address:
+        check_cluster_address(args.address)  # before the data is read
     if args.gtsrb_dir:
         os.environ["GTSRB_DIR"] = args.gtsrb_dir  # the Ray workers read the same folder
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
@@ -533,4 +535,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     bar.close()
     print(result if isinstance(result, str) else json.dumps(result))
-    return 0
+    failed = result.get("failed") if isinstance(result, dict) else None
+    for step, error in (failed or {}).items():  # a study's failed steps: the others went on
+        print(f"error: {step}: {error}", file=sys.stderr)
+    return 1 if failed else 0

@@ -15,3 +15,7 @@ class DataError(PoisonLabError):
 
 class ArtifactError(PoisonLabError):
     """A cached artifact is damaged or incomplete; callers recompute it."""
+
+
+class ClusterError(PoisonLabError):
+    """The Ray cluster a study was pointed at cannot be reached or joined."""

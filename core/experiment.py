@@ -194,17 +194,19 @@ def train_or_load(
     return cached(path, lambda: _train(config, data, path, progress), encode, _decoder(config, path), use_cache, progress)
 
 
-def training_step(config: ExperimentConfig) -> str:
-    """The name under which training's duration per image and epoch is measured (core.durations)."""
-    return f"train {config.train.architecture}"
+def training_step(config: ExperimentConfig, threads: Optional[int] = None) -> str:
+    """The name under which training's duration per image and epoch is measured (core.durations),
+    per thread count: a study's one-thread workers train at another speed than the app."""
+    return f"train {config.train.architecture} ({threads or torch.get_num_threads()} threads)"
 
 
-def training_estimate(config: ExperimentConfig, data: GTSRB) -> Optional[float]:
-    """Seconds that training `config` takes at most on this CPU (all its epochs), if measured here."""
+def training_estimate(config: ExperimentConfig, data: GTSRB, threads: Optional[int] = None) -> Optional[float]:
+    """Seconds that training `config` takes at most on this CPU (all its epochs) with `threads`
+    threads (this process's by default), if measured here."""
     from .durations import estimate
 
     images = min(config.train.subset, len(data.train)) if config.train.subset else len(data.train)
-    return estimate(training_step(config), images * config.train.max_epochs)
+    return estimate(training_step(config, threads), images * config.train.max_epochs)
 
 
 def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional[ProgressCallback]) -> TrainedModel:

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .cache import cache_dir, cached, config_hash, locked_elsewhere
-from .errors import ConfigError
+from .errors import ClusterError, ConfigError
 from .experiment import ExperimentConfig
 from .progress import ProgressCallback, report
 
@@ -218,19 +218,55 @@ def _detect_task(query: Dict[str, str], detector: str, _model_ready: Any) -> Dic
     return detect_cell(ExperimentConfig.from_query(query), detector)
 
 
+def _auth_token_available() -> bool:
+    """Whether this process has a Ray token (Ray's own places for it, in its order)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def check_cluster_address(address: str) -> None:
+    """Refuse a malformed or unreachable address at once: Ray itself retries an absent cluster
+    for minutes before it gives up."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"Ray address {address!r}: give HOST:PORT (the head's GCS port, 6379 by default), "
+                          "ray://HOST:PORT (Ray client, 10001) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def start_ray(address: Optional[str] = None):
     """A local Ray runtime sized to this machine, or a connection to the cluster at `address`
     (whose nodes must see this project at the same path and share the cache folder)."""
+    if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+        # `ray start` turns token authentication on by default (Ray 2.59 on), and a token-mode
+        # client joins a cluster without it as well, so a token found here is offered. Ray reads
+        # the mode when it is imported.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
         return ray
     options = dict(runtime_env={"env_vars": _worker_environment()}, include_dashboard=False, logging_level="ERROR",
                    log_to_driver=False)
-    if address:
-        ray.init(address=address, **options)
-    else:
+    if not address:
         ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024 ** 2, **options)
+        return ray
+    check_cluster_address(address)
+    try:
+        ray.init(address=address, **options)
+    except Exception as exc:  # Ray's ConnectionError or AuthenticationError, with a long story
+        detail = _one_line(exc)
+        if "auth" in f"{type(exc).__name__} {exc.__cause__!r} {detail}".lower():
+            detail = ("it requires token authentication: make its token available here (~/.ray/auth_token, "
+                      "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) and set RAY_AUTH_MODE=token")
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {detail}") from None
     return ray
 
 
@@ -268,30 +304,34 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
     data = data if data is not None else load_gtsrb(progress=progress)
     run = StudyRun()
     pending: Dict[Any, str] = {}
-    ray = None
-    train_remote = detect_remote = None
+    remote: Dict[str, Any] = {}
+    needs: Dict[str, str] = {}  # a detector step → its cell's training step
+
+    def submit(task, *args):
+        if not remote:  # Ray starts only when there is something to compute
+            ray = start_ray(address)
+            remote.update(ray=ray, train=ray.remote(num_cpus=1, max_retries=0)(_train_task),
+                          detect=ray.remote(num_cpus=1, max_retries=0)(_detect_task))
+        return remote[task].remote(*args)
+
     for config in study.cells:
         query = config.to_query()
         model_ready: Any = True
+        train = step_name(config, study, "train")
         if model_path(data, config).is_file():
-            run.cached.append(step_name(config, study, "train"))
+            run.cached.append(train)
         else:
-            if ray is None:
-                ray = start_ray(address)
-                train_remote = ray.remote(num_cpus=1, max_retries=0)(_train_task)
-                detect_remote = ray.remote(num_cpus=1, max_retries=0)(_detect_task)
-            model_ready = train_remote.remote(query)
-            pending[model_ready] = step_name(config, study, "train")
+            model_ready = submit("train", query)
+            pending[model_ready] = train
         for detector in study.detectors:
             if score_path(config, detector, data).is_file():
                 run.cached.append(step_name(config, study, detector))
-                continue
-            if ray is None:
-                ray = start_ray(address)
-                train_remote = ray.remote(num_cpus=1, max_retries=0)(_train_task)
-                detect_remote = ray.remote(num_cpus=1, max_retries=0)(_detect_task)
-            pending[detect_remote.remote(query, detector, model_ready)] = step_name(config, study, detector)
+            else:
+                step = submit("detect", query, detector, model_ready)
+                pending[step] = step_name(config, study, detector)
+                needs[pending[step]] = train
     total = len(pending)
+    ray = remote.get("ray")
     if ray is not None:
         run.workers = int(ray.cluster_resources().get("CPU", 0))
     report(progress, "study", 0, total, f"{total} steps to compute, {len(run.cached)} cached, on {run.workers} Ray workers")
@@ -305,9 +345,34 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
             run.failed[name] = _one_line(exc)
         finished = total - len(pending)
         report(progress, "study", finished, total, f"{name}: {'failed' if name in run.failed else 'done'}")
+    for name, error in run.failed.items():
+        if needs.get(name) in run.failed and run.failed[needs[name]] == error:
+            run.failed[name] = f"not run: {needs[name]} failed"
     run.seconds = time.perf_counter() - started
     failures_path(study).write_text(json.dumps({"study": study.to_dict(), "failed": run.failed, "finished": time.time()}))
     return run
+
+
+def training_left(study: Study, data, workers: int) -> Optional[Tuple[float, bool]]:
+    """Seconds the study's missing models take on `workers` one-thread Ray workers, and whether
+    that is an upper bound: from the one-thread speed measured here, or else from the speed
+    measured with this process's n threads times n (a thread is at most n times slower alone).
+    None if neither was measured."""
+    from .experiment import model_path, training_estimate
+
+    threads = torch.get_num_threads()
+    total, bound = 0.0, False
+    for config in study.cells:
+        if model_path(data, config).is_file():
+            continue
+        seconds = training_estimate(config, data, threads=1)
+        if seconds is None:
+            seconds = training_estimate(config, data, threads=threads)
+            if seconds is None:
+                return None
+            seconds, bound = seconds * threads, bound or threads > 1
+        total += seconds
+    return total / max(workers, 1), bound
 
 
 def _one_line(exc: BaseException) -> str:
@@ -318,14 +383,20 @@ def _one_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------ status and results
 
+def study_failures(study: Study) -> Dict[str, str]:
+    """The steps that failed in the study's last run, with their errors."""
+    try:
+        return dict(json.loads(failures_path(study).read_text()).get("failed", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def study_status(study: Study, data) -> List[Dict[str, Any]]:
     """Each cell's steps: cached, running (its lock is held, in any process), failed (the last
     run's error) or waiting."""
     from .experiment import model_path
 
-    failed = {}
-    if failures_path(study).is_file():
-        failed = json.loads(failures_path(study).read_text()).get("failed", {})
+    failed = study_failures(study)
     rows = []
     for config in study.cells:
         query = config.to_query()

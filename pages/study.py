@@ -11,9 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import ConfigError
-from core.experiment import training_estimate
-from core.study import (DETECTORS, preset_studies, start_study, stop_study, study_from_dict, study_log, study_process, study_status,
-                        study_table, table_csv)
+from core.study import (DETECTORS, preset_studies, start_study, stop_study, study_failures, study_from_dict, study_log, study_process, study_status,
+                        study_table, table_csv, training_left)
 from core.progress import approximate_duration
 from ui.common import data_or_stop, run_through_app
 
@@ -91,21 +90,24 @@ if study is None:
 statuses = study_status(study, data)
 steps = ["train", *study.detectors]
 missing = [cell for cell, row in zip(study.cells, statuses) if row["train"] != "cached"]
-estimates = [training_estimate(cell, data) for cell in missing]
 workers = os.cpu_count() or 1
+left = training_left(study, data, workers)
 cols = st.columns(4)
 cols[0].metric("Cells", f"{len(study.cells)}", help=", ".join(f"{k}: {len(v)} values" for k, v in study.grid))
 cols[1].metric("Steps cached", f"{sum(row[s] == 'cached' for row in statuses for s in steps)} of {len(statuses) * len(steps)}")
-if missing and all(e is not None for e in estimates):
-    cols[2].metric("Training left", approximate_duration(sum(estimates) / workers).removeprefix("about "),
-                   help=f"{len(missing)} models at the training speed measured on this CPU, on {workers} workers; the detectors come on top.")
+if missing and left is not None:
+    seconds, bound = left
+    cols[2].metric("Training left", ("at most " if bound else "") + approximate_duration(seconds).removeprefix("about "),
+                   help=f"{len(missing)} models on {workers} local one-thread workers, at the training speed measured on this CPU"
+                        + (" with more threads, counted as if no thread helped another" if bound else " with one thread")
+                        + "; the detectors come on top.")
 else:
     cols[2].metric("Training left", "–" if not missing else "not measured",
                    help="Every model is cached." if not missing else "Training this network has not been measured on this CPU yet.")
 cols[3].metric("Detectors", ", ".join(study.detectors) or "none", help="; ".join(f"{d}: {DETECTORS[d]}" for d in study.detectors))
 
 address = st.text_input("Ray cluster address (empty: a local runtime on this machine)", key="study_address",
-                        help="e.g. ray://head:10001; every node must have this project at the same path and share the cache folder.")
+                        help="e.g. HEAD:6379 (the head's GCS port) or ray://HEAD:10001 (Ray client); every node must have this project at the same path and share the cache folder.")
 process = study_process(study)
 run, stop, _ = st.columns([1, 1, 4])
 if run.button("Run the study", type="primary", disabled=process is not None or not (missing or any(
@@ -131,9 +133,13 @@ def cell_grid() -> None:
     frame = pd.DataFrame([{**{k: row[k] for k in study.axes}, **{s: row[s] for s in steps}} for row in rows])
     st.dataframe(frame.style.map(STATE_COLOURS.get, subset=steps), hide_index=True, height=min(35 * (len(rows) + 1) + 3, 400))
     log = study_log(study).strip().splitlines()
-    failures = [line for line in log if line.startswith("error")]
-    if failures:
-        st.error(failures[-1])
+    failed = study_failures(study)
+    if failed:
+        st.error(f"{len(failed)} step{'s' if len(failed) > 1 else ''} failed in the last run; the others went on.\n\n"
+                 + "\n".join(f"- {step}: {error}" for step, error in list(failed.items())[:8]) + ("\n- …" if len(failed) > 8 else ""))
+    other = [line for line in log if line.startswith("error: ") and not any(line.startswith(f"error: {step}:") for step in failed)]
+    if other:
+        st.error(f"The study stopped: {other[-1].removeprefix('error: ')}")
 
 
 st.subheader("Cells")

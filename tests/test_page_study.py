@@ -61,3 +61,38 @@ def test_a_cached_study_draws_its_charts_and_table(gtsrb, seeded_cache):
     table = at.dataframe[-1].value
     assert list(table["pp"]) == ["0.1", "0.33"] and (table["cells"] == 1).all()
     assert table["attack_success_rate mean"].between(0, 1).all()
+
+
+FAILING = """name = "too few source images"
+detectors = ["activation"]
+
+[base]
+source = 0
+subset = 3000
+
+[grid]
+pp = [0.33]
+"""
+
+
+def test_failed_steps_are_shown_with_their_errors(gtsrb, seeded_cache):
+    import ray
+    import tomllib
+
+    from core.study import run_study, study_from_dict
+
+    try:
+        run = run_study(study_from_dict(tomllib.loads(FAILING)), gtsrb)
+    finally:
+        ray.shutdown()
+    assert set(run.failed) == {"train [pp=0.33]", "activation [pp=0.33]"}
+    at = open_page("pages/study.py")
+    at.text_area(key="study_text").set_value(FAILING).run()
+    assert not at.exception
+    assert len(at.error) == 1
+    shown = at.error[0].value
+    assert shown.startswith("2 steps failed in the last run; the others went on.")
+    assert "train [pp=0.33]: pp = 0.33 needs" in shown and "the source class has only" in shown
+    assert "activation [pp=0.33]: not run: train [pp=0.33] failed" in shown
+    cells = at.dataframe[0].value
+    assert list(cells["train"]) == ["failed"] and list(cells["activation"]) == ["failed"]

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.cli import main
 from core.errors import ConfigError
@@ -169,3 +172,88 @@ def test_a_killed_study_resumes_computing_only_its_unfinished_cells(gtsrb, seede
     outcome = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert outcome["cached"] == ["train [epochs=1]"] and outcome["computed"] == ["train [epochs=8]"] and outcome["failed"] == {}
     assert [row["train"] for row in study_status(study, gtsrb)] == ["cached", "cached"]
+
+
+def test_an_unreachable_or_malformed_cluster_address_is_refused_at_once(tmp_path, tmp_cache, capsys):
+    """Ray itself retries an absent cluster for minutes; the study says so in one line instead."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write(tmp_path, "[base]\nsubset = 3000\n[grid]\npp = [0.1]\n")
+    started = time.perf_counter()
+    for address, message in [(f"127.0.0.1:{port}", f"cannot reach the Ray cluster at 127.0.0.1:{port}: "),
+                             ("head-node", "Ray address 'head-node': give HOST:PORT")]:
+        assert main(["study", "run", str(path), "--quiet", "--address", address]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {message}") and "\n" not in err
+    assert time.perf_counter() - started < 60, "refused at once, not after Ray's retries"
+
+
+@pytest.mark.slow
+@pytest.mark.cli
+def test_a_study_joins_a_running_ray_cluster_and_a_failing_cell_lets_the_others_finish(gtsrb, seeded_cache, tmp_path):
+    """A one-CPU head started with `ray start` (token authentication on, as Ray starts it by
+    default) runs the study; source class 0 has too few images for pp = 0.33, so its cell fails
+    with that reason and its detector is not run, while class 2's cell trains and is scored."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    sessions = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    head = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                             "--disable-usage-stats", "--block", f"--temp-dir={sessions}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        grid = write(tmp_path, "name = 'cluster'\ndetectors = ['activation']\n[base]\nsubset = 3000\nepochs = 1\npatience = 1\n"
+                               "pp = 0.33\n[grid]\nsource = [2, 0]\n")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+        env["POISONLAB_CACHE"] = str(seeded_cache)
+        deadline = time.time() + 120
+        while True:  # the head is up when its GCS port answers
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, head.stdout.read().decode()[-2000:]
+                time.sleep(0.5)
+        ran = subprocess.run([sys.executable, "-m", "core", "study", "run", str(grid), "--quiet", "--address", f"127.0.0.1:{port}"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        kill_session(head.pid)
+        head.wait()
+        shutil.rmtree(sessions, ignore_errors=True)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    outcome = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert outcome["workers"] == 1, "the cluster's one CPU, not a local runtime's"
+    assert sorted(outcome["computed"]) == ["activation [source=2]", "train [source=2]"]
+    assert set(outcome["failed"]) == {"train [source=0]", "activation [source=0]"}
+    assert "the source class has only" in outcome["failed"]["train [source=0]"]
+    assert outcome["failed"]["activation [source=0]"] == "not run: train [source=0] failed"
+    errors = [line for line in ran.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {step}: {outcome['failed'][step]}" for step in outcome["failed"]]
+    study = load_study(grid)
+    assert study_status(study, gtsrb) == [{"source": "2", "train": "cached", "activation": "cached"},
+                                          {"source": "0", "train": "failed", "activation": "failed"}]
+
+
+def test_training_left_counts_one_thread_workers_and_says_when_it_is_a_bound(gtsrb, tmp_cache):
+    from core.durations import record
+    from core.experiment import training_step
+    from core.study import training_left
+
+    study = study_from_dict({"base": {"subset": "3000", "epochs": "2"}, "grid": {"pp": [0.1, 0.33], "seed": [0, 1]}})
+    cell = study.cells[0]
+    images = 3000 * 2
+    assert training_left(study, gtsrb, workers=2) is None, "nothing measured yet"
+    threads = torch.get_num_threads()
+    record(training_step(cell, threads), 10.0, images)  # the app's speed, with all its threads
+    seconds, bound = training_left(study, gtsrb, workers=2)
+    assert seconds == pytest.approx(4 * 10.0 * threads / 2) and bound == (threads > 1)
+    record(training_step(cell, 1), 16.0, images)  # a study worker's speed, measured
+    seconds, bound = training_left(study, gtsrb, workers=2)
+    assert seconds == pytest.approx(4 * 16.0 / 2) and not bound
+    assert training_left(study, gtsrb, workers=4)[0] == pytest.approx(4 * 16.0 / 4)
