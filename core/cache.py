@@ -416,6 +416,11 @@ def cached(
         lock.release()
 
 
+def meta_only(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The decoder of an artifact that is all metadata (a table): its fields without the checksum."""
+    return {k: v for k, v in meta.items() if k != "checksum"}
+
+
 def load_cached(path: Path, decode: Callable[[Dict[str, torch.Tensor], Dict[str, Any]], T]) -> Optional[T]:
     """`decode` of the artifact at `path` if it is there and sound, else None; computes nothing
     and takes no lock (a damaged file is removed, as `cached` would)."""

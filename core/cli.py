@@ -21,6 +21,7 @@ from .gw_kmeans import GWConfig
 from .lrp import LRPConfig
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
+from .spatial import DEFAULT_TRANSFORMS
 from .spectral import SpectralConfig
 
 
@@ -227,6 +228,17 @@ def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     chosen = ("poisoned", "clean") if args.models == "both" else (args.models,)
     return {name: robustness_table(models[name], robustness, data, progress=bar, use_cache=not args.no_cache) for name in chosen}
+
+
+def _cmd_spatial(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .data import load_gtsrb
+    from .robustness import spatial_defense
+    from .spatial import parse_transforms
+
+    transforms = parse_transforms(args.transforms)
+    config = experiment_from_args(args)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    return spatial_defense(config, transforms, data, progress=bar, use_cache=not args.no_cache)
 
 
 def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
@@ -444,6 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--models", default="both", choices=("both", "poisoned", "clean"), help="models to attack (default both)")
     _add_experiment_options(defend)
     _add_data_options(defend)
+    spatial = commands.add_parser("spatial", help="test-time spatial transformations as a defense against the sticker; prints clean accuracy and ASR per transformation as JSON",
+                                  description="Clean accuracy (whole test split) and attack success rate (every stickered source-class test "
+                                  "image) of the experiment's model without and with each transformation (thesis 7.2). Cached in cache/.")
+    spatial.add_argument("--transforms", nargs="+", default=list(DEFAULT_TRANSFORMS), metavar="T",
+                         help="flip, scale=F (0.5 … 2), rotate=DEGREES, shift=DX,DY (pixels right, down); "
+                              f"default: {' '.join(DEFAULT_TRANSFORMS)}")
+    _add_experiment_options(spatial)
+    _add_data_options(spatial)
     inspect = commands.add_parser("inspect", help="attack a few images and purify them; prints predictions and confidences as JSON",
                                   description="For test images (or one PNG/JPEG file): the model's prediction and confidence on the clean image, "
                                   "the attacked image, the barycenter of the attacked image and the barycenter of the clean image. Without a "
@@ -525,7 +545,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_arguments(argv)
     bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
-               "defend": _cmd_defend, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
+               "defend": _cmd_defend, "spatial": _cmd_spatial, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
                "cache": _cmd_cache, "export": _cmd_export, "study": _cmd_study}[args.command]
     try:
         result = handler(args, bar)

@@ -44,6 +44,13 @@ def defend_command(experiment, model: str, robustness) -> str:
     return " ".join(parts)
 
 
+def spatial_command(experiment, transforms) -> str:
+    """The `python -m core spatial` invocation that reproduces the Defense page's spatial table
+    (for the clean model, `experiment` is its clean twin)."""
+    return " ".join([train_command(experiment).replace("python -m core train", "python -m core spatial", 1),
+                     "--transforms", *(t.text for t in transforms)])
+
+
 def detect_command(experiment, class_id: int, lrp, gw) -> str:
     """The `python -m core detect --method gw` invocation that reproduces the GW page's numbers."""
     parts = [train_command(experiment).replace("python -m core train", f"python -m core detect --method gw --class {class_id}", 1),

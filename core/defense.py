@@ -46,7 +46,6 @@ convex conjugate of its J. Choices where the paper is silent (all visible in Def
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -56,6 +55,7 @@ import torch.nn.functional as F
 from .errors import ConfigError
 from .params import NAME, REAL, WHOLE, check_declared, parameter
 from .validation import whole_number
+from .spatial import affine
 
 MARGINAL_SETS = {"B6": (2.0, -2.0, 3.0, -3.0), "B4": (2.0, -2.0)}
 
@@ -130,13 +130,9 @@ class UnfoldKernel:
 
 
 def _rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotation about the image centre (counter-clockwise for positive angles), bilinear,
+    """Rotation about the image centre (clockwise as displayed for positive angles), bilinear,
     border repeated; differentiable, so attacks can go through the defense."""
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle), math.sin(angle)
-    theta = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]], dtype=images.dtype).expand(len(images), 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return affine(images, degrees=degrees)
 
 
 def _translate(images: torch.Tensor, shift: int) -> torch.Tensor:

@@ -6,15 +6,19 @@ and B4; and a row the paper does not have: the success rate of the poisoning sti
 (stickered source-class test images, a sample of at most as many as the other rows use,
 classified as the target) with and without the barycenter. Adversarial examples are cached per
 (model, attack, budget, image set); the adaptive attack's also per defense.
+
+And the thesis's spatial defense (7.2): clean accuracy and the sticker's success rate on the
+whole test split with each test-time transformation of `core.spatial`, beside none.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .cache import meta_only
 from .defense import DefenseConfig, purify
 from .evasion import attack_step
 from .models import architecture_name
@@ -22,6 +26,7 @@ from .errors import ConfigError
 from .validation import whole_number
 from .evasion import ATTACKS, AttackConfig, attack
 from .progress import ProgressCallback, report
+from .spatial import DEFAULT_TRANSFORMS, SpatialTransform, parse_transforms
 
 _ARTIFACT_VERSION = 1
 
@@ -113,15 +118,11 @@ def table_path(model_name: str, config: RobustnessConfig):
     return cache_dir() / f"robustness-{config_hash(_ARTIFACT_VERSION, model_name, asdict(config))}.safetensors"
 
 
-def _table(tensors, meta) -> Dict[str, object]:
-    return {k: v for k, v in meta.items() if k != "checksum"}
-
-
 def cached_table(model_name: str, config: RobustnessConfig) -> Optional[Dict[str, object]]:
     """The table of a finished run with these settings, or None."""
     from .cache import load_cached
 
-    return load_cached(table_path(model_name, config), _table)
+    return load_cached(table_path(model_name, config), meta_only)
 
 
 def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), data=None,
@@ -137,7 +138,7 @@ def robustness_table(experiment, config: RobustnessConfig = RobustnessConfig(), 
     data = data if data is not None else load_gtsrb(progress=progress)
     trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
     return cached(table_path(trained.path.name, config), lambda: _measure(experiment, config, data, trained, progress, use_cache),
-                  lambda out: ({}, out), _table, use_cache, progress)
+                  lambda out: ({}, out), meta_only, use_cache, progress)
 
 
 def _measure(experiment, config: RobustnessConfig, data, trained, progress: Optional[ProgressCallback],
@@ -177,3 +178,66 @@ def _measure(experiment, config: RobustnessConfig, data, trained, progress: Opti
                       "success_rate_barycenter": round(float(on_target_bary.float().mean()), 4)}
     report(progress, "robustness", 1, 1, "done")
     return out
+
+
+# ------------------------------------------------------------------ spatial transformations (thesis 7.2)
+
+_SPATIAL_VERSION = 1
+
+
+def spatial_path(model_name: str, transforms: Sequence[SpatialTransform]):
+    from .cache import cache_dir, config_hash
+
+    return cache_dir() / f"spatial-{config_hash(_SPATIAL_VERSION, model_name, [t.text for t in transforms])}.safetensors"
+
+
+def spatial_defense(experiment, transforms: Sequence[SpatialTransform] = (), data=None,
+                    progress: Optional[ProgressCallback] = None, use_cache: bool = True) -> Dict[str, Any]:
+    """Clean accuracy and attack success rate of the experiment's model without and with each
+    transformation, on the whole test split and every stickered source-class test image; cached."""
+    from .cache import cached
+    from .data import load_gtsrb
+    from .experiment import poisoned_data, train_or_load
+
+    transforms = tuple(transforms) or parse_transforms(DEFAULT_TRANSFORMS)
+    data = data if data is not None else load_gtsrb(progress=progress)
+    trained = train_or_load(experiment, data, progress=progress, use_cache=use_cache)
+
+    def compute() -> Dict[str, Any]:
+        from .models import predict
+
+        model = trained.model.eval()
+        test = data.test
+        stickered = poisoned_data(data, experiment).attack
+        source, target = experiment.poison.source, experiment.poison.target
+        is_source = test.labels == source
+        rows: List[Dict[str, Any]] = []
+        for step, transform in enumerate((None, *transforms)):
+            report(progress, "spatial defense", step, len(transforms) + 1, "no transformation" if transform is None else transform.label)
+            prepare = (lambda x: x) if transform is None else transform
+            clean = _predict_in_batches(model, test.images, prepare, predict)
+            attacked = _predict_in_batches(model, stickered.images, prepare, predict)
+            rows.append({"transform": "none" if transform is None else transform.text,
+                         "label": "no transformation" if transform is None else transform.label,
+                         "clean_accuracy": round(float((clean == test.labels).float().mean()), 4),
+                         "source_accuracy": round(float((clean[is_source] == source).float().mean()), 4),
+                         "attack_success_rate": round(float((attacked == target).float().mean()), 4)})
+        report(progress, "spatial defense", len(transforms) + 1, len(transforms) + 1, "done")
+        return {"model": trained.path.name, "source": source, "target": target, "test_images": len(test),
+                "stickered_images": len(stickered), "rows": rows}
+
+    return cached(spatial_path(trained.path.name, transforms), compute, lambda out: ({}, out), meta_only, use_cache, progress)
+
+
+def cached_spatial(model_name: str, transforms: Sequence[SpatialTransform]) -> Optional[Dict[str, Any]]:
+    """The table if it is in the cache, without computing anything."""
+    from .cache import load_cached
+
+    return load_cached(spatial_path(model_name, transforms), meta_only)
+
+
+def _predict_in_batches(model, images: torch.Tensor, prepare, predict, batch: int = 1024) -> torch.Tensor:
+    """Predictions for uint8 `images`, transformed a batch at a time (a float copy of the whole
+    test split would hold 150 MB)."""
+    out = [predict(model, prepare(images[i:i + batch].float().div_(255.0))) for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)

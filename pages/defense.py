@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from core.commands import defend_command, inspect_command
+from core.commands import defend_command, inspect_command, spatial_command
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.defense import DefenseConfig
 from core.errors import ConfigError, PoisonLabError
@@ -18,7 +18,8 @@ from core.evasion import ATTACKS, AttackConfig
 from core.experiment import clean_twin, load_trained, model_path, train_or_load
 from core.inspection import VERSIONS, inspect, sensitivity_grid, upload_input
 from core.jobs import RUNNER
-from core.robustness import RobustnessConfig, cached_table, draw_test_images, model_inputs, robustness_table, table_path
+from core.spatial import DEFAULT_TRANSFORMS, KINDS, parse_transforms
+from core.robustness import RobustnessConfig, cached_spatial, cached_table, spatial_defense, spatial_path, draw_test_images, model_inputs, robustness_table, table_path
 from core.durations import estimate
 from core.evasion import attack_step
 from ui.common import active_experiment, data_or_stop, expected_time, job_result, run_through_app, settle_job, training_time
@@ -149,6 +150,19 @@ def robustness_chart(table: dict) -> go.Figure:
     return fig
 
 
+def spatial_chart(rows: list) -> go.Figure:
+    """Clean accuracy and the sticker's success rate per transformation, side by side."""
+    labels = [row["label"] for row in rows]
+    fig = go.Figure([go.Bar(name="clean accuracy (higher is better)", x=labels, y=[100 * r["clean_accuracy"] for r in rows], marker_color="#2563eb",
+                            hovertemplate="%{x}: %{y:.1f} %<extra>clean accuracy</extra>"),
+                     go.Bar(name="attack success rate (lower is better)", x=labels, y=[100 * r["attack_success_rate"] for r in rows],
+                            marker_color="#dc2626", hovertemplate="%{x}: %{y:.1f} %<extra>attack success rate</extra>")])
+    fig.update_layout(barmode="group", height=380, margin=dict(l=0, r=0, t=50, b=0), yaxis_title="% of test images", yaxis_range=[0, 100],
+                      title=dict(text="The sticker against test-time transformations: what each costs and what it buys", font=dict(size=14)),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
 def sensitivity_figure(grid, labels: int | None) -> go.Figure:
     columns = max(len(row) for row in grid)
     titles = []
@@ -200,7 +214,7 @@ if trained is None:
     st.stop()
 
 images, labels, caption, cli_source = image_source(data)
-tab_images, tab_table, tab_sensitivity = st.tabs(["Attack and purify", "AA / BA table", "Sensitivity"])
+tab_images, tab_table, tab_sensitivity, tab_spatial = st.tabs(["Attack and purify", "AA / BA table", "Sensitivity", "Spatial transformations"])
 with tab_images:
     settings = (trained.path.name, caption, attack_config, defense, None if labels is None else tuple(labels.tolist()),
                 images.sum().item())
@@ -284,3 +298,40 @@ with tab_sensitivity:
             st.plotly_chart(sensitivity_figure(grid, None if labels is None else int(labels[0])), width="stretch")
             st.code(inspect_command(experiment, model_choice, cli_source, attack_config, defense,
                                     sensitivity=which), language="bash")
+
+with tab_spatial:
+    st.caption("The sticker works where it was learnt (thesis 7.2), so moving, mirroring, zooming or turning every test image may disarm it. "
+               "Each transformation is measured on the whole test split (clean accuracy: its cost) and on every stickered 50 km/h test image "
+               "(attack success rate: what it buys). It cannot tell whether an attack is present.")
+    text = st.text_input("Transformations (space-separated)", " ".join(DEFAULT_TRANSFORMS), key="df_spatial", persist_state="session",
+                         help="; ".join(f"{kind}: {meaning}" for kind, meaning in KINDS.items())
+                              + ". Examples: flip, scale=0.8, rotate=-15, shift=3,-2.")
+    try:
+        transforms = parse_transforms(text.split())
+    except ConfigError as exc:
+        st.error(f"These transformations cannot be measured: {exc}")
+        transforms = None
+    if transforms is not None:
+        spatial = cached_spatial(trained.path.name, transforms)
+        if spatial is None:
+            spatial = job_result(spatial_path(trained.path.name, transforms).name, "Spatial transformations",
+                                 lambda progress: spatial_defense(chosen_experiment, transforms, data, progress=progress),
+                                 f"The {model_choice} model reads the {len(data.test):,} test images and the stickered ones once without and "
+                                 f"once per transformation ({len(transforms)}); the bar counts them.", "Measure the transformations")
+        if spatial is not None:
+            rows = list(spatial["rows"])
+            if table is not None:  # the barycentric defense, from the AA / BA tab's run, for comparison
+                rows.append({"transform": "barycenter", "label": f"barycenter {defense.marginals} (sample)",
+                             "clean_accuracy": table["clean_barycenter_accuracy"][defense.marginals],
+                             "attack_success_rate": table["trigger"]["success_rate_barycenter"]})
+            st.plotly_chart(spatial_chart(rows), width="stretch")
+            st.dataframe([{"transformation": r["label"], "clean accuracy (%)": 100 * r["clean_accuracy"],
+                           "attack success rate (%)": 100 * r["attack_success_rate"]} for r in rows], hide_index=True,
+                         column_config={"clean accuracy (%)": st.column_config.NumberColumn(format="%.1f"),
+                                        "attack success rate (%)": st.column_config.NumberColumn(format="%.1f")})
+            st.caption(f"{spatial['test_images']:,} test images and {spatial['stickered_images']} stickered "
+                       f"{CLASS_NAMES[spatial['source']]} images, {model_choice} model."
+                       + (f" The barycenter row is the AA / BA tab's sample of {table['images']} test images and "
+                          f"{table['trigger']['images']} stickered ones." if table is not None else
+                          " Run the AA / BA table to see the barycentric defense beside them."))
+            st.code(spatial_command(chosen_experiment, transforms), language="bash")
