@@ -21,6 +21,7 @@ from .gw_kmeans import GWConfig
 from .lrp import LRPConfig
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
+from .cleanse import DEFAULT_METHODS, METHODS
 from .spatial import DEFAULT_TRANSFORMS
 from .spectral import SpectralConfig
 
@@ -239,6 +240,16 @@ def _cmd_spatial(args: argparse.Namespace, bar: _Bar) -> dict:
     config = experiment_from_args(args)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     return spatial_defense(config, transforms, data, progress=bar, use_cache=not args.no_cache)
+
+
+def _cmd_cleanse(args: argparse.Namespace, bar: _Bar) -> dict:
+    from .cleanse import check_methods, cleanse_table
+    from .data import load_gtsrb
+
+    methods = check_methods(args.method)
+    config = experiment_from_args(args)
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    return {"target": config.poison.target, "rows": cleanse_table(config, methods, data, progress=bar, use_cache=not args.no_cache)}
 
 
 def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
@@ -464,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
                               f"default: {' '.join(DEFAULT_TRANSFORMS)}")
     _add_experiment_options(spatial)
     _add_data_options(spatial)
+    cleanse = commands.add_parser("cleanse", help="remove what a detector flags in the target class, retrain, and print clean accuracy and ASR before and after as JSON",
+                                  description="For each method: the target-class training samples it flags are removed and the model is "
+                                  "retrained with the same seed; truth (the poisoned samples) and random (as many random samples of the "
+                                  "class) bracket the detectors. Retrained models are cached in cache/.")
+    cleanse.add_argument("--method", nargs="+", default=list(DEFAULT_METHODS), metavar="M",
+                         help=f"{', '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)})")
+    _add_experiment_options(cleanse)
+    _add_data_options(cleanse)
     inspect = commands.add_parser("inspect", help="attack a few images and purify them; prints predictions and confidences as JSON",
                                   description="For test images (or one PNG/JPEG file): the model's prediction and confidence on the clean image, "
                                   "the attacked image, the barycenter of the attacked image and the barycenter of the clean image. Without a "
@@ -545,7 +564,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_arguments(argv)
     bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
-               "defend": _cmd_defend, "spatial": _cmd_spatial, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
+               "defend": _cmd_defend, "spatial": _cmd_spatial, "cleanse": _cmd_cleanse, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
                "cache": _cmd_cache, "export": _cmd_export, "study": _cmd_study}[args.command]
     try:
         result = handler(args, bar)

@@ -51,6 +51,11 @@ def spatial_command(experiment, transforms) -> str:
                      "--transforms", *(t.text for t in transforms)])
 
 
+def cleanse_command(experiment, methods) -> str:
+    """The `python -m core cleanse` invocation that reproduces a detection view's cleansing table."""
+    return " ".join([train_command(experiment).replace("python -m core train", "python -m core cleanse", 1), "--method", *methods])
+
+
 def detect_command(experiment, class_id: int, lrp, gw) -> str:
     """The `python -m core detect --method gw` invocation that reproduces the GW page's numbers."""
     parts = [train_command(experiment).replace("python -m core train", f"python -m core detect --method gw --class {class_id}", 1),

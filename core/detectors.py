@@ -329,3 +329,23 @@ def baseline_scores(experiment, class_id: int, data=None, seed: int = 0,
     """The baselines' scores with their seconds: the rows the CLI prints and the pages show."""
     return {name: {**d.score.as_dict(), "seconds": d.seconds}
             for name, d in baseline_detections(experiment, class_id, data, seed, progress).items()}
+
+
+# ------------------------------------------------------------------ any detector by name
+
+DETECTORS = {"spectral": "Euclidean spectral clustering of the LRP heatmaps",
+             "gw": "GW k-means of the LRP heatmap clouds",
+             "activation": "activation clustering",
+             "signatures": "spectral signatures"}
+
+
+def detect(experiment, detector: str, class_id: int, data=None, progress: Optional[ProgressCallback] = None) -> Detection:
+    """The detector named `detector` (a key of DETECTORS) with its default settings, as a study
+    scores it and cleansing removes what it flags."""
+    if detector == "spectral":
+        return heatmap_spectral(experiment, class_id, LRPConfig(), SpectralConfig(), data, progress=progress)
+    if detector == "gw":
+        return gw_kmeans_detection(experiment, class_id, LRPConfig(), GWConfig(), data, progress=progress)
+    if detector in ("activation", "signatures"):
+        return baseline_detections(experiment, class_id, data, progress=progress)[DETECTORS[detector]]
+    raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")

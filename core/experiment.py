@@ -194,6 +194,23 @@ def train_or_load(
     return cached(path, lambda: _train(config, data, path, progress), encode, _decoder(config, path), use_cache, progress)
 
 
+def train_without(config: ExperimentConfig, data: GTSRB, removed: torch.Tensor, path: Path,
+                  progress: Optional[ProgressCallback] = None, use_cache: bool = True,
+                  note: Optional[Dict[str, Any]] = None) -> TrainedModel:
+    """`config` retrained, with the same seed, without the training samples `removed`, cached at
+    `path` (which the caller names by what was removed), with `note` in its metadata."""
+    removed = torch.as_tensor(removed, dtype=torch.bool)
+    n_train = min(config.train.subset, len(data.train)) if config.train.subset else len(data.train)
+    if removed.shape != (n_train,):
+        raise ConfigError(f"the removal mask must cover the {n_train:,} training samples, got shape {tuple(removed.shape)}")
+
+    def encode(trained: TrainedModel):
+        return trained.model.state_dict(), {"config": config.to_dict(), "data": data.content_id, "metrics": trained.metrics,
+                                            "removed": int(removed.sum()), "note": note or {}}
+
+    return cached(path, lambda: _train(config, data, path, progress, removed), encode, _decoder(config, path), use_cache, progress)
+
+
 def training_step(config: ExperimentConfig, threads: Optional[int] = None) -> str:
     """The name under which training's duration per image and epoch is measured (core.durations),
     per thread count: a study's one-thread workers train at another speed than the app."""
@@ -209,8 +226,16 @@ def training_estimate(config: ExperimentConfig, data: GTSRB, threads: Optional[i
     return estimate(training_step(config, threads), images * config.train.max_epochs)
 
 
-def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional[ProgressCallback]) -> TrainedModel:
+def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional[ProgressCallback],
+           removed: Optional[torch.Tensor] = None) -> TrainedModel:
+    """Train `config`; without the training samples `removed` (bool over the experiment's training
+    split) if given, which is how a cleansed model is retrained."""
     poisoned = poisoned_data(data, config)
+    train = poisoned.train
+    if removed is not None:
+        kept = ~removed
+        train = PoisonedSplit(train.images[kept], train.labels[kept], train.poison_mask[kept], train.positions[kept])
+        poisoned = dataclasses.replace(poisoned, train=train, train_index=poisoned.train_index[kept])
     torch.manual_seed(config.train.seed)
     model = build_model(config.train.architecture)
     started = time.perf_counter()

@@ -38,15 +38,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .cache import cache_dir, cached, config_hash, locked_elsewhere
+from .detectors import DETECTORS
 from .errors import ClusterError, ConfigError
 from .experiment import ExperimentConfig
 from .progress import ProgressCallback, report
 
 ROOT = Path(__file__).resolve().parent.parent
-DETECTORS = {"spectral": "Euclidean spectral clustering of the LRP heatmaps",
-             "gw": "GW k-means of the LRP heatmap clouds",
-             "activation": "activation clustering",
-             "signatures": "spectral signatures"}
 MAX_CELLS = 1000
 _SCORE_VERSION = 1
 
@@ -172,19 +169,9 @@ def detect_cell(config: ExperimentConfig, detector: str, data=None, progress: Op
     started = time.perf_counter()
 
     def compute():
-        from .detectors import baseline_detections, gw_kmeans_detection, heatmap_spectral
-        from .gw_kmeans import GWConfig
-        from .lrp import LRPConfig
-        from .spectral import SpectralConfig
+        from .detectors import detect
 
-        target = config.poison.target
-        if detector == "spectral":
-            found = heatmap_spectral(config, target, LRPConfig(), SpectralConfig(), data, progress=progress)
-        elif detector == "gw":
-            found = gw_kmeans_detection(config, target, LRPConfig(), GWConfig(), data, progress=progress)
-        else:
-            name = {"activation": "activation clustering", "signatures": "spectral signatures"}[detector]
-            found = baseline_detections(config, target, data, progress=progress)[name]
+        found = detect(config, detector, config.poison.target, data, progress=progress)
         return {**found.score.as_dict(), "seconds": round(time.perf_counter() - started, 3)}, found.flagged
 
     def encode(result):

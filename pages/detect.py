@@ -24,6 +24,7 @@ from core.lrp import LRPConfig
 from core.presets import PRESETS
 from core.spectral import SpectralConfig
 from ui.charts import confusion_chart
+from ui.cleanse import cleanse_section
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, heatmaps_or_stop,
                        run_through_app, set_active_experiment, settle_job, view_links)
 from ui.hover_preview import hover_preview
@@ -183,6 +184,8 @@ st.dataframe(table.style.format({**{c: "{:.4f}" for c in ("accuracy", "tpr", "tn
 command = detect_command(experiment, class_id, lrp, config)
 st.caption("Reproduce these numbers on the command line:")
 st.code(command, language="bash")
+if class_id == experiment.poison.target:
+    cleanse_section(experiment, data, ("truth", "random", "gw", "spectral"))
 view_links(experiment, [
     ("pages/spectral.py", f"Class {class_id} by spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),

@@ -21,6 +21,7 @@ from core.jobs import RUNNER
 from core.lrp import LRPConfig
 from core.spectral import SpectralConfig, compile_umap_in_background, embed_2d
 from ui.charts import confusion_chart
+from ui.cleanse import cleanse_section
 from ui.common import (active_experiment, cached_baselines, cached_detection, data_or_stop, expected_time, follow_elsewhere, follow_job,
                        heatmaps_or_stop, run_through_app, settle_job, view_links)
 from ui.hover_preview import hover_preview
@@ -235,6 +236,8 @@ formats = {**{c: "{:.4f}" for c in ("accuracy", "tpr", "tnr", "f1", "auc")}, **{
 st.dataframe(table.style.format(formats, na_rep="–"), width="stretch")
 st.caption("TPR: share of poisoned samples flagged; TNR: share of clean samples kept; AUC from each method's continuous score. "
            "Reproduce with `python -m core spectral` and `python -m core baselines`.")
+if class_id == experiment.poison.target:
+    cleanse_section(experiment, data, ("truth", "random", "spectral", "activation"))
 view_links(experiment, [
     ("pages/heatmaps.py", f"The heatmaps of class {class_id}", ":material/blur_on:", {"hm_class": class_id, **relevance_query("hm", lrp)}),
     ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),

@@ -27,7 +27,7 @@ def test_core_never_imports_streamlit(path):
 
 
 # The step layer: each of these turns an experiment and its parameters into a cached artifact.
-STEPS = {"data", "experiment", "heatmaps", "detectors", "robustness"}
+STEPS = {"data", "experiment", "heatmaps", "detectors", "robustness", "cleanse"}
 # What runs the steps or keeps their files: the store, jobs, the pipeline's status, export, studies and the command line.
 RUNNERS = {"cache", "jobs", "pipeline", "export", "study", "cli", "commands", "download", "__main__", "__init__", "arithmetic", "durations"}
 ALGORITHMS = sorted(path for path in (ROOT / "core").glob("*.py") if path.stem not in STEPS | RUNNERS)

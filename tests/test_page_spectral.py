@@ -83,3 +83,23 @@ def test_gw_distances_are_computed_in_the_background_and_analysed(small_heatmaps
     assert int(row["tn"] + row["fp"] + row["fn"] + row["tp"]) == min(200, len(heatmaps))
     at.radio(key="sp_embedding").set_value("tsne").run()
     assert not at.exception
+
+
+def test_the_target_class_offers_cleansing_and_shows_what_is_cached(small_heatmaps, gtsrb):
+    from core.cleanse import cleanse
+    from core.cli import experiment_from_args, parse_arguments
+
+    config, _ = small_heatmaps
+    truth = cleanse(config, "truth", gtsrb)  # retrained as the command line would: the page finds it
+    at = open_page("pages/spectral.py", {**SMALL, "sp_class": "5"})
+    assert not at.exception
+    cleansing = next(df.value for df in at.dataframe if "ASR after (%)" in df.value)
+    assert list(cleansing["method"]) == ["ground truth (upper bound)"]
+    assert cleansing["removed"][0] == truth["removed"] and cleansing["poisoned left"][0] == 0
+    assert cleansing["ASR after (%)"][0] == pytest.approx(100 * truth["attack_success_rate"])
+    assert any(b.label == "Retrain without the flagged samples (3 models)" for b in at.button)
+    command = next(c.value for c in at.code if c.value.startswith("python -m core cleanse"))
+    args = parse_arguments(command.split()[3:])
+    assert experiment_from_args(args) == config and args.method == ["truth", "random", "spectral", "activation"]
+    at = open_page("pages/spectral.py", {**SMALL, "sp_class": "2"})
+    assert not any("ASR after (%)" in df.value for df in at.dataframe), "cleansing acts on the target class only"

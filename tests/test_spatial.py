@@ -89,7 +89,7 @@ def test_the_command_line_refuses_a_bad_transformation_with_status_2(capsys):
 def test_on_a_real_model_the_plain_row_is_the_models_own_metrics_and_it_is_cached(gtsrb, seeded_cache):
     from core.experiment import ExperimentConfig, train_or_load
 
-    config = ExperimentConfig.from_query({"subset": "3000", "epochs": "2", "patience": "2", "augment": "0"})
+    config = ExperimentConfig.from_query({"subset": "3000", "epochs": "2", "patience": "2", "aug": "0"})
     metrics = train_or_load(config, gtsrb).metrics
     transforms = parse_transforms(["flip", "shift=4,4"])
     table = spatial_defense(config, transforms, gtsrb)
