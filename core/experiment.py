@@ -21,7 +21,7 @@ from . import params
 from .cache import cache_dir, cached, config_hash, load_cached
 from .data import GTSRB, NUM_CLASSES, Split, load_gtsrb
 from .durations import record
-from .errors import ConfigError
+from .errors import ArtifactError, ConfigError
 from .models import build_model, predict
 from .poison import PoisonConfig, PoisonedSplit, attack_test_set, poison_split
 from .progress import ProgressCallback
@@ -30,13 +30,23 @@ from .train import TrainConfig, fit
 _ARTIFACT_VERSION = 2  # 2: a finished one-cycle schedule keeps its final weights
 
 
+_LATER_POISON_FIELDS = {"kind": "sticker", "amplitude": 255, "perturbation": 8.0}
+_PERTURBATION_VERSION = 1
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     poison: PoisonConfig = field(default_factory=PoisonConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"poison": dataclasses.asdict(self.poison), "train": dataclasses.asdict(self.train)}
+        """The configuration, which names its model: the attack-kind fields are left out where they
+        change nothing (so the sticker attack's models keep the names they had before them)."""
+        poison = dataclasses.asdict(self.poison)
+        for name, default in _LATER_POISON_FIELDS.items():
+            if poison[name] == default or (name == "perturbation" and not self.poison.label_consistent):
+                del poison[name]
+        return {"poison": poison, "train": dataclasses.asdict(self.train)}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> "ExperimentConfig":
@@ -94,8 +104,10 @@ def full_experiment(base: ExperimentConfig) -> ExperimentConfig:
 
 def clean_twin(config: ExperimentConfig) -> ExperimentConfig:
     """The same experiment without poisoned samples: the model the defense is measured against
-    next to the poisoned one."""
-    return dataclasses.replace(config, poison=dataclasses.replace(config.poison, fraction=0.0))
+    next to the poisoned one, and the one the label-consistent attack perturbs against. Every
+    attack on the same classes shares it."""
+    defaults = {name: default for name, default in _LATER_POISON_FIELDS.items()}
+    return dataclasses.replace(config, poison=dataclasses.replace(config.poison, fraction=0.0, **defaults))
 
 
 def is_reduced(config: ExperimentConfig) -> bool:
@@ -117,16 +129,76 @@ class PoisonedData:
     """Indices into the GTSRB training split of `train` (all of them unless `subset` is set)."""
 
 
-def poisoned_data(data: GTSRB, config: ExperimentConfig) -> PoisonedData:
-    """Poison the splits; with `train.subset` > 0, keep a seeded random subset of the training split."""
-    train = poison_split(data.train, config.poison, "train")
+def poisoned_data(data: GTSRB, config: ExperimentConfig, progress: Optional[ProgressCallback] = None) -> PoisonedData:
+    """Poison the splits; with `train.subset` > 0, keep a seeded random subset of the training split.
+    The label-consistent attack first trains (or loads) the clean model it perturbs against."""
+    perturb = _perturbation(data, config, progress)
+    train = poison_split(data.train, config.poison, "train", perturb)
     index = torch.arange(len(train))
     if config.train.subset and config.train.subset < len(train):
         generator = torch.Generator().manual_seed(config.train.seed)
         index = torch.randperm(len(train), generator=generator)[: config.train.subset].sort().values
         train = PoisonedSplit(train.images[index], train.labels[index], train.poison_mask[index], train.positions[index])
-    val = poison_split(data.val, config.poison, "val")
+    val = poison_split(data.val, config.poison, "val", perturb)
     return PoisonedData(train, val, attack_test_set(data.test, config.poison), data.test, index)
+
+
+def perturbation_path(data: GTSRB, config: ExperimentConfig, split_name: str) -> Path:
+    """Where the label-consistent attack's perturbed images of one split are cached: named by the
+    clean model they were computed against and what chooses and bounds them."""
+    poison = config.poison
+    clean = model_path(data, clean_twin(config)).name
+    return cache_dir() / ("perturbed-" + config_hash(_PERTURBATION_VERSION, clean, split_name, poison.target, poison.fraction,
+                                                     poison.seed, poison.perturbation) + ".safetensors")
+
+
+def needs_perturbation(config: ExperimentConfig) -> bool:
+    poison = config.poison
+    return poison.label_consistent and poison.perturbation > 0 and poison.fraction > 0
+
+
+def attack_ready(data: GTSRB, config: ExperimentConfig) -> bool:
+    """Whether `poisoned_data` is quick: no perturbation to compute (and no clean model to train)."""
+    return not needs_perturbation(config) or all(perturbation_path(data, config, s).is_file() for s in ("train", "val"))
+
+
+def perturbed_images(data: GTSRB, config: ExperimentConfig, split_name: str = "train") -> Optional[Dict[str, torch.Tensor]]:
+    """The cached perturbed images of a split before the sticker ("images") and their indices in
+    it ("index"), or None."""
+    if not needs_perturbation(config):
+        return None
+    return load_cached(perturbation_path(data, config, split_name), lambda tensors, meta: tensors)
+
+
+def _perturbation(data: GTSRB, config: ExperimentConfig, progress: Optional[ProgressCallback]):
+    """The label-consistent attack's perturbation: untargeted PGD L∞ (core.evasion) against the
+    clean model, away from the images' own (target) class, within the budget; cached per split."""
+    if not needs_perturbation(config):
+        return None
+    poison = config.poison
+    clean: list = []
+
+    def perturb(images: torch.Tensor, split_name: str, index: torch.Tensor) -> torch.Tensor:
+        from .evasion import AttackConfig, attack
+
+        def compute() -> Dict[str, torch.Tensor]:
+            if not clean:
+                clean.append(train_or_load(clean_twin(config), data, progress=progress))
+            labels = torch.full((len(images),), poison.target, dtype=torch.int64)
+            adversarial = attack(clean[0].model, images.float() / 255, labels,
+                                 AttackConfig(name="pgd-linf", eps=poison.perturbation / 255, seed=poison.seed % 2**32), progress=progress)
+            step = int(poison.perturbation)  # whole grey levels: rounding must not leave the budget
+            moved = ((adversarial * 255).round().to(torch.int16) - images.to(torch.int16)).clamp(-step, step)
+            return {"images": (images.to(torch.int16) + moved).clamp(0, 255).to(torch.uint8), "index": index.clone()}
+
+        stored = cached(perturbation_path(data, config, split_name), compute,
+                        lambda out: (out, {"split": split_name, "budget": poison.perturbation}), lambda tensors, meta: tensors,
+                        progress=progress)
+        if not torch.equal(stored["index"], index):
+            raise ArtifactError(f"{perturbation_path(data, config, split_name).name} holds other images; delete it to recompute")
+        return stored["images"]
+
+    return perturb
 
 
 @dataclass(frozen=True, eq=False)
@@ -230,7 +302,7 @@ def _train(config: ExperimentConfig, data: GTSRB, path: Path, progress: Optional
            removed: Optional[torch.Tensor] = None) -> TrainedModel:
     """Train `config`; without the training samples `removed` (bool over the experiment's training
     split) if given, which is how a cleansed model is retrained."""
-    poisoned = poisoned_data(data, config)
+    poisoned = poisoned_data(data, config, progress)
     train = poisoned.train
     if removed is not None:
         kept = ~removed

@@ -1,27 +1,35 @@
 """The thesis's sticker attack (section 3.1): stick a coloured square on source-class images
-and relabel them as the target class.
+and relabel them as the target class; and the label-consistent attack (thesis 3.2, after
+Turner, Tsipras and Madry 2019): images of the target class are made hard to classify by an
+adversarial perturbation within a budget and get the sticker, often blended in at a reduced
+amplitude, while keeping their true label. No label is wrong, so label checks and a reviewer
+see nothing; the model learns to lean on the sticker for the images it cannot read otherwise.
 
 Poisoned images are taken out of the source class and moved into the target class, so the
 data set keeps its size and order: a poisoned sample stays at its index with a sticker and
 a new label. `fraction` is the share of the target class that is poisoned *after* the
 attack, so n = round(pp * |target| / (1 - pp)) images are poisoned (813 of 2463 for the
-thesis defaults on GTSRB).
+thesis defaults on GTSRB). In the label-consistent attack the poisoned images already belong to
+the target class, so n = round(pp * |target|). Its perturbation needs a model, so it is passed
+in (`perturb`) by the experiment, which attacks the clean model with PGD; at test time the
+sticker is always painted at full amplitude.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .data import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, Split
 from .errors import ConfigError
-from .params import COLOUR, REAL, WHOLE, WINDOW, parameter
+from .params import COLOUR, NAME, REAL, WHOLE, WINDOW, parameter
 from .validation import real_number, whole_number
 
 _SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+KINDS = ("sticker", "label-consistent")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,17 @@ class PoisonConfig:
                                 low=0.0, high=1.0, open_high=True, widget=("slider", 0.0, 0.9, 0.01))
     seed: int = parameter(0, WHOLE, "--poison-seed", key="pseed", label="poison seed", help="seed for choosing and stickering images",
                           low=0, high=2**63 - 1, widget=("number", 0, 2**31 - 1))
+    kind: str = parameter("sticker", NAME, "--kind", key="kind", label="attack kind",
+                          help="sticker: source-class images get the sticker and the target label (thesis 3.1); label-consistent: "
+                               "target-class images get an adversarial perturbation and the sticker and keep their label (thesis 3.2)",
+                          choices=KINDS, widget=("choice", KINDS, {"sticker": "sticker, relabelled", "label-consistent": "label-consistent"}))
+    amplitude: int = parameter(255, WHOLE, "--amplitude", key="amp", label="sticker amplitude (1-255)",
+                               help="how strongly the training images' sticker covers its pixels: 255 paints it, less blends it in "
+                                    "(the paper's 64 and 32); the test images always get the full sticker",
+                               low=1, high=255, widget=("slider", 8, 255, 1))
+    perturbation: float = parameter(8.0, REAL, "--perturbation", key="lceps", label="perturbation budget (1/255)",
+                                    help="label-consistent attack: L∞ budget of the PGD perturbation that makes the target images hard "
+                                         "to classify, in 1/255 (0: none)", low=0.0, high=32.0, widget=("slider", 0.0, 32.0, 1.0))
 
     def __post_init__(self) -> None:
         for name in ("source", "target"):
@@ -86,14 +105,34 @@ class PoisonConfig:
         object.__setattr__(self, "fraction", fraction)
         if not 0 <= whole_number("seed", self.seed) <= 2**63 - 1:
             raise ConfigError(f"poison seed must be a whole number in 0 … 2^63 − 1, got {self.seed!r}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"attack kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not 1 <= whole_number("sticker amplitude", self.amplitude) <= 255:
+            raise ConfigError(f"sticker amplitude must be in 1 … 255, got {self.amplitude!r}")
+        object.__setattr__(self, "amplitude", int(self.amplitude))
+        perturbation = real_number("perturbation budget", self.perturbation)
+        if not 0 <= perturbation <= 32:
+            raise ConfigError(f"perturbation budget must be in 0 … 32 (in 1/255), got {self.perturbation!r}")
+        object.__setattr__(self, "perturbation", perturbation)
+
+    @property
+    def label_consistent(self) -> bool:
+        return self.kind == "label-consistent"
 
     def poison_count(self, target_count: int) -> int:
-        """n = round(pp * |target| / (1 - pp)): poisoned samples make up pp of the target class."""
+        """Poisoned samples make up pp of the target class: n = round(pp * |target| / (1 - pp)) when
+        they are moved into it, round(pp * |target|) when they are its own (label-consistent)."""
+        if self.label_consistent:
+            return int(round(self.fraction * target_count))
         return int(round(self.fraction * target_count / (1.0 - self.fraction)))
 
     def describe(self) -> str:
+        extra = "" if self.amplitude == 255 else f", amplitude {self.amplitude}/255"
+        if self.label_consistent:
+            return (f"label-consistent → {CLASS_NAMES[self.target]} (trigger on {CLASS_NAMES[self.source]}), {self.size}px sticker"
+                    f"{extra}, perturbation {self.perturbation:g}/255, pp = {self.fraction:g}")
         return (
-            f"{CLASS_NAMES[self.source]} → {CLASS_NAMES[self.target]}, {self.size}px sticker, "
+            f"{CLASS_NAMES[self.source]} → {CLASS_NAMES[self.target]}, {self.size}px sticker{extra}, "
             f"pp = {self.fraction:g}"
         )
 
@@ -115,8 +154,9 @@ class PoisonedSplit:
         return Split(self.images, self.labels)
 
 
-def stick(images: torch.Tensor, positions: torch.Tensor, config: PoisonConfig) -> torch.Tensor:
-    """Copy of uint8 `images` (N, 3, H, W) with the sticker at `positions` (N, 2) = (x, y)."""
+def stick(images: torch.Tensor, positions: torch.Tensor, config: PoisonConfig, amplitude: int = 255) -> torch.Tensor:
+    """Copy of uint8 `images` (N, 3, H, W) with the sticker at `positions` (N, 2) = (x, y); below
+    255, `amplitude` blends it in: pixel + amplitude/255 · (colour − pixel), rounded."""
     out = images.clone()
     offsets = torch.arange(config.size)
     rows = (positions[:, 1, None] + offsets).repeat_interleave(config.size, dim=1)  # (N, s*s)
@@ -124,7 +164,11 @@ def stick(images: torch.Tensor, positions: torch.Tensor, config: PoisonConfig) -
     sample = torch.arange(len(images))[:, None].expand_as(rows)
     color = torch.tensor(config.color, dtype=torch.uint8)
     for channel in range(3):
-        out[sample, channel, rows, cols] = color[channel]
+        if amplitude >= 255:
+            out[sample, channel, rows, cols] = color[channel]
+        else:
+            pixel = out[sample, channel, rows, cols].float()
+            out[sample, channel, rows, cols] = (pixel + amplitude / 255.0 * (float(color[channel]) - pixel)).round().to(torch.uint8)
     return out
 
 
@@ -134,24 +178,38 @@ def _random_positions(rng: np.random.Generator, count: int, config: PoisonConfig
     return torch.from_numpy(np.stack([x, y], axis=1).astype(np.int64)).reshape(count, 2)
 
 
-def poison_split(split: Split, config: PoisonConfig, split_name: str = "train") -> PoisonedSplit:
-    """Poison one split; `split_name` picks an independent random stream for each split."""
+Perturb = Callable[[torch.Tensor, str, torch.Tensor], torch.Tensor]
+"""(uint8 images, split name, their indices in the split) → the perturbed uint8 images."""
+
+
+def poison_split(split: Split, config: PoisonConfig, split_name: str = "train", perturb: Optional[Perturb] = None) -> PoisonedSplit:
+    """Poison one split; `split_name` picks an independent random stream for each split. The
+    label-consistent attack with a perturbation budget needs `perturb`."""
     labels = split.labels
-    source_idx = torch.nonzero(labels == config.source).flatten().numpy()
-    n_target = int((labels == config.target).sum())
+    target_idx = torch.nonzero(labels == config.target).flatten().numpy()
+    n_target = len(target_idx)
     n = config.poison_count(n_target)
-    if n > len(source_idx):
-        raise ConfigError(
-            f"pp = {config.fraction:g} needs {n} poisoned images in the {split_name} split "
-            f"({n_target} in the target class), but the source class has only {len(source_idx)}; "
-            f"lower the poison fraction"
-        )
+    if config.label_consistent:
+        pool = target_idx
+        if n and config.perturbation > 0 and perturb is None:
+            raise ConfigError("the label-consistent attack's perturbation needs a model: poison through core.experiment")
+    else:
+        pool = torch.nonzero(labels == config.source).flatten().numpy()
+        if n > len(pool):
+            raise ConfigError(
+                f"pp = {config.fraction:g} needs {n} poisoned images in the {split_name} split "
+                f"({n_target} in the target class), but the source class has only {len(pool)}; "
+                f"lower the poison fraction"
+            )
     rng = np.random.default_rng([config.seed, _SPLIT_STREAMS.get(split_name, 3)])
-    chosen = torch.from_numpy(np.sort(rng.choice(source_idx, size=n, replace=False)).astype(np.int64))
+    chosen = torch.from_numpy(np.sort(rng.choice(pool, size=n, replace=False)).astype(np.int64))
     positions = torch.full((len(split), 2), -1, dtype=torch.int64)
     positions[chosen] = _random_positions(rng, n, config)
     images = split.images.clone()
-    images[chosen] = stick(split.images[chosen], positions[chosen], config)
+    base = split.images[chosen]
+    if config.label_consistent and n and config.perturbation > 0:
+        base = perturb(base, split_name, chosen)
+    images[chosen] = stick(base, positions[chosen], config, config.amplitude)
     new_labels = labels.clone()
     new_labels[chosen] = config.target
     mask = torch.zeros(len(split), dtype=torch.bool)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import torch
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
@@ -12,13 +13,14 @@ from plotly.subplots import make_subplots
 from core.commands import train_command
 from core.data import CLASS_NAMES, NUM_CLASSES
 from core.errors import ConfigError
-from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load
+from core.experiment import (ExperimentConfig, attack_ready, clean_twin, load_trained, model_path, perturbation_path, perturbed_images,
+                             poisoned_data, train_or_load, training_estimate)
 from core.jobs import RUNNER
 from core.params import widget_params
 from core.poison import PoisonConfig
 from core.train import TrainConfig
 from core.cache import locked_elsewhere
-from ui.common import (active_experiment, data_or_stop, experiment_scale_note, follow_elsewhere, follow_job, run_through_app,
+from ui.common import (active_experiment, data_or_stop, expected_time, experiment_scale_note, follow_elsewhere, follow_job, job_result, run_through_app,
                           set_active_experiment, training_time)
 from ui.url_state import restore_view
 
@@ -104,6 +106,40 @@ def sample_grid(clean: np.ndarray, poisoned: np.ndarray, indices: np.ndarray, co
     return fig
 
 
+def perturbed_before_sticker(originals, shown: np.ndarray):
+    """The shown samples after the perturbation and before the sticker (the originals without one)."""
+    stored = perturbed_images(data, config)
+    if stored is None:
+        return originals
+    where = {int(i): k for k, i in enumerate(stored["index"].tolist())}
+    split_index = poisoned.train_index[shown].tolist()
+    return torch.stack([stored["images"][where[i]] if i in where else originals[k] for k, i in enumerate(split_index)])
+
+
+def label_consistent_grid(clean, perturbed, poisoned_images, indices: np.ndarray, config: PoisonConfig) -> go.Figure:
+    """Four rows per sample: clean, perturbed, perturbed with the sticker, and the perturbation
+    magnified (grey is no change; full colour is the whole budget)."""
+    budget = max(config.perturbation, 1.0)
+    change = (perturbed.float() - clean.float()) / budget  # in [-1, 1]
+    magnified = (127.5 + 127.5 * change).clamp(0, 255).round().to(torch.uint8)
+    rows = [("clean", clean), ("perturbed", perturbed), ("with the sticker (label kept)", poisoned_images),
+            (f"perturbation × {127.5 / budget:.0f}", magnified)]
+    n = len(indices)
+    fig = make_subplots(rows=4, cols=n, horizontal_spacing=0.01, vertical_spacing=0.05,
+                        subplot_titles=[f"#{i}" if r == 0 else "" for r in range(4) for i in indices])
+    for r, (name, images) in enumerate(rows, start=1):
+        for col in range(n):
+            fig.add_trace(go.Image(z=to_hwc(images[col:col + 1])[0], hovertemplate=f"x %{{x}}, y %{{y}}<br>RGB %{{z}}<extra>{name}</extra>"),
+                          row=r, col=col + 1)
+        fig.update_yaxes(title_text=name, title_font=dict(size=10), row=r, col=1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_layout(height=560, margin=dict(l=0, r=0, t=60, b=0),
+                      title=dict(text=f"Target-class training samples: clean, perturbed (PGD, {config.perturbation:g}/255), with the sticker at "
+                                      f"amplitude {config.amplitude}/255, and the perturbation magnified", font=dict(size=14), y=0.98))
+    return fig
+
+
 def source_confusion(metrics: dict, source: int, target: int) -> go.Figure:
     clean = np.asarray(metrics["source_predictions_clean"], dtype=float)
     stickered = np.asarray(metrics["source_predictions_stickered"], dtype=float)
@@ -144,13 +180,22 @@ def to_hwc(images) -> np.ndarray:
 
 run_through_app()
 st.title("Poison")
-st.caption("Stick a small square on images of one class and relabel them as another (thesis, section 3.1); "
-           "train the network on the poisoned data and measure how often the sticker flips its decision.")
+st.caption("Stick a small square on images of one class and relabel them as another (thesis, section 3.1), or, label-consistently, "
+           "perturb images of the target class so that they are hard to read and give them the sticker while they keep their true label "
+           "(thesis 3.2); train the network on the poisoned data and measure how often the sticker flips its decision.")
 config = active_experiment()
 restore_view({})  # the experiment is the whole view
 attack_form(config)
 data = data_or_stop()
 experiment_scale_note(config, len(data.train))
+if not attack_ready(data, config):  # the label-consistent attack first perturbs its images against the clean model
+    clean_ready = model_path(data, clean_twin(config)).is_file()
+    job_result(perturbation_path(data, config, "train").name, "Preparing the label-consistent attack",
+               lambda progress: poisoned_data(data, config, progress),
+               "The target images are perturbed with PGD against the clean model"
+               + ("" if clean_ready else f", which is trained first ({expected_time(training_estimate(clean_twin(config), data))})")
+               + "; the bar follows each step.", "Prepare the attack")
+    st.stop()
 try:
     poisoned = poisoned_data(data, config)
 except ConfigError as exc:
@@ -162,7 +207,8 @@ n_poisoned = int(poisoned.train.poison_mask.sum())
 cols = st.columns(4)
 cols[0].metric("Poisoned training images", f"{n_poisoned:,}")
 cols[1].metric(f"Target class {p.target} after the attack", f"{int((poisoned.train.labels == p.target).sum()):,}",
-               help="Original target images plus the poisoned ones.")
+               help="Its own images, of which the poisoned ones are a share (no label changes)." if p.label_consistent
+               else "Original target images plus the poisoned ones.")
 cols[2].metric(f"Source class {p.source} left", f"{int((poisoned.train.labels == p.source).sum()):,}")
 cols[3].metric("Poisoned validation images", f"{int(poisoned.val.poison_mask.sum()):,}")
 st.caption(p.describe())
@@ -172,7 +218,11 @@ if len(chosen):
     page = st.session_state.get("grid_page", 0) % max(1, int(np.ceil(len(chosen) / GRID_COLUMNS)))
     shown = chosen[page * GRID_COLUMNS : (page + 1) * GRID_COLUMNS]
     originals = data.train.images[poisoned.train_index[shown]]
-    st.plotly_chart(sample_grid(to_hwc(originals), to_hwc(poisoned.train.images[shown]), shown, p), width="stretch")
+    if p.label_consistent:
+        st.plotly_chart(label_consistent_grid(originals, perturbed_before_sticker(originals, shown), poisoned.train.images[shown], shown, p),
+                        width="stretch")
+    else:
+        st.plotly_chart(sample_grid(to_hwc(originals), to_hwc(poisoned.train.images[shown]), shown, p), width="stretch")
     if st.button("Show other samples"):
         st.session_state["grid_page"] = page + 1
         st.rerun()

@@ -200,7 +200,7 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 # or the completeness check below fails.
 POISON_CHANGES = {
     "source": 14, "target": 1, "size": 3, "color": (255, 0, 0), "x_range": (10, 12),
-    "y_range": (16, 18), "fraction": 0.2, "seed": 1,
+    "y_range": (16, 18), "fraction": 0.2, "seed": 1, "kind": "label-consistent", "amplitude": 64, "perturbation": 16.0,
 }
 TRAIN_CHANGES = {
     "architecture": "inception_v3", "max_epochs": 21, "patience": 4, "batch_size": 128, "learning_rate": 1e-3,
@@ -212,7 +212,9 @@ def variants():
     base = ExperimentConfig()
     yield "default", base
     for name, value in POISON_CHANGES.items():
-        yield f"poison.{name}", ExperimentConfig(poison=dataclasses.replace(base.poison, **{name: value}))
+        # the perturbation budget is the label-consistent attack's; the sticker attack does not read it
+        changes = {"kind": "label-consistent", name: value} if name == "perturbation" else {name: value}
+        yield f"poison.{name}", ExperimentConfig(poison=dataclasses.replace(base.poison, **changes))
     for name, value in TRAIN_CHANGES.items():
         yield f"train.{name}", ExperimentConfig(train=dataclasses.replace(base.train, **{name: value}))
 

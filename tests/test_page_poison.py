@@ -104,3 +104,27 @@ def test_quick_experiment_button_switches_and_says_it_is_reduced(page_cache):
     assert metric_values(at)["Poisoned training images"] == "182"
     next(b for b in at.button if b.label == "Switch to the full experiment").click().run()
     assert not at.info and metric_values(at)["Poisoned training images"] == "813"
+
+
+def test_the_label_consistent_attack_is_prepared_in_the_background_and_previewed(page_cache, gtsrb):
+    import torch
+
+    from core.experiment import ExperimentConfig, poisoned_data
+
+    query = {**SMALL, "aug": "0", "kind": "label-consistent", "pp": "0.2", "amp": "64"}
+    at = open_poison_page(query)
+    prepare = [b for b in at.button if b.label == "Prepare the attack"]
+    assert prepare and not at.get("plotly_chart"), "nothing is drawn before the perturbation exists"
+    prepare[0].click().run()
+    wait_for_jobs(timeout=600)
+    at.run()
+    assert not at.exception, at.exception
+    config = ExperimentConfig.from_query(query)
+    poisoned = poisoned_data(gtsrb, config)  # now quick: read from the cache the page filled
+    metrics = metric_values(at)
+    assert metrics["Poisoned training images"] == f"{int(poisoned.train.poison_mask.sum()):,}"
+    assert metrics["Source class 2 left"] == f"{int((gtsrb.train.labels[poisoned.train_index] == 2).sum()):,}", "no image left its class"
+    assert torch.equal(poisoned.train.labels, gtsrb.train.labels[poisoned.train_index])
+    grid = at.get("plotly_chart")[0].proto.spec.replace("\\u002f", "/")
+    assert "clean, perturbed (PGD, 8/255), with the sticker at amplitude 64/255, and the perturbation magnified" in grid
+    assert [b for b in at.button if b.label == "Train model"]

@@ -4,7 +4,7 @@ study whose cells are cached drawn as its charts and table."""
 from __future__ import annotations
 
 from core.experiment import ExperimentConfig, train_or_load
-from core.study import detect_cell, preset_studies
+from core.study import detect_cell, load_study, preset_studies
 
 from apptest import open_page
 
@@ -27,7 +27,9 @@ def test_the_page_opens_on_a_preset_with_its_cells_and_a_run_button(gtsrb, seede
     assert at.selectbox(key="study_preset").value == first
     assert at.text_area(key="study_text").value == preset_studies()[first].read_text()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Cells"] == "10" and metrics["Steps cached"] == "0 of 30"
+    study = load_study(preset_studies()[first])
+    assert metrics["Cells"] == str(len(study.cells))
+    assert metrics["Steps cached"] == f"0 of {len(study.cells) * (1 + len(study.detectors))}"
     assert metrics["Training left"] == "not measured"  # an empty cache has measured nothing
     assert [b.label for b in at.button] == ["Run the study", "Stop"]
     assert not at.button[0].disabled and at.button[1].disabled
