@@ -398,7 +398,7 @@ def _cmd_study(args: argparse.Namespace, bar: _Bar):
         return {"study": study.name, "cells": len(study.cells), **run.as_dict()}
     if args.action == "status":
         rows = study_status(study, data)
-        steps = ["train", *study.detectors]
+        steps = study.steps
         counts = {state: sum(row[s] == state for row in rows for s in steps) for state in ("cached", "running", "failed", "waiting")}
         return {"study": study.name, "cells": len(rows), "steps": counts, "rows": rows}
     table = study_table(study, data)

@@ -57,6 +57,8 @@ class Study:
     base: Tuple[Tuple[str, str], ...] = ()
     grid: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     detectors: Tuple[str, ...] = ()
+    cleanse: bool = False
+    """Also remove what each detector flags and retrain (core.cleanse): the ASR after cleansing."""
     cells: Tuple[ExperimentConfig, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +74,10 @@ class Study:
         for name in self.detectors:
             if name not in DETECTORS:
                 raise ConfigError(f"detectors: {name!r} is not one of {', '.join(DETECTORS)}")
+        if not isinstance(self.cleanse, bool):
+            raise ConfigError(f"cleanse must be true or false, got {self.cleanse!r}")
+        if self.cleanse and not self.detectors:
+            raise ConfigError("cleanse = true needs detectors: it retrains without what each of them flags")
         count = math.prod(len(values) for _, values in self.grid)
         if count > MAX_CELLS:
             raise ConfigError(f"the grid has {count:,} cells; at most {MAX_CELLS:,} are allowed in one study")
@@ -89,12 +95,17 @@ class Study:
     def axes(self) -> Tuple[str, ...]:
         return tuple(key for key, _ in self.grid)
 
+    @property
+    def steps(self) -> Tuple[str, ...]:
+        """Each cell's steps: train, each detector, and with `cleanse` each detector's retraining."""
+        return ("train", *self.detectors, *(f"cleanse {d}" for d in self.detectors if self.cleanse))
+
     def key(self) -> str:
-        return config_hash(1, self.base, self.grid, self.detectors)
+        return config_hash(1, self.base, self.grid, self.detectors, *(["cleanse"] if self.cleanse else []))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "detectors": list(self.detectors), "base": dict(self.base),
-                "grid": {key: list(values) for key, values in self.grid}}
+                "grid": {key: list(values) for key, values in self.grid}, **({"cleanse": True} if self.cleanse else {})}
 
 
 def _text(value: Any, where: str) -> str:
@@ -109,9 +120,9 @@ def study_from_dict(value: Mapping[str, Any]) -> Study:
     """A study from the parsed TOML: its sections checked, its values taken as link text."""
     if not isinstance(value, Mapping):
         raise ConfigError("a study is a table with name, detectors, [base] and [grid]")
-    unknown = set(value) - {"name", "detectors", "base", "grid"}
+    unknown = set(value) - {"name", "detectors", "cleanse", "base", "grid"}
     if unknown:
-        raise ConfigError(f"unknown entries {', '.join(sorted(unknown))}: a study has name, detectors, [base] and [grid]")
+        raise ConfigError(f"unknown entries {', '.join(sorted(unknown))}: a study has name, detectors, cleanse, [base] and [grid]")
     base, grid = value.get("base", {}), value.get("grid", {})
     if not isinstance(base, Mapping) or not isinstance(grid, Mapping):
         raise ConfigError("[base] and [grid] must be tables")
@@ -125,7 +136,7 @@ def study_from_dict(value: Mapping[str, Any]) -> Study:
         values = values if isinstance(values, list) else [values]
         axes.append((key, tuple(_text(v, f"[grid] {key}") for v in values)))
     return Study(name=str(value.get("name", "study")), base=tuple((k, _text(v, f"[base] {k}")) for k, v in base.items()),
-                 grid=tuple(axes), detectors=tuple(str(d) for d in detectors))
+                 grid=tuple(axes), detectors=tuple(str(d) for d in detectors), cleanse=value.get("cleanse", False))
 
 
 def load_study(path: Path) -> Study:
@@ -151,6 +162,19 @@ def score_path(config: ExperimentConfig, detector: str, data) -> Path:
 
     model = model_path(data, config).name
     return cache_dir() / f"score-{detector}-{config_hash(_SCORE_VERSION, model, detector, config.poison.target)}.safetensors"
+
+
+def step_path(config: ExperimentConfig, step: str, data) -> Path:
+    """The cached file that a finished step leaves: the model, a detector's score, or the model
+    retrained without what the detector flagged."""
+    from .cleanse import cleansed_path
+    from .experiment import model_path
+
+    if step == "train":
+        return model_path(data, config)
+    if step.startswith("cleanse "):
+        return cleansed_path(config, step.removeprefix("cleanse "), data)
+    return score_path(config, step, data)
 
 
 def train_cell(config: ExperimentConfig, data=None, progress: Optional[ProgressCallback] = None) -> Dict[str, Any]:
@@ -203,6 +227,12 @@ def _train_task(query: Dict[str, str]) -> Dict[str, Any]:
 
 def _detect_task(query: Dict[str, str], detector: str, _model_ready: Any) -> Dict[str, Any]:
     return detect_cell(ExperimentConfig.from_query(query), detector)
+
+
+def _cleanse_task(query: Dict[str, str], detector: str, _detected: Any) -> Dict[str, Any]:
+    from .cleanse import cleanse
+
+    return cleanse(ExperimentConfig.from_query(query), detector)
 
 
 def _auth_token_available() -> bool:
@@ -298,7 +328,8 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
         if not remote:  # Ray starts only when there is something to compute
             ray = start_ray(address)
             remote.update(ray=ray, train=ray.remote(num_cpus=1, max_retries=0)(_train_task),
-                          detect=ray.remote(num_cpus=1, max_retries=0)(_detect_task))
+                          detect=ray.remote(num_cpus=1, max_retries=0)(_detect_task),
+                          cleanse=ray.remote(num_cpus=1, max_retries=0)(_cleanse_task))
         return remote[task].remote(*args)
 
     for config in study.cells:
@@ -311,12 +342,22 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
             model_ready = submit("train", query)
             pending[model_ready] = train
         for detector in study.detectors:
+            detected: Any = True
             if score_path(config, detector, data).is_file():
                 run.cached.append(step_name(config, study, detector))
             else:
-                step = submit("detect", query, detector, model_ready)
-                pending[step] = step_name(config, study, detector)
-                needs[pending[step]] = train
+                detected = submit("detect", query, detector, model_ready)
+                pending[detected] = step_name(config, study, detector)
+                needs[pending[detected]] = train
+            if not study.cleanse:
+                continue
+            name = step_name(config, study, f"cleanse {detector}")
+            if step_path(config, f"cleanse {detector}", data).is_file():
+                run.cached.append(name)
+            else:
+                step = submit("cleanse", query, detector, detected)
+                pending[step] = name
+                needs[name] = step_name(config, study, detector) if detected is not True else train
     total = len(pending)
     ray = remote.get("ray")
     if ray is not None:
@@ -332,9 +373,12 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
             run.failed[name] = _one_line(exc)
         finished = total - len(pending)
         report(progress, "study", finished, total, f"{name}: {'failed' if name in run.failed else 'done'}")
-    for name, error in run.failed.items():
-        if needs.get(name) in run.failed and run.failed[needs[name]] == error:
-            run.failed[name] = f"not run: {needs[name]} failed"
+    for name in list(run.failed):  # a step whose input failed says which, not that step's error again
+        root = needs.get(name)
+        if root in run.failed:
+            while needs.get(root) in run.failed:
+                root = needs[root]
+            run.failed[name] = f"not run: {root} failed"
     run.seconds = time.perf_counter() - started
     failures_path(study).write_text(json.dumps({"study": study.to_dict(), "failed": run.failed, "finished": time.time()}))
     return run
@@ -381,14 +425,13 @@ def study_failures(study: Study) -> Dict[str, str]:
 def study_status(study: Study, data) -> List[Dict[str, Any]]:
     """Each cell's steps: cached, running (its lock is held, in any process), failed (the last
     run's error) or waiting."""
-    from .experiment import model_path
-
     failed = study_failures(study)
     rows = []
     for config in study.cells:
         query = config.to_query()
         row = {key: query[key] for key in study.axes}
-        for step, path in [("train", model_path(data, config))] + [(d, score_path(config, d, data)) for d in study.detectors]:
+        for step in study.steps:
+            path = step_path(config, step, data)
             name = step_name(config, study, step)
             row[step] = ("cached" if path.is_file() else "running" if locked_elsewhere(path.name)
                          else "failed" if name in failed else "waiting")
@@ -417,6 +460,13 @@ def study_results(study: Study, data) -> List[Dict[str, Any]]:
                 continue
             for measure in ("accuracy", "tpr", "tnr", "auc"):
                 row[f"{detector} {measure}"] = score.get(measure)
+        for detector in study.detectors if study.cleanse else ():
+            try:
+                after = load_artifact(step_path(config, f"cleanse {detector}", data))[1]["metrics"]
+            except FileNotFoundError:
+                continue
+            row[f"{detector} ASR after cleansing"] = after["attack_success_rate"]
+            row[f"{detector} clean accuracy after cleansing"] = after["clean_accuracy"]
         rows.append(row)
     return rows
 
@@ -430,7 +480,8 @@ def study_table(study: Study, data, over: str = "seed") -> List[Dict[str, Any]]:
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     measures = [m for m in ("clean_accuracy", "attack_success_rate") + tuple(
-        f"{d} {m}" for d in study.detectors for m in ("accuracy", "tpr", "tnr", "auc"))]
+        f"{d} {m}" for d in study.detectors for m in ("accuracy", "tpr", "tnr", "auc")) + tuple(
+        f"{d} {m} after cleansing" for d in study.detectors if study.cleanse for m in ("ASR", "clean accuracy"))]
     table = []
     for group_key, members in groups.items():
         line: Dict[str, Any] = dict(zip(keys, group_key))
@@ -464,7 +515,8 @@ def to_toml(study: Study) -> str:
     def text(value: str) -> str:
         return json.dumps(value)  # a JSON string is a valid TOML basic string
 
-    lines = [f"name = {text(study.name)}", f"detectors = [{', '.join(text(d) for d in study.detectors)}]", "", "[base]"]
+    lines = [f"name = {text(study.name)}", f"detectors = [{', '.join(text(d) for d in study.detectors)}]",
+             *(["cleanse = true"] if study.cleanse else []), "", "[base]"]
     lines += [f"{key} = {text(value)}" for key, value in study.base]
     lines += ["", "[grid]"] + [f"{key} = [{', '.join(text(v) for v in values)}]" for key, values in study.grid]
     return "\n".join(lines) + "\n"

@@ -88,7 +88,7 @@ if study is None:
     st.stop()
 
 statuses = study_status(study, data)
-steps = ["train", *study.detectors]
+steps = list(study.steps)
 missing = [cell for cell, row in zip(study.cells, statuses) if row["train"] != "cached"]
 workers = os.cpu_count() or 1
 left = training_left(study, data, workers)
@@ -111,7 +111,7 @@ address = st.text_input("Ray cluster address (empty: a local runtime on this mac
 process = study_process(study)
 run, stop, _ = st.columns([1, 1, 4])
 if run.button("Run the study", type="primary", disabled=process is not None or not (missing or any(
-        row[d] != "cached" for row in statuses for d in study.detectors))):
+        row[s] != "cached" for row in statuses for s in steps))):
     start_study(study, address.strip() or None)
     st.rerun()
 if stop.button("Stop", disabled=process is None, help="Finished steps stay in the cache; running it again computes the rest."):
@@ -152,6 +152,12 @@ if table.empty or table.get("clean_accuracy n", pd.Series([0])).sum() == 0:
     st.stop()
 for fig in (line_chart(table, study, ["attack_success_rate"], "Attack success rate (mean ± std over training seeds)", "attack success rate"),
             line_chart(table, study, ["clean_accuracy"], "Clean test accuracy (mean ± std over training seeds)", "clean accuracy")):
+    if fig is not None:
+        st.plotly_chart(fig, width="stretch")
+if study.cleanse:
+    fig = line_chart(table, study, [f"{d} ASR after cleansing" for d in study.detectors],
+                     "Attack success rate after removing what each detector flags and retraining (mean ± std over training seeds)",
+                     "attack success rate")
     if fig is not None:
         st.plotly_chart(fig, width="stretch")
 for detector in study.detectors:

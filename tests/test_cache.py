@@ -330,13 +330,13 @@ def test_the_cache_listing_describes_each_artifact_from_its_header(tmp_path):
     assert (tmp_path / "notes.txt").exists()
 
 
-def test_a_computation_shows_its_progress_to_other_processes_until_it_is_stored(tmp_path):
+def test_a_computation_shows_its_progress_to_other_processes_until_it_is_stored(tmp_cache):
     import threading
 
     from core.cache import cached, progress_elsewhere
     from core.progress import report
 
-    path = tmp_path / "thing-0123456789abcdef.safetensors"
+    path = tmp_cache / "thing-0123456789abcdef.safetensors"  # its own cache and locks: nothing else computes there
     assert progress_elsewhere(path.name) is None
     reported, finish = threading.Event(), threading.Event()
 

@@ -70,6 +70,9 @@ def test_a_grid_file_declares_every_combination_as_an_experiment(tmp_path):
     ("[base]\nepoch = 3\n[grid]\npp = [0.1]\n", r"\[base\] epoch: not an experiment parameter"),
     ("[grid]\npp = [0.1\n", r"not valid TOML"),
     ("seeds = [1]\n[grid]\npp = [0.1]\n", r"unknown entries seeds"),
+    ("cleanse = 'yes'\ndetectors = ['gw']\n[grid]\npp = [0.1]\n", r"cleanse must be true or false, got 'yes'"),
+    ("cleanse = true\n[grid]\npp = [0.1]\n", r"cleanse = true needs detectors"),
+    ("[base]\nkind = 'clean-label'\n[grid]\npp = [0.1]\n", r"cell pp = 0.1: attack kind must be one of sticker, label-consistent"),
     (f"[grid]\npseed = {list(range(MAX_CELLS + 1))}\n", r"1,001 cells; at most 1,000"),
 ])
 def test_bad_grid_files_are_refused_in_one_line_naming_the_file(tmp_path, tmp_cache, text, message):
@@ -257,3 +260,31 @@ def test_training_left_counts_one_thread_workers_and_says_when_it_is_a_bound(gts
     seconds, bound = training_left(study, gtsrb, workers=2)
     assert seconds == pytest.approx(4 * 16.0 / 2) and not bound
     assert training_left(study, gtsrb, workers=4)[0] == pytest.approx(4 * 16.0 / 4)
+
+
+def test_attack_kind_and_amplitude_are_grid_axes_and_cleansing_adds_a_step_per_detector(tmp_path):
+    study = load_study(write(tmp_path, "detectors = ['spectral', 'gw']\ncleanse = true\n[base]\nkind = 'label-consistent'\n"
+                                       "[grid]\namp = [255, 64, 32]\npp = [0.33, 0.1]\n"))
+    assert {(c.poison.kind, c.poison.amplitude, c.poison.fraction) for c in study.cells} == {
+        ("label-consistent", a, p) for a in (255, 64, 32) for p in (0.33, 0.1)}
+    assert study.steps == ("train", "spectral", "gw", "cleanse spectral", "cleanse gw")
+    assert study.key() != load_study(write(tmp_path, "detectors = ['spectral', 'gw']\n[base]\nkind = 'label-consistent'\n"
+                                                     "[grid]\namp = [255, 64, 32]\npp = [0.33, 0.1]\n")).key()
+    from core.study import to_toml
+
+    assert load_study(write(tmp_path, to_toml(study))) == study
+
+
+@pytest.mark.slow
+def test_a_study_cleanses_and_retrains_as_the_cleanse_command_does(gtsrb, seeded_cache, ray_runtime):
+    from core.cleanse import cleanse
+
+    study = study_from_dict({"name": "cleansing", "detectors": ["activation"], "cleanse": True, "base": TINY, "grid": {"pp": [0.33]}})
+    run = run_study(study, gtsrb)
+    assert run.failed == {} and sorted(run.computed) == ["activation [pp=0.33]", "cleanse activation [pp=0.33]", "train [pp=0.33]"]
+    assert study_status(study, gtsrb) == [{"pp": "0.33", "train": "cached", "activation": "cached", "cleanse activation": "cached"}]
+    row = study_results(study, gtsrb)[0]
+    direct = cleanse(study.cells[0], "activation", gtsrb)  # the same retrained model, from the cache
+    assert row["activation ASR after cleansing"] == direct["attack_success_rate"]
+    assert row["activation clean accuracy after cleansing"] == direct["clean_accuracy"]
+    assert study_table(study, gtsrb)[0]["activation ASR after cleansing n"] == 1
