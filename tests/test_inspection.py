@@ -4,7 +4,6 @@ the sensitivity grid, and reading a user's image file."""
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.experiment import ExperimentConfig, poisoned_data
+from core.experiment import ExperimentConfig
 from core.heatmaps import experiment_heatmaps
 from core.lrp import LRPConfig
 
