@@ -106,8 +106,7 @@ def clean_twin(config: ExperimentConfig) -> ExperimentConfig:
     """The same experiment without poisoned samples: the model the defense is measured against
     next to the poisoned one, and the one the label-consistent attack perturbs against. Every
     attack on the same classes shares it."""
-    defaults = {name: default for name, default in _LATER_POISON_FIELDS.items()}
-    return dataclasses.replace(config, poison=dataclasses.replace(config.poison, fraction=0.0, **defaults))
+    return dataclasses.replace(config, poison=dataclasses.replace(config.poison, fraction=0.0, **_LATER_POISON_FIELDS))
 
 
 def is_reduced(config: ExperimentConfig) -> bool:
