@@ -258,6 +258,9 @@ def check_cluster_address(address: str) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
+_STARTED: Dict[str, Any] = {}  # what this process's Ray runtime was started with
+
+
 def start_ray(address: Optional[str] = None):
     """A local Ray runtime sized to this machine, or a connection to the cluster at `address`
     (whose nodes must see this project at the same path and share the cache folder)."""
@@ -268,9 +271,13 @@ def start_ray(address: Optional[str] = None):
         os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
+    environment = _worker_environment()
     if ray.is_initialized():
-        return ray
-    options = dict(runtime_env={"env_vars": _worker_environment()}, include_dashboard=False, logging_level="ERROR",
+        if _STARTED.get("environment") == environment and _STARTED.get("address") == address:
+            return ray
+        ray.shutdown()  # its workers were given another cache folder (or it is another cluster)
+    _STARTED.update(environment=environment, address=address)
+    options = dict(runtime_env={"env_vars": environment}, include_dashboard=False, logging_level="ERROR",
                    log_to_driver=False)
     if not address:
         ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=128 * 1024 ** 2, **options)

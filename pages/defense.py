@@ -31,7 +31,7 @@ VERSION_TITLES = {"clean": "clean", "attacked": "attacked", "barycenter": "baryc
 PARAMETER_TITLES = {"gamma": "γ", "theta": "θ", "tau": "τ", "iterations": "iterations", "cost_unit": "cost of one pixel step"}
 
 
-def controls() -> tuple[str, AttackConfig, DefenseConfig]:
+def controls() -> tuple[str, AttackConfig, DefenseConfig, tuple[float, float]]:
     with st.sidebar:
         st.subheader("Model")
         model = st.radio("Attack the", VIEW["df_model"].options, horizontal=True, key="df_model", persist_state="session",
@@ -41,10 +41,14 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
         name = st.selectbox("Attack", list(ATTACKS), format_func=ATTACKS.get, key="df_attack", persist_state="session",
                             help="BPDA is the adaptive attack: PGD through the defense, with the barycenter's gradient taken as the identity.")
         norm = AttackConfig(name=name).norm
-        if norm == "linf":
-            eps = st.number_input("Budget ε (L∞, in 1/255)", *VIEW["df_eps_linf"].bounds, step=0.5, key="df_eps_linf", persist_state="session") / 255
-        else:
-            eps = st.number_input("Budget ε (L2)", *VIEW["df_eps_l2"].bounds, step=0.05, key="df_eps_l2", persist_state="session")
+        # Both budgets stay on screen: a number input that hides and reappears in the other's place
+        # can be handed the other's value by the browser when runs overlap.
+        eps_linf = st.number_input("Budget ε (L∞, in 1/255)", *VIEW["df_eps_linf"].bounds, step=0.5, key="df_eps_linf", persist_state="session",
+                                   help="For the L∞ attacks (FGSM, PGD L∞, DeepFool L∞, AutoAttack, BPDA) and the AA / BA table's.") / 255
+        eps_l2 = st.number_input("Budget ε (L2)", *VIEW["df_eps_l2"].bounds, step=0.05, key="df_eps_l2", persist_state="session",
+                                 help="For the L2 attacks (PGD L2, Carlini–Wagner L2) and the AA / BA table's.")
+        st.caption(f"{ATTACKS[name]} uses the {'L∞' if norm == 'linf' else 'L2'} budget.")
+        eps = eps_linf if norm == "linf" else eps_l2
         seed = st.number_input("Attack seed", *VIEW["df_seed"].bounds, key="df_seed", persist_state="session")
         st.subheader("Defense")
         marginals = st.radio("Marginals", VIEW["df_marginals"].options, horizontal=True, key="df_marginals", persist_state="session",
@@ -62,7 +66,7 @@ def controls() -> tuple[str, AttackConfig, DefenseConfig]:
     except ConfigError as exc:
         st.error(str(exc))
         st.stop()
-    return model, attack, defense
+    return model, attack, defense, (float(eps_linf), float(eps_l2))
 
 
 def image_source(data) -> tuple[torch.Tensor, torch.Tensor | None, str, str]:
@@ -198,7 +202,7 @@ VIEW = {"df_model": Choice(("poisoned", "clean"), "poisoned"), "df_attack": Choi
         "df_class": Choice(("any", *range(NUM_CLASSES)), "any"), "df_count": Number(1, 8, 4, integer=True),
         "df_draw": Number(0, 10_000, 0, integer=True)}
 restore_view(VIEW)
-model_choice, attack_config, defense = controls()
+model_choice, attack_config, defense, (budget_linf, budget_l2) = controls()
 remember_view(VIEW)
 data = data_or_stop()
 models = {"poisoned": experiment, "clean": clean_twin(experiment)}
@@ -243,13 +247,12 @@ with tab_table:
                                help="A seeded random sample of the test split; every attack runs on the same images.")
     chosen_attacks = right.multiselect("Attacks", list(ATTACKS), list(ATTACKS), format_func=ATTACKS.get, key="df_table_attacks", persist_state="session")
     robustness = None if not chosen_attacks else RobustnessConfig(images=int(count), attacks=tuple(a for a in ATTACKS if a in chosen_attacks),
-                                  eps_linf=attack_config.budget if attack_config.norm == "linf" else 8 / 255,
-                                  eps_l2=attack_config.budget if attack_config.norm == "l2" else 0.5, defense=defense)
+                                  eps_linf=budget_linf, eps_l2=budget_l2, defense=defense)
     if robustness is None:
         st.info("Choose at least one attack.")
     else:
         st.caption(f"Budgets: ε = {255 * robustness.eps_linf:.3g}/255 for L∞ attacks, {robustness.eps_l2:g} for L2 attacks "
-                   "(the sidebar's budget applies to its norm).")
+                   "(the sidebar's two budgets).")
     table = None if robustness is None else cached_table(trained.path.name, robustness)
     if table is None and robustness is not None:
         key = table_path(trained.path.name, robustness).name

@@ -34,7 +34,8 @@ TRAIN_KEYS = {"clean_accuracy", "source_accuracy", "attack_success_rate", "epoch
 OPTION_OF_FIELD = {
     "poison": {
         "source": "--source", "target": "--target", "size": "--size", "color": "--color", "x_range": "--x-range",
-        "y_range": "--y-range", "fraction": "--fraction", "seed": "--poison-seed",
+        "y_range": "--y-range", "fraction": "--fraction", "seed": "--poison-seed", "kind": "--kind", "amplitude": "--amplitude",
+        "perturbation": "--perturbation",
     },
     "train": {
         "architecture": "--architecture", "max_epochs": "--epochs", "patience": "--patience",
