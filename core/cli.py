@@ -14,11 +14,13 @@ import sys
 from typing import List, Optional
 
 from . import params
+from .data import NUM_CLASSES
 from .defense import DefenseConfig
-from .errors import ConfigError, PoisonLabError
+from .errors import ConfigError, DataError, PoisonLabError
 from .evasion import ATTACKS
 from .gw_kmeans import GWConfig
 from .lrp import LRPConfig
+from .options import DESTINATION, FOLDER, NEW_FOLDER, READ, WRITE, PathOption, real, whole
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
 from .cleanse import DEFAULT_METHODS, METHODS
@@ -67,10 +69,21 @@ class _Bar:
 
 
 ATTACK_NAMES = tuple(ATTACKS)
+CLASS = whole(0, NUM_CLASSES - 1)
+SEED = whole(0, 2**32 - 1)
+BUDGET = real(0.0, 32.0, open_low=True)
+THRESHOLD = real(0.0, 1.0, open_low=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (its usage block runs to dozens of lines here)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gtsrb-dir", help="GTSRB folder (default: $GTSRB_DIR)")
+    parser.add_argument("--gtsrb-dir", type=PathOption(FOLDER), help="GTSRB folder (default: $GTSRB_DIR)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -221,12 +234,13 @@ def defense_from_args(args: argparse.Namespace) -> DefenseConfig:
 
 def _cmd_defend(args: argparse.Namespace, bar: _Bar) -> dict:
     from .data import load_gtsrb
-    from .robustness import RobustnessConfig, robustness_table
+    from .robustness import RobustnessConfig, robustness_table, sample_test_images
 
     models = _models(args)
     robustness = RobustnessConfig(images=args.images, attacks=tuple(args.attacks), eps_linf=args.eps_linf, eps_l2=args.eps_l2,
                                   defense=defense_from_args(args), seed=args.sample_seed)
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    sample_test_images(robustness.images, len(data.test), robustness.seed)  # refused before any model is trained
     chosen = ("poisoned", "clean") if args.models == "both" else (args.models,)
     return {name: robustness_table(models[name], robustness, data, progress=bar, use_cache=not args.no_cache) for name in chosen}
 
@@ -265,18 +279,22 @@ def _cmd_inspect(args: argparse.Namespace, bar: _Bar) -> dict:
         raise ConfigError("give either --test-index or --image")
     attack_config = AttackConfig(name=args.attack, eps=args.eps, seed=args.attack_seed)
     defense = defense_from_args(args)
-    data = load_gtsrb(args.gtsrb_dir, progress=bar)
-    if args.image is not None:
+    models = _models(args)
+    if args.image is not None:  # decoded before the data is loaded: a bad file is refused at once
         try:
             content = open(args.image, "rb").read()
         except OSError as exc:
             raise ConfigError(f"cannot read {args.image}: {exc.strerror}") from exc
-        images, labels = upload_input(content), None
-    else:
+        try:
+            images, labels = upload_input(content), None
+        except DataError as exc:
+            raise DataError(f"{args.image}: {exc}") from None
+    data = load_gtsrb(args.gtsrb_dir, progress=bar)
+    if args.image is None:
         if any(not 0 <= i < len(data.test) for i in args.test_index):
             raise ConfigError(f"test indices must be in 0 … {len(data.test) - 1}, got {args.test_index}")
         images, labels = model_inputs(data.test, torch.tensor(args.test_index))
-    trained = train_or_load(_models(args)[args.model], data, progress=bar, use_cache=not args.no_cache)
+    trained = train_or_load(models[args.model], data, progress=bar, use_cache=not args.no_cache)
     result = inspect(trained.model, images, labels, attack_config, defense, progress=bar)
     out = {"model": trained.path.name, "attack": attack_config.name, "eps": round(attack_config.budget, 6), "images": result.summary()}
     for row in out["images"]:
@@ -294,7 +312,7 @@ def _add_defense_options(group) -> None:
 
 def _add_lrp_options(parser: argparse.ArgumentParser) -> None:
     lrp = parser.add_argument_group("LRP")
-    lrp.add_argument("--class", dest="class_id", type=int, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
+    lrp.add_argument("--class", dest="class_id", type=CLASS, default=PoisonConfig().target, help="class to explain (default 5: the attack's target)")
     params.add_options(lrp, LRPConfig)
 
 
@@ -379,7 +397,7 @@ def _study_from_args(args: argparse.Namespace):
             out[key] = value.split(",") if option == "--grid" else value
         return out
 
-    return study_from_dict({"name": args.name or "study", "base": pairs(args.base, "--base"), "grid": pairs(args.grid, "--grid"),
+    return study_from_dict({"name": "study" if args.name is None else args.name, "base": pairs(args.base, "--base"), "grid": pairs(args.grid, "--grid"),
                             "detectors": args.detectors or []})
 
 
@@ -388,7 +406,7 @@ def _cmd_study(args: argparse.Namespace, bar: _Bar):
     from .study import check_cluster_address, run_study, study_status, study_table, table_csv
 
     study = _study_from_args(args)
-    if args.action == "run" and args.address:
+    if args.action == "run" and args.address is not None:
         check_cluster_address(args.address)  # before the data is read
     if args.gtsrb_dir:
         os.environ["GTSRB_DIR"] = args.gtsrb_dir  # the Ray workers read the same folder
@@ -408,7 +426,7 @@ def _cmd_study(args: argparse.Namespace, bar: _Bar):
 def build_parser() -> argparse.ArgumentParser:
     from .detectors import GWDistanceConfig
 
-    parser = argparse.ArgumentParser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
+    parser = _Parser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="poison GTSRB and train (or load) the model; prints its metrics as JSON",
                                 description="Poison GTSRB with the sticker attack, train the network (or load it from cache/) and print "
@@ -421,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "conservation gap, mean number of points at the mass threshold, and the share of relevance inside the sticker "
         "window for poisoned versus clean samples.")
     _add_lrp_options(heatmaps)
-    heatmaps.add_argument("--threshold", type=float, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
+    heatmaps.add_argument("--threshold", type=THRESHOLD, default=0.99, help="mass threshold t of the point clouds, 0 < t <= 1 (default 0.99)")
     _add_experiment_options(heatmaps)
     _add_data_options(heatmaps)
     spectral = commands.add_parser("spectral", help="spectral analysis of one class's heatmaps; prints eigenvalues and detection metrics as JSON",
@@ -438,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines = commands.add_parser("baselines", help="activation clustering, spectral signatures and raw-image clustering on one class, next to LRP spectral clustering",
                                     description="Score the standard detectors and the heatmap spectral clustering on the same model and class.")
     _add_lrp_options(baselines)
-    baselines.add_argument("--cluster-seed", type=int, default=0, help="seed of ICA and k-means (default 0)")
+    baselines.add_argument("--cluster-seed", type=SEED, default=0, help="seed of ICA and k-means (default 0)")
     _add_experiment_options(baselines)
     _add_data_options(baselines)
     detect = commands.add_parser("detect", help="Gromov-Wasserstein k-means on one class's heatmap point clouds; prints per-iteration counts and metrics as JSON",
@@ -448,8 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lrp_options(detect)
     group = detect.add_argument_group("Gromov-Wasserstein k-means (defaults: the thesis's)")
     params.add_options(group, GWConfig)
-    group.add_argument("--eps-init", type=float, default=None, help="entropic regularisation for k-means++ seeding (default: --eps)")
-    group.add_argument("--cluster-seeds", type=int, nargs="+", default=None, metavar="SEED",
+    group.add_argument("--eps-init", type=real(0.0, 10.0, open_low=True), default=None, help="entropic regularisation for k-means++ seeding (default: --eps)")
+    group.add_argument("--cluster-seeds", type=SEED, nargs="+", default=None, metavar="SEED",
                        help="run once per seed and report each rate's median, minimum and maximum (instead of --cluster-seed)")
     _add_experiment_options(detect)
     _add_data_options(detect)
@@ -458,12 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "clean-barycenter accuracy (B6, B4); the sticker's success rate with and without the barycenter. The clean model "
                                  "is the same experiment with --fraction 0. Adversarial examples are cached in cache/.")
     group = defend.add_argument_group("attacks and defense (defaults: the paper's CIFAR-10 settings)")
-    group.add_argument("--images", type=int, default=1000, help="seeded random sample of test images (default 1000)")
+    group.add_argument("--images", type=whole(1, 20_000), default=1000, help="seeded random sample of test images (default 1000)")
     group.add_argument("--attacks", nargs="+", default=list(ATTACK_NAMES), choices=ATTACK_NAMES, help="attacks (default: all)")
-    group.add_argument("--eps-linf", type=float, default=8 / 255, help="L-infinity budget (default 8/255)")
-    group.add_argument("--eps-l2", type=float, default=0.5, help="L2 budget (default 0.5)")
+    group.add_argument("--eps-linf", type=BUDGET, default=8 / 255, help="L-infinity budget (default 8/255)")
+    group.add_argument("--eps-l2", type=BUDGET, default=0.5, help="L2 budget (default 0.5)")
     _add_defense_options(group)
-    group.add_argument("--sample-seed", type=int, default=0, help="seed of the image sample and the attacks' random starts (default 0)")
+    group.add_argument("--sample-seed", type=SEED, default=0, help="seed of the image sample and the attacks' random starts (default 0)")
     group.add_argument("--models", default="both", choices=("both", "poisoned", "clean"), help="models to attack (default both)")
     _add_experiment_options(defend)
     _add_data_options(defend)
@@ -488,47 +506,52 @@ def build_parser() -> argparse.ArgumentParser:
                                   "the attacked image, the barycenter of the attacked image and the barycenter of the clean image. Without a "
                                   "label (--image), the attack moves the image away from the clean prediction. The numbers of the Defense page.")
     source = inspect.add_mutually_exclusive_group()
-    source.add_argument("--test-index", type=int, nargs="+", help="positions in the test split")
-    source.add_argument("--image", help="a PNG or JPEG file of any size (resized to 32x32)")
+    source.add_argument("--test-index", type=whole(0), nargs="+", help="positions in the test split")
+    source.add_argument("--image", type=PathOption(READ), help="a PNG or JPEG file of any size (resized to 32x32)")
     group = inspect.add_argument_group("attack and defense")
     group.add_argument("--model", default="poisoned", choices=("poisoned", "clean"), help="the experiment's model or its clean twin (default poisoned)")
     group.add_argument("--attack", default="pgd-linf", choices=ATTACK_NAMES, help="attack (default pgd-linf)")
-    group.add_argument("--eps", type=float, default=None, help="budget (default 8/255 for L-infinity attacks, 0.5 for L2)")
-    group.add_argument("--attack-seed", type=int, default=0, help="seed of the attack's random start (default 0)")
+    group.add_argument("--eps", type=BUDGET, default=None, help="budget (default 8/255 for L-infinity attacks, 0.5 for L2)")
+    group.add_argument("--attack-seed", type=SEED, default=0, help="seed of the attack's random start (default 0)")
     group.add_argument("--sensitivity", choices=("clean", "attacked"), default=None,
                        help="also the sensitivity grid (gamma, theta, tau, iterations, cost unit) of the first image, clean or attacked")
     _add_defense_options(group)
     _add_experiment_options(inspect)
     _add_data_options(inspect)
-    data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON")
+    data = commands.add_parser("data", help="load GTSRB (building its cache) and print split sizes as JSON",
+                               description="Read GTSRB from --gtsrb-dir or $GTSRB_DIR (class folders or the official release), decode "
+                               "it once into cache/, and print its folder, layout, content id, split sizes and training images per class.")
     _add_data_options(data)
-    download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums")
-    download.add_argument("--dest", required=True, help="folder to download and unpack into")
+    download = commands.add_parser("download", help="download the official GTSRB release (online only) and verify its checksums",
+                                   description="Download the official GTSRB archives into --dest, check each archive's checksum, unpack "
+                                   "them, and print the folder to use as GTSRB_DIR. Needs a connection to the archives' server.")
+    download.add_argument("--dest", required=True, type=PathOption(DESTINATION), help="folder to download and unpack into")
     download.add_argument("--quiet", action="store_true", help="no progress bar")
     export = commands.add_parser("export", help="per-sample detection results (CSV), the experiment and its metrics (JSON), a ViRelAy project (HDF5)",
                                  description="CSV: one row per training image of the class with its poison truth and every detection method's "
                                  "flag and score (GW k-means when cached). JSON: configuration, model metrics, detection scores. "
                                  "ViRelAy: project.yaml with data set, LRP attribution and spectral-analysis HDF5 files; open it with `virelay project.yaml`.")
-    export.add_argument("--csv", help="write the per-sample detection table here")
-    export.add_argument("--json", help="write the experiment, its metrics and the detection scores here")
-    export.add_argument("--virelay", help="write a ViRelAy project into this new folder")
-    export.add_argument("--virelay-classes", type=int, nargs="+", help="classes in the ViRelAy project (default: --class)")
-    export.add_argument("--cluster-seed", type=int, default=0, help="seed of the clusterings (default 0)")
+    export.add_argument("--csv", type=PathOption(WRITE), help="write the per-sample detection table here")
+    export.add_argument("--json", type=PathOption(WRITE), help="write the experiment, its metrics and the detection scores here")
+    export.add_argument("--virelay", type=PathOption(NEW_FOLDER), help="write a ViRelAy project into this new folder")
+    export.add_argument("--virelay-classes", type=CLASS, nargs="+", help="classes in the ViRelAy project (default: --class)")
+    export.add_argument("--cluster-seed", type=SEED, default=0, help="seed of the clusterings (default 0)")
     _add_lrp_options(export)
     _add_experiment_options(export)
     _add_data_options(export)
     cache = commands.add_parser("cache", help="list the cached artifacts (kind, size, age, parameters) or delete some by name",
                                 description="The files in cache/ (or $POISONLAB_CACHE), read from their headers only; "
                                 "'delete' removes the named files, which are recomputed when next needed.")
-    cache.add_argument("action", choices=("list", "delete"))
+    cache.add_argument("action", choices=("list", "delete"), help="list: every file with its kind, size, age and parameters; delete: the named files")
     cache.add_argument("names", nargs="*", help="with delete: file names as listed")
     study = commands.add_parser("study", help="a grid of experiments on Ray: run it, show each cell's state, or print its table",
                                 description="A study sweeps attack and training parameters over a grid (a TOML file, or --grid/--base); "
                                 "every cell is an ordinary cached experiment. 'run' computes what is missing on Ray (a local runtime, "
                                 "or --address of a cluster whose nodes share the cache folder); 'status' lists each cell's steps; "
                                 "'table' prints the results with mean and standard deviation over training seeds.")
-    study.add_argument("action", choices=("run", "status", "table"))
-    study.add_argument("file", nargs="?", help="the study's TOML file")
+    study.add_argument("action", choices=("run", "status", "table"),
+                       help="run: compute what is missing; status: each cell's steps; table: the results")
+    study.add_argument("file", nargs="?", type=PathOption(READ), help="the study's TOML file")
     study.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="without a file: the grid's axes, e.g. pp=0.01,0.33 seed=0,1")
     study.add_argument("--base", nargs="+", metavar="KEY=VALUE", help="without a file: parameters every cell shares, e.g. epochs=6")
     study.add_argument("--detectors", nargs="+", choices=("spectral", "gw", "activation", "signatures"), help="without a file: detectors to score")
@@ -542,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in parser.preset_parsers.values():
         sub.add_argument("--preset", choices=tuple(PRESETS), default=None,
                          help="start from a named setting (network, relevance, clouds, k-means protocol); options given as well win: "
-                              + "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
+                              + "; ".join(f"{name}: {p.description}" for name, p in PRESETS.items()).replace("%", "%%"))
     return parser
 
 
@@ -560,18 +583,36 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _fail(bar: _Bar, code: int, error) -> int:
+    bar.close()
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_arguments(argv)
+    try:
+        args = parse_arguments(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed in one line
+        return exc.code if isinstance(exc.code, int) else 2
     bar = _Bar(enabled=not getattr(args, "quiet", False) and os.environ.get("POISONLAB_NO_PROGRESS") != "1")
     handler = {"train": _cmd_train, "heatmaps": _cmd_heatmaps, "spectral": _cmd_spectral, "baselines": _cmd_baselines, "detect": _cmd_detect,
                "defend": _cmd_defend, "spatial": _cmd_spatial, "cleanse": _cmd_cleanse, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
                "cache": _cmd_cache, "export": _cmd_export, "study": _cmd_study}[args.command]
     try:
         result = handler(args, bar)
-    except PoisonLabError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataError) as exc:  # the input: a parameter, a file or the data folder
+        return _fail(bar, 2, exc)
+    except PoisonLabError as exc:  # the run: a damaged artifact, a cluster that cannot be joined
+        return _fail(bar, 1, exc)
+    except OSError as exc:  # the run: a file that could not be written, a full disk
+        return _fail(bar, 1, f"{exc.filename or 'a file'}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return _fail(bar, 130, "interrupted; what was finished is cached, the rest is computed on the next run")
+    except Exception as exc:  # a defect: still one line, with what to report
+        if os.environ.get("POISONLAB_TRACEBACK") == "1":
+            raise
+        return _fail(bar, 1, f"unexpected {type(exc).__name__}: {exc} (a defect of Poison Lab; "
+                             "run again with POISONLAB_TRACEBACK=1 for the traceback)")
     bar.close()
     print(result if isinstance(result, str) else json.dumps(result))
     failed = result.get("failed") if isinstance(result, dict) else None

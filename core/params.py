@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from . import options as options_module
 from .errors import ConfigError
 from .validation import one_of, real_number, true_or_false, whole_number
 
@@ -43,14 +44,21 @@ def _window(text: str) -> Tuple[int, int]:
 
 
 def window_option(text: str) -> Tuple[int, int]:
-    """A FIRST-LAST pair from the command line (commas and spaces work too)."""
+    """A FIRST-LAST pair from the command line (commas and spaces work too), each in 0 … 31."""
     parts = text.replace(",", " ").replace("-", " ").split()
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"expected two numbers like 16-17, got {text!r}")
     try:
-        return tuple(int(p) for p in parts)
+        pair = tuple(int(p) for p in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two whole numbers like 16-17, got {text!r}") from None
+    if any(not 0 <= v < WINDOW_LIMIT for v in pair) or text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: both numbers must be in 0 … {WINDOW_LIMIT - 1}")
+    return pair
+
+
+WINDOW_LIMIT = 32
+"""Sticker windows are pixel positions of the 32-pixel image."""
 
 
 WHOLE = Kind("whole", str, int, lambda v: [str(v)], str)
@@ -160,16 +168,19 @@ def add_options(parser: Any, config_type: type) -> None:
     """One option per declared field of `config_type`, documented with its default."""
     for _, param, default in params_of(config_type):
         if param.kind is SWITCH:
-            parser.add_argument(param.flag, action="store_true", help=param.help)
+            parser.add_argument(param.flag, action="store_true", help=param.help.replace("%", "%%"))
             continue
         shown = param.kind.show(default) if param.kind is REAL else " ".join(param.kind.to_tokens(default))
-        options: Dict[str, Any] = {"help": f"{param.help} (default {shown})", "default": default}
+        help_text = f"{param.help} (default {shown})".replace("%", "%%")  # argparse formats help with %
+        options: Dict[str, Any] = {"help": help_text, "default": default}
         if param.kind is COLOUR:
-            options.update(type=int, nargs=3, metavar=("R", "G", "B"))
+            options.update(type=options_module.whole(0, 255), nargs=3, metavar=("R", "G", "B"))
         elif param.kind is WINDOW:
             options.update(type=window_option, metavar="FIRST-LAST")
-        elif param.kind is not NAME:
-            options.update(type=int if param.kind is WHOLE else float)
+        elif param.kind is WHOLE:
+            options.update(type=options_module.whole(param.low, param.high))
+        elif param.kind is REAL:
+            options.update(type=options_module.real(param.low, param.high, open_low=param.open_low, open_high=param.open_high))
         if param.choices:
             options.update(choices=param.choices)
         parser.add_argument(param.flag, **options)

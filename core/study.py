@@ -62,6 +62,8 @@ class Study:
     cells: Tuple[ExperimentConfig, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 200:
+            raise ConfigError(f"a study's name must be text of 1 … 200 characters, got {self.name!r}")
         known = set(ExperimentConfig().to_query())
         for key, _ in self.base:
             if key not in known:
@@ -143,9 +145,11 @@ def load_study(path: Path) -> Study:
     """A study from its TOML file; any problem is one line naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a TOML file (TOML is UTF-8 text; byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r})") from None
     try:
         return study_from_dict(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:

@@ -17,22 +17,32 @@ from .errors import ConfigError
 
 def whole_number(name: str, value: object, low: Optional[int] = None, high: Optional[int] = None) -> int:
     """`value` as an int in [low, high] (either bound may be left out)."""
-    bounds = "" if low is None and high is None else f" in {_bound(low, '-∞')} … {_bound(high, '∞')}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not _inside(value, low, high, False, False):
-        raise ConfigError(f"{name} must be a whole number{bounds}, got {value!r}")
+        raise ConfigError(f"{name} must be {describe_whole(low, high)}, got {value!r}")
     return int(value)
 
 
 def real_number(name: str, value: object, low: Optional[float] = None, high: Optional[float] = None, *,
                 open_low: bool = False, open_high: bool = False) -> float:
     """`value` as a finite float in the interval from `low` to `high`, each end closed unless opened."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not _inside(value, low, high, open_low, open_high)):
+        raise ConfigError(f"{name} must be {describe_real(low, high, open_low, open_high)}, got {value!r}")
+    return float(value)
+
+
+def describe_whole(low: Optional[int] = None, high: Optional[int] = None) -> str:
+    """What `whole_number` allows, in words: "a whole number in 1 … 500"."""
+    bounds = "" if low is None and high is None else f" in {_bound(low, '-∞')} … {_bound(high, '∞')}"
+    return f"a whole number{bounds}"
+
+
+def describe_real(low: Optional[float] = None, high: Optional[float] = None, open_low: bool = False, open_high: bool = False) -> str:
+    """What `real_number` allows, in words: "a number in (0, 1]"."""
     left = "(" if open_low or low is None else "["
     right = ")" if open_high or high is None else "]"
     bounds = "" if low is None and high is None else f" in {left}{_bound(low, '-∞')}, {_bound(high, '∞')}{right}"
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not _inside(value, low, high, open_low, open_high)):
-        raise ConfigError(f"{name} must be a number{bounds}, got {value!r}")
-    return float(value)
+    return f"a number{bounds}"
 
 
 def one_of(name: str, value: object, options: Iterable[object]) -> object:

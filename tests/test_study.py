@@ -186,9 +186,9 @@ def test_an_unreachable_or_malformed_cluster_address_is_refused_at_once(tmp_path
         port = probe.getsockname()[1]
     path = write(tmp_path, "[base]\nsubset = 3000\n[grid]\npp = [0.1]\n")
     started = time.perf_counter()
-    for address, message in [(f"127.0.0.1:{port}", f"cannot reach the Ray cluster at 127.0.0.1:{port}: "),
-                             ("head-node", "Ray address 'head-node': give HOST:PORT")]:
-        assert main(["study", "run", str(path), "--quiet", "--address", address]) == 2
+    for address, message, code in [(f"127.0.0.1:{port}", f"cannot reach the Ray cluster at 127.0.0.1:{port}: ", 1),  # the run failed
+                                   ("head-node", "Ray address 'head-node': give HOST:PORT", 2)]:  # a usage error
+        assert main(["study", "run", str(path), "--quiet", "--address", address]) == code
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"error: {message}") and "\n" not in err
     assert time.perf_counter() - started < 60, "refused at once, not after Ray's retries"
