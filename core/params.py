@@ -67,7 +67,13 @@ NAME = Kind("name", str, str, lambda v: [str(v)], str)
 COLOUR = Kind("colour", lambda v: "%02x%02x%02x" % tuple(v), _hex_colour, lambda v: [str(c) for c in v],
               lambda v: "#%02x%02x%02x = (%d, %d, %d)" % (*v, *v))
 WINDOW = Kind("window", lambda v: f"{v[0]}-{v[1]}", _window, lambda v: [f"{v[0]}-{v[1]}"], lambda v: f"{v[0]}–{v[1]}")
-SWITCH = Kind("switch", lambda v: "1" if v else "0", lambda text: text == "1", lambda v: [], lambda v: "yes" if v else "no")
+def _switch(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError("it is not 1 (yes) or 0 (no)")
+    return text == "1"
+
+
+SWITCH = Kind("switch", lambda v: "1" if v else "0", _switch, lambda v: [], lambda v: "yes" if v else "no")
 """A true/false parameter whose flag turns it off (`--no-augment`): the flag appears when it is false."""
 
 

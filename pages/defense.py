@@ -249,7 +249,7 @@ with tab_table:
     robustness = None if not chosen_attacks else RobustnessConfig(images=int(count), attacks=tuple(a for a in ATTACKS if a in chosen_attacks),
                                   eps_linf=budget_linf, eps_l2=budget_l2, defense=defense)
     if robustness is None:
-        st.info("Choose at least one attack.")
+        st.error("No attack is chosen: choose at least one attack to measure.")
     else:
         st.caption(f"Budgets: ε = {255 * robustness.eps_linf:.3g}/255 for L∞ attacks, {robustness.eps_l2:g} for L2 attacks "
                    "(the sidebar's two budgets).")

@@ -51,7 +51,7 @@ st.subheader("ViRelAy project")
 classes = st.multiselect("Classes", range(NUM_CLASSES), sorted({p.source, p.target}), format_func=lambda c: f"{c} · {CLASS_NAMES[c]}",
                          key="export_virelay_classes", persist_state="session")
 if not classes:
-    st.info("Choose at least one class.")
+    st.error("No class is chosen: choose at least one class for the ViRelAy project.")
 else:
     key = f"export-virelay:{experiment.to_query()}:{sorted(classes)}:{lrp.short_name}"
     archive = job_result(key, "ViRelAy export", lambda progress: virelay_zip(experiment, classes, lrp, data=data, progress=progress),

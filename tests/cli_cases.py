@@ -322,6 +322,15 @@ def image_cases(files: Files) -> Iterator[Case]:
         yield Case(f"inspect --image {label}", ["inspect", "--image", str(path)], None)
 
 
+def positional_cases() -> Iterator[Case]:
+    """Words where a command takes none."""
+    yield Case("cache list with a name", ["cache", "list", "stray-word"], "stray-word")
+    yield Case("cache delete without a name", ["cache", "delete"], None)
+    yield Case("study table with two files", ["study", "table", str(STUDIES[0]), str(STUDIES[0])], str(STUDIES[0]))
+    yield Case("study without a file or a grid", ["study", "status"], None)
+    yield Case("study with a file and a grid", ["study", "status", str(STUDIES[0]), *STUDY_GRID], None)
+
+
 def top_level_cases() -> Iterator[Case]:
     yield Case("no command", [], None)
     yield Case("unknown command", ["trian"], "trian")
@@ -339,6 +348,7 @@ def parse_cases(files: Files) -> List[Case]:
             cases += value_cases(command, action, files)
     cases += study_file_cases(files)
     cases += image_cases(files)
+    cases += positional_cases()
     return cases
 
 

@@ -106,9 +106,9 @@ def test_cli_commands_carry_every_setting_that_differs_from_the_defaults():
 @pytest.mark.parametrize("argv, message", [
     ([], "either --test-index or --image"),
     (["--test-index", "99999"], "test indices must be in"),
-    (["--image", "/nonexistent.png"], "cannot read"),
-    (["--test-index", "1", "--eps", "-1"], "eps must be"),
-    (["--test-index", "1", "--tau", "0"], "tau must be"),
+    (["--image", "/nonexistent.png"], "--image: '/nonexistent.png' does not exist"),
+    (["--test-index", "1", "--eps", "-1"], "--eps: '-1' is out of range"),
+    (["--test-index", "1", "--tau", "0"], "--tau: '0' is out of range"),
 ])
 @pytest.mark.data  # the test split is read before the index is checked
 def test_cli_inspect_refuses_bad_input_with_a_message(argv, message, capsys):

@@ -108,7 +108,7 @@ def test_a_damaged_artifact_is_reported_and_recomputed_never_shown(seeded_cache,
     streamlit.cache_resource.clear()  # earlier tests of this process may hold these heatmaps in memory
     at = open_page("pages/heatmaps.py", SMALL)  # reads the file, finds it damaged, recomputes the class's heatmaps
     at.run()
-    assert any(path.name in w.value and "damaged" in w.value for w in at.warning)
+    assert any(path.name in w.value and "damaged" in w.value for w in at.error)
     tensors, _ = load_artifact(path)  # the file on disk is whole again
     fresh = experiment_heatmaps(config, 5, LRPConfig(), gtsrb, use_cache=False)
     assert torch.allclose(tensors["heatmaps"], fresh.heatmaps, atol=1e-5)

@@ -43,7 +43,7 @@ def test_a_link_restores_the_spectral_view_and_clamps_what_is_out_of_range(seede
     at = open_page("pages/spectral.py", query)
     assert at.session_state["sp_class"] == 2 and at.session_state["sp_k"] == 50 and at.session_state["sp_clusters"] == 3
     assert at.session_state["sp_rule"] == "composite"
-    assert any("From the link: sp_rule = 'bogus' could not be used (it is not one of the choices (composite," in c.value and "so composite is shown" in c.value and "sp_k = '500' is outside 2–50, so 50 is used" in c.value for c in at.caption), [c.value for c in at.caption]
+    assert any("From the link: sp_rule = 'bogus' could not be used (it is not one of the choices (composite," in c.value and "so composite is shown" in c.value and "sp_k = '500' is outside 2–50, so 50 is used" in c.value for c in at.error), [c.value for c in at.error]
     params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
     assert params["sp_k"] == "50" and params["sp_class"] == "2" and params["pp"] == "0.2"
     assert "hm_class" not in params  # another view's field is dropped
@@ -58,7 +58,7 @@ def test_a_link_carries_where_relevance_is_read_and_refuses_another_networks_lay
     assert (params["hm_layer"], params["hm_positive"]) == ("relu1", "True")
     at = open_page("pages/heatmaps.py", {"hm_layer": "inception"})  # the Inception block is not a ThesisNet layer
     assert at.session_state["hm_layer"] == "input"
-    assert any("From the link: hm_layer = 'inception' could not be used" in caption.value for caption in at.caption)
+    assert any("From the link: hm_layer = 'inception' could not be used" in caption.value for caption in at.error)
 
 
 def test_a_link_restores_the_heatmaps_and_defense_views(seeded_cache):

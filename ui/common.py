@@ -76,8 +76,8 @@ def report_damaged_artifacts() -> None:
     seen = st.session_state.setdefault("damaged_seen", time.time())
     for when, name in list(DAMAGED):
         if when > seen:
-            st.warning(f"The cached file {name} was damaged or incomplete. It was removed and is recomputed when needed.",
-                       icon=":material/healing:")
+            st.error(f"The cached file {name} was damaged or incomplete. It was removed and is recomputed when needed.",
+                     icon=":material/healing:")
             seen = when
     st.session_state["damaged_seen"] = seen
 
@@ -91,7 +91,7 @@ def active_experiment() -> ExperimentConfig:
             try:
                 config = ExperimentConfig.from_query(st.query_params.to_dict())
             except ConfigError as exc:
-                st.warning(f"The link's experiment could not be used ({exc}); showing the thesis defaults.")
+                st.error(f"The link's experiment could not be used ({exc}); showing the thesis defaults.", icon=":material/link_off:")
         st.session_state[_EXPERIMENT] = config
     config = st.session_state[_EXPERIMENT]
     _write_query(config)

@@ -7,7 +7,7 @@ view (the sidebar's page menu drops the URL's fields), else its default; on arri
 page, the link's values win over the session's. After the widgets,
 `remember_view` writes the values back to the URL and to that memory (so a view survives a
 visit to another page). URL values are parsed as plain text against the declared options
-or ranges: a number is clamped into its range, an unknown option is dropped with a note;
+or ranges: a number is clamped into its range, an unknown option is dropped, each with an error note;
 nothing from a URL is evaluated or unpickled.
 """
 
@@ -120,7 +120,7 @@ def restore_view(spec: Mapping[str, Field]) -> None:
     notes += [f"{key} = {_shown(st.query_params[key])} is outside {spec[key].low:g}–{spec[key].high:g}, so {spec[key].text(value)} is used"
               for key, value in linked.items() if _clamped(spec[key], st.query_params[key], value)]
     if notes:
-        st.caption("From the link: " + "; ".join(notes) + ".")
+        st.error("From the link: " + "; ".join(notes) + ".", icon=":material/link_off:")
 
 
 def _shown(text: str) -> str:
