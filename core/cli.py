@@ -91,7 +91,12 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
     from .experiment import QUICK_TRAINING, ExperimentConfig
 
     params.add_experiment_options(parser, ExperimentConfig, {"poison": "attack (defaults: the thesis's)", "train": "training"})
+    from .recipes import RECIPES
+
     run = parser.add_argument_group("run")
+    run.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                     help="start the training options from a named recipe; training options given as well win: "
+                          + "; ".join(f"{name}: {r.description}" for name, r in RECIPES.items()).replace("%", "%%"))
     run.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
     run.add_argument("--quick", action="store_true",
                      help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
@@ -370,6 +375,8 @@ def _cmd_export(args: argparse.Namespace, bar: _Bar) -> dict:
 def _cmd_cache(args: argparse.Namespace, bar: _Bar) -> dict:
     from .cache import cache_dir, delete_artifacts, list_artifacts
 
+    if args.action == "list" and args.names:
+        raise ConfigError(f"cache list takes no names (got {' '.join(args.names)}); to delete files: cache delete NAME …")
     if args.action == "delete":
         if not args.names:
             raise ConfigError("name the files to delete (see python -m core cache list)")
@@ -561,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(study)
     from .presets import PRESETS
 
+    parser.command_parsers = commands.choices
     parser.preset_parsers = {"heatmaps": heatmaps, "spectral": spectral, "detect": detect}
     for sub in parser.preset_parsers.values():
         sub.add_argument("--preset", choices=tuple(PRESETS), default=None,
@@ -570,15 +578,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """The command line, with a --preset's settings as the defaults of the options not given."""
+    """The command line, with a --preset's and a --recipe's settings as the defaults of the options not given."""
     from .presets import preset
+    from .recipes import recipe
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    defaults = {}
     if getattr(args, "preset", None):
-        sub = parser.preset_parsers[args.command]
+        defaults.update(preset(args.preset).option_defaults())
+    if getattr(args, "recipe", None):
+        defaults.update(recipe(args.recipe).option_defaults())
+    if defaults:
+        sub = parser.command_parsers[args.command]
         known = {action.dest for action in sub._actions}
-        sub.set_defaults(**{k: v for k, v in preset(args.preset).option_defaults().items() if k in known})
+        sub.set_defaults(**{k: v for k, v in defaults.items() if k in known})
         args = parser.parse_args(argv)
     return args
 

@@ -230,14 +230,15 @@ def _encode_gw(result: GWResult):
     tensors = {"assignments": torch.from_numpy(np.stack([it.assignments for it in result.iterations]).astype(np.int8)),
                "distances": torch.from_numpy(result.distances), "barycenters": torch.from_numpy(result.barycenters)}
     meta = {"config": asdict(result.config), "seeds": result.seeds, "seconds": result.seconds, "converged": result.converged,
-            "iterations": [{"counts": it.counts, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates} for it in result.iterations]}
+            "iterations": [{"counts": it.counts, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates, "objective": it.objective}
+                           for it in result.iterations]}
     return tensors, meta
 
 
 def _gw_decoder(config: GWConfig):
     def decode(tensors, meta) -> GWResult:
         assignments = tensors["assignments"].long().numpy()
-        iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"])
+        iterations = [GWIteration(a, it["counts"], it["seconds"], it["barycenter_updates"], it.get("objective"))
                       for a, it in zip(assignments, meta["iterations"])]
         return GWResult(config, iterations, tensors["distances"].numpy(), tensors["barycenters"].numpy(), meta["seeds"],
                         meta["seconds"], meta["converged"])

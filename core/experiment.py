@@ -31,6 +31,7 @@ _ARTIFACT_VERSION = 2  # 2: a finished one-cycle schedule keeps its final weight
 
 
 _LATER_POISON_FIELDS = {"kind": "sticker", "amplitude": 255, "perturbation": 8.0}
+_LATER_TRAIN_FIELDS = {"schedule": "one_cycle", "augmentation": "affine"}
 _PERTURBATION_VERSION = 1
 
 
@@ -40,13 +41,17 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> Dict[str, Any]:
-        """The configuration, which names its model: the attack-kind fields are left out where they
-        change nothing (so the sticker attack's models keep the names they had before them)."""
+        """The configuration, which names its model: the attack-kind and recipe fields are left out where
+        they change nothing (so the models from before them keep their names)."""
         poison = dataclasses.asdict(self.poison)
         for name, default in _LATER_POISON_FIELDS.items():
             if poison[name] == default or (name == "perturbation" and not self.poison.label_consistent):
                 del poison[name]
-        return {"poison": poison, "train": dataclasses.asdict(self.train)}
+        train = dataclasses.asdict(self.train)
+        for name, default in _LATER_TRAIN_FIELDS.items():  # the recipe fields: models from before them keep their names
+            if train[name] == default or (name == "augmentation" and not self.train.augment):
+                del train[name]
+        return {"poison": poison, "train": train}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> "ExperimentConfig":
@@ -63,8 +68,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> "ExperimentConfig":
-        """Parse `to_query` output; absent keys take defaults, malformed ones raise ConfigError."""
-        return params.from_query(cls, query)
+        """Parse `to_query` output; absent keys take defaults, malformed ones raise ConfigError;
+        `recipe=NAME` stands for the recipe's training keys."""
+        from .recipes import expand_recipe
+
+        return params.from_query(cls, expand_recipe(query))
 
 
 def _build(kind, values: Mapping[str, Any]):

@@ -69,6 +69,7 @@ class GWIteration:
     counts: Optional[Dict[str, int]]  # tn, fp, fn, tp of flagging the smaller cluster, if the truth is known
     seconds: float
     barycenter_updates: List[int] = field(default_factory=list)
+    objective: Optional[float] = None  # mean GW distance of the samples to their centres: k-means lowers it every step
 
 
 @dataclass
@@ -97,6 +98,10 @@ class GWResult:
 
     def score(self, truth) -> DetectionScore:
         return score_detection(truth, self.flagged, self.suspicion)
+
+
+def _objective(distances: np.ndarray, assignments: np.ndarray) -> float:
+    return float(distances[np.arange(len(assignments)), assignments].mean())
 
 
 def _counts(truth: Optional[np.ndarray], assignments: np.ndarray) -> Optional[Dict[str, int]]:
@@ -235,7 +240,8 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
     centres[1] = seed_centre(seeds[1], 1)
     distances[:, 1] = engine.distances(centres[1], 1, config.epsilon_init)
     assignments = distances.argmin(axis=1)
-    iterations = [GWIteration(assignments, _counts(truth, assignments), round(time.perf_counter() - started, 3))]
+    iterations = [GWIteration(assignments, _counts(truth, assignments), round(time.perf_counter() - started, 3),
+                              objective=_objective(distances, assignments))]
     report(progress, "GW k-means", 2, steps, "iteration 0", info=iterations[-1].counts or {})
     converged = False
     seen = {assignments.tobytes()}
@@ -258,7 +264,7 @@ def gw_kmeans(clouds: GridClouds, config: GWConfig = GWConfig(), truth=None, sol
         for k in (0, 1):
             distances[:, k] = engine.distances(centres[k], k, config.epsilon)
         new = distances.argmin(axis=1)
-        iterations.append(GWIteration(new, _counts(truth, new), round(time.perf_counter() - tick, 3), updates))
+        iterations.append(GWIteration(new, _counts(truth, new), round(time.perf_counter() - tick, 3), updates, _objective(distances, new)))
         report(progress, "GW k-means", 2 + it, steps, f"iteration {it}", info=iterations[-1].counts or {})
         if new.tobytes() in seen:  # the assignment repeats (or cycles back to an earlier one)
             converged = True
@@ -288,7 +294,8 @@ def exact_barycenter(clouds: GridClouds, members: np.ndarray, size: int, seed: i
 def result_summary(result: GWResult, truth=None) -> Dict[str, object]:
     """The JSON the CLI prints and the page shows."""
     out = {"config": asdict(result.config), "seconds": result.seconds, "converged": result.converged, "seeds": result.seeds,
-           "iterations": [{"iteration": i, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates, **(it.counts or {})}
+           "iterations": [{"iteration": i, "seconds": it.seconds, "barycenter_updates": it.barycenter_updates, **(it.counts or {}),
+                           **({} if it.objective is None else {"objective": it.objective})}
                           for i, it in enumerate(result.iterations)],
            "cluster_sizes": np.bincount(result.assignments, minlength=2).tolist()}
     if truth is not None:

@@ -78,21 +78,24 @@ def _conv_block(in_channels: int, out_channels: int, kernel_size: int, padding: 
 class InceptionBlock(nn.Module):
     """The thesis's `InceptionA` block: four branches over the same input, concatenated to 256 maps.
 
-    1x1 (64); 1x1 then 5x5 (48, 64); 1x1 then two 3x3 (64, 96, 96); 3x3 average pooling then
-    1x1 (32). Each branch is an `nn.Sequential`, so batch norms fold into their convolutions and
-    LRP sees every operation; the forward is only the branches and the concatenation.
+    1x1 (64); 1x1 then 5x5 (48, 64); 1x1 then two 3x3 (64, 96, 96); 3x3 pooling then 1x1 (32):
+    average pooling as in the thesis's listing and torchvision's InceptionA, or max pooling as in
+    the code the thesis ran (`Aenderungen_LRP/TrafficSignAI/Models/Net.py`, `nn.MaxPool2d(3, 1, 1)`).
+    Each branch is an `nn.Sequential`, so batch norms fold into their convolutions and LRP sees
+    every operation; the forward is only the branches and the concatenation.
     """
 
     channels = 256
 
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, pool: str = "average") -> None:
         super().__init__()
         self.branch1x1 = nn.Sequential(OrderedDict(_conv_block(in_channels, 64, 1)))
         self.branch5x5 = nn.Sequential(OrderedDict(_conv_block(in_channels, 48, 1, 0, "1") + _conv_block(48, 64, 5, 2, "2")))
         self.branch3x3dbl = nn.Sequential(OrderedDict(
             _conv_block(in_channels, 64, 1, 0, "1") + _conv_block(64, 96, 3, 1, "2") + _conv_block(96, 96, 3, 1, "3")
         ))
-        self.branch_pool = nn.Sequential(OrderedDict([("pool", nn.AvgPool2d(3, stride=1, padding=1))] + _conv_block(in_channels, 32, 1)))
+        pooling = {"average": nn.AvgPool2d, "max": nn.MaxPool2d}[pool]
+        self.branch_pool = nn.Sequential(OrderedDict([("pool", pooling(3, stride=1, padding=1))] + _conv_block(in_channels, 32, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1x1(x), self.branch5x5(x), self.branch3x3dbl(x), self.branch_pool(x)], dim=1)
@@ -112,12 +115,13 @@ class InceptionV3(nn.Sequential):
     penultimate = "relu6"
     readout_layers = ("input", "inception", "relu2")
     channels_last = True
+    branch_pool = "average"
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         width = InceptionBlock.channels
         super().__init__(
             OrderedDict(
-                [("inception", InceptionBlock(3)), ("pool1", nn.MaxPool2d(2, 2))]
+                [("inception", InceptionBlock(3, self.branch_pool)), ("pool1", nn.MaxPool2d(2, 2))]
                 + _conv_block(width, width, 2, 0, "2") + [("pool2", nn.MaxPool2d(2, 2))]
                 + _conv_block(width, width, 2, 0, "3") + [("pool3", nn.MaxPool2d(2, 2))]
                 + _conv_block(width, width, 2, 0, "4") + [("pool4", nn.MaxPool2d(2, 2))]
@@ -135,9 +139,17 @@ class InceptionV3(nn.Sequential):
         )
 
 
+class InceptionV3MaxPool(InceptionV3):
+    """`InceptionV3` as the thesis's code built it: the block's pool branch max-pools. Its own name,
+    so the models cached as `inception_v3` keep their meaning."""
+
+    branch_pool = "max"
+
+
 ARCHITECTURES: Dict[str, Callable[[], nn.Module]] = {
     "thesis_net": ThesisNet,
     "inception_v3": InceptionV3,
+    "inception_v3_maxpool": InceptionV3MaxPool,
 }
 
 def readout_layers(name: str) -> tuple:
@@ -155,6 +167,7 @@ LAYER_LABELS = {
 ARCHITECTURE_LABELS = {
     "thesis_net": "ThesisNet (the thesis's small network, appendix A.1)",
     "inception_v3": "Inception v3 (the thesis's simplified InceptionNet3, its tables 2 and 3)",
+    "inception_v3_maxpool": "Inception v3 with the max-pool branch (as the thesis's code ran it)",
 }
 
 

@@ -64,7 +64,7 @@ class Study:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 200:
             raise ConfigError(f"a study's name must be text of 1 … 200 characters, got {self.name!r}")
-        known = set(ExperimentConfig().to_query())
+        known = set(ExperimentConfig().to_query()) | {"recipe"}
         for key, _ in self.base:
             if key not in known:
                 raise ConfigError(f"[base] {key}: not an experiment parameter (one of {', '.join(sorted(known))})")

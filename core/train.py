@@ -36,11 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split
+from .data import IMAGE_SIZE, Split
 from .errors import ConfigError
 from .params import NAME, REAL, SWITCH, WHOLE, check_declared, parameter
 from .models import ARCHITECTURE_LABELS, ARCHITECTURES, INFERENCE_BATCH
 from .progress import ProgressCallback, report
+
+
+SCHEDULE_LABELS = {"one_cycle": "one-cycle up to the learning rate (ours)", "constant": "constant learning rate (the thesis)"}
+AUGMENTATION_LABELS = {"affine": "rotation, scale, shift, brightness (ours)", "thesis": "the thesis's crop, rotation, colour, affine, grayscale"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class TrainConfig:
     """Training parameters; `subset` > 0 trains on that many randomly chosen training images."""
 
     architecture: str = parameter("thesis_net", NAME, "--architecture", key="arch", label="architecture", choices=tuple(ARCHITECTURES),
-                                  help="network: thesis_net (the thesis's small network, appendix A.1) or inception_v3 "
-                                       "(its simplified Inception v3, which its tables 2 and 3 used)",
+                                  help="network: thesis_net (the thesis's small network, appendix A.1), inception_v3 "
+                                       "(its simplified Inception v3, which its tables 2 and 3 used) or inception_v3_maxpool "
+                                       "(the same with the max-pool branch of the thesis's code)",
                                   widget=("choice", tuple(ARCHITECTURES), ARCHITECTURE_LABELS))
     max_epochs: int = parameter(10, WHOLE, "--epochs", key="epochs", label="epochs at most", help="maximum epochs",
                                 low=1, high=1000, widget=("number", 1, 200))
@@ -57,11 +62,21 @@ class TrainConfig:
                               help="early stopping: epochs without a lower validation loss", low=1, high=1000, widget=("number", 1, 200))
     batch_size: int = parameter(256, WHOLE, "--batch-size", key="batch", label="batch size", help="batch size", low=1, high=65536,
                                 widget=("options", (32, 64, 128, 256, 512, 1024)))
-    learning_rate: float = parameter(1e-2, REAL, "--lr", key="lr", label="learning rate", help="peak learning rate of the one-cycle schedule on Adam",
+    learning_rate: float = parameter(1e-2, REAL, "--lr", key="lr", label="learning rate",
+                                     help="Adam's learning rate: the one-cycle schedule's peak, or the constant rate",
                                      low=1e-7, high=10.0, widget=("number", 1e-5, 1.0))
     weight_decay: float = parameter(0.0, REAL, "--weight-decay", key="wd", label="weight decay", help="Adam weight decay", low=0.0, high=1.0)
     augment: bool = parameter(True, SWITCH, "--no-augment", key="aug", label="augmentation",
-                              help="train without the random rotation/scale/shift/brightness augmentation", widget=("checkbox",))
+                              help="train without augmentation", widget=("checkbox",))
+    schedule: str = parameter("one_cycle", NAME, "--schedule", key="sched", label="learning-rate schedule", choices=tuple(SCHEDULE_LABELS),
+                              help="one_cycle: the one-cycle schedule up to --lr and back (ours); constant: Adam at --lr throughout "
+                                   "(the thesis's code)", widget=("choice", tuple(SCHEDULE_LABELS), SCHEDULE_LABELS))
+    augmentation: str = parameter("affine", NAME, "--augmentation", key="augs", label="augmentation kind",
+                                  choices=tuple(AUGMENTATION_LABELS),
+                                  help="affine: rotation ±10°, scale 0.9-1.1, shift ±2 px, brightness 0.8-1.2 (ours); thesis: the "
+                                       "thesis's torchvision pipeline, RandomResizedCrop 0.6-1, rotation ±15°, colour jitter 0.1 "
+                                       "with hue 0.1, RandomAffine 15°, RandomGrayscale p 0.1",
+                                  widget=("choice", tuple(AUGMENTATION_LABELS), AUGMENTATION_LABELS))
     subset: int = parameter(0, WHOLE, "--subset", key="subset", label="training subset (0: all)",
                             help="train on this many random training images (0: all)", low=0, high=10**8, widget=("number", 0, 100_000))
     seed: int = parameter(0, WHOLE, "--seed", key="seed", label="training seed", help="seed for initialisation, shuffling and augmentation",
@@ -96,6 +111,40 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return warped.mul_(brightness).clamp_(0, 1)
 
 
+def thesis_augmentation() -> nn.Module:
+    """The thesis's training transforms (`TrafficSignMain.py`, torchvision on PIL images) as kornia's
+    batched equivalents: each image draws its own crop, angles, colour factors and grayscale coin,
+    with torchvision's parameter ranges, its nearest-neighbour rotations and its black fill."""
+    import kornia.augmentation as K
+
+    # one after the other (kornia's AugmentationSequential adds 9 ms a batch of 32); the crop resamples the
+    # whole batch in one warp (kornia's default crops image by image, 1 ms slower)
+    return nn.Sequential(
+        K.RandomResizedCrop((IMAGE_SIZE, IMAGE_SIZE), scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), cropping_mode="resample"),
+        K.RandomRotation(15.0, resample="nearest", p=1.0),
+        K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=1.0),
+        K.RandomAffine(15.0, resample="nearest", p=1.0),
+        K.RandomGrayscale(p=0.1),
+    )
+
+
+class Augmenter:
+    """The configured augmentation, drawing its randomness from the training's own generator (kornia draws
+    from torch's global one, which is forked and seeded from the generator per batch)."""
+
+    def __init__(self, kind: str, generator: torch.Generator) -> None:
+        self.kind, self.generator = kind, generator
+        self.pipeline = thesis_augmentation() if kind == "thesis" else None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pipeline is None:
+            return augment_batch(images, self.generator)
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.pipeline(images).clamp_(0, 1)
+
+
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = INFERENCE_BATCH):
     model.eval()
     loss, correct = 0.0, 0
@@ -117,7 +166,8 @@ def fit(
 ) -> FitResult:
     """Train `model` in place. When the one-cycle schedule runs to its end, the model keeps its final,
     annealed weights (on the default experiment 0.4 points of test accuracy better than those of the
-    epoch before, which had a lower validation loss); when early stopping ends it, the weights of
+    epoch before, which had a lower validation loss); otherwise (early stopping, or a constant rate,
+    whose last epoch is no better than any other: the thesis kept its best checkpoint) the weights of
     the epoch with the lowest validation loss. `best_epoch` names the epoch whose weights it keeps."""
     start_time = time.perf_counter()
     generator = torch.Generator().manual_seed(config.seed)
@@ -129,7 +179,10 @@ def fit(
     layout = torch.channels_last if getattr(model, "channels_last", False) else torch.contiguous_format
     model.to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.max_epochs * steps)
+    one_cycle = config.schedule == "one_cycle"
+    schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.max_epochs * steps)
+                if one_cycle else None)
+    augmenter = Augmenter(config.augmentation, generator) if config.augment else None
     best_loss, best_epoch, best_state = math.inf, 0, None
     history: List[Dict[str, float]] = []
     val_accuracy = float("nan")
@@ -142,14 +195,15 @@ def fit(
             if len(index) == 1:
                 continue  # batch norm cannot train on a single sample
             batch = images[index]
-            if config.augment:
-                batch = augment_batch(batch, generator)
+            if augmenter is not None:
+                batch = augmenter(batch)
             batch = batch.contiguous(memory_format=layout)
             loss = F.cross_entropy(model(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             running += loss.item()
             if step % 10 == 0 or step == steps - 1:
                 report(
@@ -158,7 +212,8 @@ def fit(
                     {"epoch": epoch, "batch": step + 1, "loss": loss.item(), "val_accuracy": val_accuracy},
                 )
         val_loss, val_accuracy = _evaluate(model, val_images, val_labels)
-        history.append({"epoch": epoch, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_accuracy})
+        history.append({"epoch": epoch, "train_loss": running / steps, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                        "lr": optimizer.param_groups[0]["lr"]})
         report(
             progress, "train", epoch * steps, config.max_epochs * steps,
             f"epoch {epoch}/{config.max_epochs}: validation loss {val_loss:.4f}, accuracy {val_accuracy:.4f}",
@@ -169,7 +224,7 @@ def fit(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= config.patience:
             break
-    if len(history) == config.max_epochs:
+    if one_cycle and len(history) == config.max_epochs:
         best_epoch = len(history)  # the schedule ran to its end: keep its final, annealed weights
     elif best_state is not None:
         model.load_state_dict(best_state)

@@ -95,7 +95,7 @@ restore_view(VIEW)
 def apply_preset(name: str) -> None:
     """Set the network (a new experiment) and every control the preset names; the page reruns with them."""
     chosen = PRESETS[name]
-    set_active_experiment(replace(experiment, train=replace(experiment.train, architecture=chosen.architecture, max_epochs=chosen.epochs)))
+    set_active_experiment(replace(experiment, train=chosen.training(experiment.train)))
     st.session_state.update({"gw_rule": chosen.lrp.rule, "gw_layer": chosen.lrp.layer, "gw_positive": chosen.lrp.positive,
                              "gw_threshold": chosen.gw.threshold, "gw_eps": chosen.gw.epsilon, "gw_iter": chosen.gw.max_iter,
                              "gw_seeding": chosen.gw.seeding, "gw_bary": chosen.gw.barycenter})

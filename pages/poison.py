@@ -18,6 +18,7 @@ from core.experiment import (ExperimentConfig, attack_ready, clean_twin, load_tr
 from core.jobs import RUNNER
 from core.params import widget_params
 from core.poison import PoisonConfig
+from core.recipes import RECIPES, recipe_name
 from core.train import TrainConfig
 from core.cache import locked_elsewhere
 from ui.common import (active_experiment, data_or_stop, expected_time, experiment_scale_note, follow_elsewhere, follow_job, job_result, run_through_app,
@@ -86,6 +87,17 @@ def attack_form(config: ExperimentConfig) -> None:
             else:
                 set_active_experiment(new)
                 st.rerun()
+    recipe_buttons(config)
+
+
+def recipe_buttons(config: ExperimentConfig) -> None:
+    """A recipe sets every training setting it names at once; the attack and the network stay."""
+    current = recipe_name(config.train)
+    st.sidebar.caption(f"Training recipe: **{current or 'custom'}**" + ("" if current else " (no recipe has these settings)"))
+    for name, chosen in RECIPES.items():
+        if st.sidebar.button(f"Recipe: {name}", key=f"recipe_{name}", help=chosen.description, disabled=name == current):
+            set_active_experiment(ExperimentConfig(config.poison, chosen.apply(config.train)))
+            st.rerun()
 
 
 def sample_grid(clean: np.ndarray, poisoned: np.ndarray, indices: np.ndarray, config: PoisonConfig) -> go.Figure:

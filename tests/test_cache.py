@@ -205,6 +205,7 @@ POISON_CHANGES = {
 TRAIN_CHANGES = {
     "architecture": "inception_v3", "max_epochs": 21, "patience": 4, "batch_size": 128, "learning_rate": 1e-3,
     "weight_decay": 1e-4, "augment": False, "subset": 1000, "seed": 1,
+    "schedule": "constant", "augmentation": "thesis",
 }
 
 

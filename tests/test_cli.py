@@ -40,7 +40,7 @@ OPTION_OF_FIELD = {
     "train": {
         "architecture": "--architecture", "max_epochs": "--epochs", "patience": "--patience",
         "batch_size": "--batch-size", "learning_rate": "--lr", "weight_decay": "--weight-decay",
-        "augment": "--no-augment", "subset": "--subset", "seed": "--seed",
+        "augment": "--no-augment", "subset": "--subset", "seed": "--seed", "schedule": "--schedule", "augmentation": "--augmentation",
     },
 }
 

@@ -102,6 +102,11 @@ def test_default_gw_kmeans(gtsrb):
     score = result["score"]
     assert {k: score[k] for k in ("tn", "fp", "fn", "tp")} == {k: result["iterations"][-1][k] for k in ("tn", "fp", "fn", "tp")}
     assert score["tpr"] > 0.6 and score["tnr"] > 0.7 and score["auc"] > 0.85, score
+    # The drift is k-means doing its job: the mean GW distance to the centres falls at every iteration
+    # (measured: 0.008344 after seeding, 0.007708 after 10), so the poisoned split is not the objective's
+    # minimum on these clouds.
+    objectives = [it["objective"] for it in result["iterations"]]
+    assert all(later <= earlier * (1 + 1e-4) for earlier, later in zip(objectives, objectives[1:])), objectives
     # With the first model the iterations move away from the seeding's assignment (90.5 % accurate) to
     # 79.5 %: GW on these clouds does not hold the poisoned group (thesis audit, issue 15).
     assert score["accuracy"] > 0.75, score

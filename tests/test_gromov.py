@@ -241,6 +241,8 @@ def test_kmeans_separates_two_shapes_and_flags_the_smaller_group():
     assert score.auc == 1.0
     assert result.iterations[-1].counts == {"tn": 14, "fp": 0, "fn": 0, "tp": 6}
     assert result.converged and len(result.iterations) >= 2
+    objectives = [it.objective for it in result.iterations]
+    assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(objectives, objectives[1:])), objectives
 
 
 @pytest.mark.slow

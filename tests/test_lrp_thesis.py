@@ -16,7 +16,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.lrp import INPUT, LRP, LRPConfig, Squared, canonical_copy, explain, input_layers, to_image_grid
-from core.models import InceptionV3, ThesisNet
+from core.models import InceptionV3, InceptionV3MaxPool, ThesisNet
 
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
@@ -61,6 +61,14 @@ def inception(images):
     x, _ = images
     torch.manual_seed(2)
     return with_statistics(InceptionV3(), x)
+
+
+@pytest.fixture(scope="module")
+def inception_maxpool(images):
+    """The thesis's code's network: the pool branch max-pools (relevance goes to each window's winner)."""
+    x, _ = images
+    torch.manual_seed(2)
+    return with_statistics(InceptionV3MaxPool(), x)
 
 
 def squared_rule_by_hand(net: nn.Sequential, x: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -120,7 +128,7 @@ def test_squared_rule_matches_the_thesis_computation_by_hand(small, images):
     assert ((plain - by_hand).flatten(1).norm(dim=1) / by_hand.flatten(1).norm(dim=1)).median() > 0.05
 
 
-@pytest.mark.parametrize("net", ["small", "inception"])
+@pytest.mark.parametrize("net", ["small", "inception", "inception_maxpool"])
 def test_squared_rule_conserves_the_logit_and_keeps_its_sign(net, request, images):
     """Bias plays no part in z = x²w², so even with the real biases the relevance at the input,
     and at every layer, adds up to the logit; a positive logit gives non-negative relevance."""
@@ -138,7 +146,7 @@ def test_squared_rule_conserves_the_logit_and_keeps_its_sign(net, request, image
     positive = logit > 0
     assert positive.any() and (~positive).any(), "both signs occur, so the sign check means something"
     assert (relevance[positive] >= -1e-12).all() and (relevance[~positive] <= 1e-12).all()
-    if net == "inception":
+    if net.startswith("inception"):
         at_block, _ = attributor(x, labels, "inception")
         assert at_block.shape == (len(x), 256, 32, 32)
         assert ((at_block.sum(dim=(1, 2, 3)) - logit).abs() / logit.abs()).max() < 1e-6
@@ -157,11 +165,15 @@ def test_relevance_read_at_a_layer_is_the_relevance_of_the_network_above_it(ince
     assert torch.allclose(at_block, direct, rtol=1e-9, atol=1e-12)
 
 
-def test_the_inception_block_is_explained_through_all_four_branches(inception, images):
+@pytest.mark.parametrize("net", ["inception", "inception_maxpool"])
+def test_the_inception_block_is_explained_through_all_four_branches(net, request, images):
     """z^B on the three branches that read the image, gamma on the pooled branch's convolution; with
-    biases removed and a tiny epsilon the composite conserves the logit across the branches."""
+    biases removed and a tiny epsilon the composite conserves the logit across the branches, whichever
+    pooling the pool branch does."""
     x, labels = images
-    canonical = canonical_copy(inception)
+    canonical = canonical_copy(request.getfixturevalue(net))
+    pooling = nn.MaxPool2d if net == "inception_maxpool" else nn.AvgPool2d
+    assert type(canonical.inception.branch_pool[0]) is pooling
     assert input_layers(canonical) == {"inception.branch1x1.conv", "inception.branch5x5.conv1", "inception.branch3x3dbl.conv1"}
     config = LRPConfig("composite", epsilon=1e-9)
     rules = config.rules_for(canonical)

@@ -18,7 +18,7 @@ from core.data import NUM_CLASSES
 from core.errors import ConfigError
 from core.cache import save_artifact
 from core.experiment import ExperimentConfig, load_trained, model_path, poisoned_data, train_or_load
-from core.models import ARCHITECTURES, InceptionV3, ThesisNet, build_model, predict
+from core.models import ARCHITECTURES, InceptionV3, ThesisNet, architecture_name, build_model, predict
 from core.poison import PoisonConfig, attack_test_set, poison_split
 from core.train import TrainConfig
 
@@ -100,10 +100,12 @@ def test_every_normalisation_directly_follows_its_layer():
     assert norms == 3
 
 
-def test_inception_v3_follows_the_thesis_listing():
+@pytest.mark.parametrize("architecture, pooling", [("inception_v3", nn.AvgPool2d), ("inception_v3_maxpool", nn.MaxPool2d)])
+def test_inception_v3_follows_the_thesis_listing(architecture, pooling):
     """The thesis's `InceptionNet3` summary: 1,110,027 weights, a 256-map block on the full grid,
-    three 2x2 convolutions each after pooling, dense 256-256-128-43."""
-    model = InceptionV3()
+    three 2x2 convolutions each after pooling, dense 256-256-128-43; the pool branch averages (the
+    listing) or max-pools (the code the thesis ran), under names of their own."""
+    model = build_model(architecture)
     assert sum(p.numel() for p in model.parameters()) == 1_110_027
     shapes = {}
     for name in ("inception", "pool1", "relu2", "pool2", "relu3", "pool3", "relu4", "pool4", "relu6"):
@@ -118,7 +120,8 @@ def test_inception_v3_follows_the_thesis_listing():
     block = model.inception
     widths = [[m.out_channels for m in branch if isinstance(m, nn.Conv2d)] for branch in block.children()]
     assert widths == [[64], [48, 64], [64, 96, 96], [32]]
-    assert isinstance(block.branch_pool[0], nn.AvgPool2d) and model.penultimate == "relu6"
+    assert type(block.branch_pool[0]) is pooling and model.penultimate == "relu6"
+    assert architecture_name(model) == architecture
 
 
 def test_inception_v3_runs_each_module_once_with_every_norm_after_its_layer():

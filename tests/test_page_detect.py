@@ -56,7 +56,8 @@ def test_the_thesis_preset_sets_the_network_the_relevance_and_the_protocol(seede
     assert state == {"gw_rule": "squared", "gw_layer": "inception", "gw_positive": False, "gw_threshold": 0.99, "gw_eps": 5e-4,
                      "gw_iter": 5, "gw_seeding": "squared", "gw_bary": "exact"}
     params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
-    assert params["arch"] == "inception_v3" and params["epochs"] == "6" and params["subset"] == "3000"  # the rest is kept
+    assert params["arch"] == "inception_v3_maxpool" and params["subset"] == "3000"  # the rest is kept
+    assert (params["epochs"], params["batch"], params["sched"], params["augs"]) == ("100", "32", "constant", "thesis")  # its recipe
     assert (params["gw_layer"], params["gw_bary"]) == ("inception", "exact")
     # the Inception model's heatmaps are not there yet: the page says which, read at the block
     assert any("not computed yet" in i.value and "read at inception" in i.value for i in at.info)

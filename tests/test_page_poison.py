@@ -70,7 +70,8 @@ def test_the_network_is_chosen_in_the_form_and_carried_by_the_link(page_cache):
     at = open_poison_page()
     network = next(s for s in at.sidebar.selectbox if s.label == "Architecture")
     assert network.value == "thesis_net" and list(network.options) == [
-        "ThesisNet (the thesis's small network, appendix A.1)", "Inception v3 (the thesis's simplified InceptionNet3, its tables 2 and 3)"]
+        "ThesisNet (the thesis's small network, appendix A.1)", "Inception v3 (the thesis's simplified InceptionNet3, its tables 2 and 3)",
+        "Inception v3 with the max-pool branch (as the thesis's code ran it)"]
     network.set_value("inception_v3")
     next(b for b in at.sidebar.button if b.label == "Apply").click().run()
     assert not at.exception, at.exception
@@ -82,7 +83,7 @@ def test_the_network_is_chosen_in_the_form_and_carried_by_the_link(page_cache):
 
 def test_bad_link_falls_back_to_defaults(page_cache):
     at = open_poison_page({"pp": "1.7", "size": "two"})
-    assert any("could not be used" in w.value for w in at.warning)
+    assert any("could not be used" in w.value for w in at.error)
     assert metric_values(at)["Poisoned training images"] == "813"
 
 
@@ -128,3 +129,19 @@ def test_the_label_consistent_attack_is_prepared_in_the_background_and_previewed
     grid = at.get("plotly_chart")[0].proto.spec.replace("\\u002f", "/")
     assert "clean, perturbed (PGD, 8/255), with the sticker at amplitude 64/255, and the perturbation magnified" in grid
     assert [b for b in at.button if b.label == "Train model"]
+
+
+def test_a_recipe_button_sets_every_training_setting_it_names_and_keeps_the_rest(page_cache):
+    at = open_poison_page({**SMALL, "arch": "inception_v3_maxpool", "pp": "0.1"})
+    assert any("Training recipe: **custom**" in c.value for c in at.sidebar.caption)
+    at.sidebar.button(key="recipe_thesis").click().run()
+    assert not at.exception, at.exception
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert (params["epochs"], params["patience"], params["batch"], params["lr"], params["sched"], params["augs"], params["aug"]) == (
+        "100", "20", "32", "0.001", "constant", "thesis", "1")
+    assert (params["arch"], params["subset"], params["pp"]) == ("inception_v3_maxpool", "4000", "0.1")  # network, data and attack stay
+    assert any("Training recipe: **thesis**" in c.value for c in at.sidebar.caption)
+    assert at.sidebar.button(key="recipe_thesis").disabled
+    at.sidebar.button(key="recipe_default").click().run()
+    params = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert (params["epochs"], params["batch"], params["sched"], params["augs"]) == ("10", "256", "one_cycle", "affine")

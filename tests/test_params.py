@@ -148,7 +148,11 @@ def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
 
     thesis = PRESETS["thesis"]
     args = parse_arguments(["detect", "--preset", "thesis"])
-    assert experiment_from_args(args).train.architecture == "inception_v3" and experiment_from_args(args).train.max_epochs == 6
+    from core.recipes import RECIPES
+    from core.train import TrainConfig
+
+    assert experiment_from_args(args).train == RECIPES["thesis"].apply(TrainConfig(architecture="inception_v3_maxpool"))
+    assert experiment_from_args(args).train == thesis.training(TrainConfig())
     assert _lrp_from_args(args) == LRPConfig("squared", layer="inception") == thesis.lrp
     gw = params.config_from_args(GWConfig, args, epsilon_init=args.eps_init)
     assert gw == thesis.gw
@@ -159,6 +163,7 @@ def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
     assert _lrp_from_args(heatmaps) == thesis.lrp and heatmaps.threshold == 0.99
     best = parse_arguments(["detect", "--preset", "best"])
     assert (best.architecture, best.rule, best.positive, best.relevance_layer, best.barycenter) == ("inception_v3", "composite", True, "input", "entropic")
+    assert experiment_from_args(best).train == TrainConfig(architecture="inception_v3", max_epochs=6) == PRESETS["best"].training(TrainConfig())
     assert _lrp_from_args(best) == LRPConfig("composite", positive=True)
     with pytest.raises(SystemExit):
         parse_arguments(["detect", "--preset", "nonsense"])

@@ -1,0 +1,117 @@
+"""Measure GW k-means and Euclidean spectral clustering on one class over the settings that decide
+what a point cloud holds: the LRP rule (composite, its positive part, the thesis's squared rule), the
+layer the relevance is read at, the mass threshold t and ε, each over cluster seeds (median, min, max),
+with the clouds' size and the share of their 9 heaviest pixels, poisoned against clean.
+
+    GTSRB_DIR=../shared/data/gtsrb python bench/gw_settings.py [--architecture thesis_net] [--class 5]
+        [--rules composite positive squared] [--layers input relu1 relu2] [--thresholds 0.99 0.5]
+        [--eps 5e-4] [--seeds 0 1 2 3 4] [--out rows.jsonl]
+
+Each row prints the `python -m core detect` command that reproduces its GW figures (the spectral
+figures: the same options with `python -m core spectral --cluster-seed S`). Every result is cached,
+so a rerun prints the table at once. Rows go to `--out` as JSON lines as they finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.arithmetic import describe_machine  # noqa: E402
+from core.data import load_gtsrb  # noqa: E402
+from core.detection import over_seeds  # noqa: E402
+from core.detectors import gw_kmeans_detection, heatmap_spectral  # noqa: E402
+from core.errors import PoisonLabError  # noqa: E402
+from core.experiment import ExperimentConfig  # noqa: E402
+from core.gw_kmeans import GWConfig  # noqa: E402
+from core.heatmaps import experiment_heatmaps  # noqa: E402
+from core.lrp import LRPConfig  # noqa: E402
+from core.models import ARCHITECTURES  # noqa: E402
+from core.pointcloud import normalised_mass, point_count, top_share  # noqa: E402
+from core.spectral import SpectralConfig  # noqa: E402
+
+RULES = {"composite": LRPConfig("composite"), "positive": LRPConfig("composite", positive=True), "squared": LRPConfig("squared")}
+
+
+def command(architecture: str, class_id: int, rule: str, layer: str, threshold: float, eps: float, seeds) -> str:
+    words = ["python -m core detect --method gw", f"--class {class_id}"]
+    words += [] if architecture == "thesis_net" else [f"--architecture {architecture}"]
+    words += {"composite": [], "positive": ["--positive"], "squared": ["--rule squared"]}[rule]
+    words += [] if layer == "input" else [f"--relevance-layer {layer}"]
+    words += [] if threshold == 0.99 else [f"--threshold {threshold:g}"]
+    words += [] if eps == 5e-4 else [f"--eps {eps:g}"]
+    return " ".join(words + ["--cluster-seeds", *map(str, seeds)])
+
+
+def spread(summary: dict) -> str:
+    a = summary["accuracy"]
+    return f"{100 * a['median']:.2f} ({100 * a['min']:.2f}–{100 * a['max']:.2f})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="thesis_net")
+    parser.add_argument("--class", dest="class_id", type=int, default=5)
+    parser.add_argument("--rules", nargs="+", choices=tuple(RULES), default=list(RULES))
+    parser.add_argument("--layers", nargs="+", default=None, help="default: the network's readout layers")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.99, 0.5])
+    parser.add_argument("--eps", nargs="+", type=float, default=[5e-4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--max-iter", type=int, default=GWConfig().max_iter)
+    parser.add_argument("--out", type=Path, default=None, help="append each row to this file as a JSON line")
+    args = parser.parse_args(argv)
+    layers = args.layers or list(ARCHITECTURES[args.architecture].readout_layers)
+    try:
+        data = load_gtsrb()
+    except PoisonLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe_machine())
+    experiment = dataclasses.replace(ExperimentConfig(), train=dataclasses.replace(ExperimentConfig().train, architecture=args.architecture))
+    print("| rule | layer | t | ε | GW k-means accuracy % | Euclidean spectral % | cloud size poisoned / clean | top-9 share poisoned / clean | s a seed | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for rule in args.rules:
+        for layer in layers:
+            lrp = dataclasses.replace(RULES[rule], layer=layer)
+            heatmaps = experiment_heatmaps(experiment, args.class_id, lrp, data)
+            poisoned = heatmaps.poison_mask
+            mass = normalised_mass(heatmaps.heatmaps)
+            top = top_share(mass)
+            spectral = over_seeds({s: heatmap_spectral(experiment, args.class_id, lrp, SpectralConfig(seed=s), data).score
+                                   for s in args.seeds})
+            for threshold in args.thresholds:
+                size = point_count(mass, threshold).double()
+                for eps in args.eps:
+                    scores, seconds = {}, []
+                    for seed in args.seeds:
+                        started = time.perf_counter()
+                        config = GWConfig(threshold=threshold, epsilon=eps, epsilon_init=eps, seed=seed, max_iter=args.max_iter)
+                        scores[seed] = gw_kmeans_detection(experiment, args.class_id, lrp, config, data).score
+                        seconds.append(time.perf_counter() - started)
+                    gw = over_seeds(scores)
+                    row = {"architecture": args.architecture, "class": args.class_id, "rule": rule, "layer": layer, "threshold": threshold,
+                           "eps": eps, "gw": gw, "spectral": spectral,
+                           "cloud_size": [float(size[poisoned].median()), float(size[~poisoned].median())],
+                           "top9_share": [float(top[poisoned].median()), float(top[~poisoned].median())],
+                           "seconds_per_seed": float(np.median(seconds)),
+                           "command": command(args.architecture, args.class_id, rule, layer, threshold, eps, args.seeds)}
+                    print(f"| {rule} | {layer} | {threshold:g} | {eps:g} | {spread(gw)} | {spread(spectral)} | "
+                          f"{row['cloud_size'][0]:.0f} / {row['cloud_size'][1]:.0f} | "
+                          f"{100 * row['top9_share'][0]:.1f} % / {100 * row['top9_share'][1]:.1f} % | {row['seconds_per_seed']:.0f} | "
+                          f"`{row['command']}` |", flush=True)
+                    if args.out is not None:
+                        with args.out.open("a") as handle:
+                            handle.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
