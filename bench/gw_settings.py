@@ -14,7 +14,6 @@ so a rerun prints the table at once. Rows go to `--out` as JSON lines as they fi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.arithmetic import describe_machine  # noqa: E402
+from core.options import OneLineParser, real, whole  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.detection import over_seeds  # noqa: E402
 from core.detectors import gw_kmeans_detection, heatmap_spectral  # noqa: E402
@@ -57,18 +57,23 @@ def spread(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="thesis_net")
-    parser.add_argument("--class", dest="class_id", type=int, default=5)
+    parser.add_argument("--class", dest="class_id", type=whole(0, 42), default=5)
     parser.add_argument("--rules", nargs="+", choices=tuple(RULES), default=list(RULES))
-    parser.add_argument("--layers", nargs="+", default=None, help="default: the network's readout layers")
-    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.99, 0.5])
-    parser.add_argument("--eps", nargs="+", type=float, default=[5e-4])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--max-iter", type=int, default=GWConfig().max_iter)
+    parser.add_argument("--layers", nargs="+", choices=sorted({n for a in ARCHITECTURES.values() for n in a.readout_layers}), default=None,
+                        help="default: the network's readout layers")
+    parser.add_argument("--thresholds", nargs="+", type=real(0.0, 1.0, open_low=True), default=[0.99, 0.5])
+    parser.add_argument("--eps", nargs="+", type=real(0.0, 10.0, open_low=True), default=[5e-4])
+    parser.add_argument("--seeds", nargs="+", type=whole(0, 2**32 - 1), default=[0, 1, 2, 3, 4])
+    parser.add_argument("--max-iter", type=whole(1, 100), default=GWConfig().max_iter)
     parser.add_argument("--out", type=Path, default=None, help="append each row to this file as a JSON line")
     args = parser.parse_args(argv)
     layers = args.layers or list(ARCHITECTURES[args.architecture].readout_layers)
+    unknown = [layer for layer in layers if layer not in ARCHITECTURES[args.architecture].readout_layers]
+    if unknown:
+        parser.error(f"--layers: {args.architecture} has no layer {unknown[0]!r}; "
+                     f"choose from {', '.join(ARCHITECTURES[args.architecture].readout_layers)}")
     try:
         data = load_gtsrb()
     except PoisonLabError as exc:

@@ -11,7 +11,6 @@ epochs (patience 20), the default 10.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.arithmetic import describe_machine  # noqa: E402
+from core.options import OneLineParser, whole  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig, poisoned_data  # noqa: E402
@@ -57,12 +57,10 @@ def seconds_per_image(architecture: str, train: TrainConfig, images: torch.Tenso
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="thesis_net")
-    parser.add_argument("--batches", type=int, default=60, help="timed training steps per recipe (default 60)")
+    parser.add_argument("--batches", type=whole(1, 100_000), default=60, help="timed training steps per recipe (default 60)")
     args = parser.parse_args(argv)
-    if args.batches < 1:
-        parser.error(f"--batches: {args.batches} is not allowed: give a whole number of at least 1")
     try:
         data = load_gtsrb()
     except PoisonLabError as exc:

@@ -20,7 +20,7 @@ from .errors import ConfigError, DataError, PoisonLabError
 from .evasion import ATTACKS
 from .gw_kmeans import GWConfig
 from .lrp import LRPConfig
-from .options import DESTINATION, FOLDER, NEW_FOLDER, READ, WRITE, PathOption, real, whole
+from .options import DESTINATION, FOLDER, NEW_FOLDER, READ, WRITE, OneLineParser, PathOption, real, whole
 from .poison import PoisonConfig
 from .progress import Estimator, Progress, time_left_text
 from .cleanse import DEFAULT_METHODS, METHODS
@@ -73,13 +73,6 @@ CLASS = whole(0, NUM_CLASSES - 1)
 SEED = whole(0, 2**32 - 1)
 BUDGET = real(0.0, 32.0, open_low=True)
 THRESHOLD = real(0.0, 1.0, open_low=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (its usage block runs to dozens of lines here)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -433,7 +426,7 @@ def _cmd_study(args: argparse.Namespace, bar: _Bar):
 def build_parser() -> argparse.ArgumentParser:
     from .detectors import GWDistanceConfig
 
-    parser = _Parser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
+    parser = OneLineParser(prog="python -m core", description="Poison Lab: poison GTSRB, train, and measure the attack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="poison GTSRB and train (or load) the model; prints its metrics as JSON",
                                 description="Poison GTSRB with the sticker attack, train the network (or load it from cache/) and print "

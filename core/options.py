@@ -104,3 +104,11 @@ class PathOption:
             if self.role == NEW_FOLDER and path.is_dir() and any(path.iterdir()):
                 raise argparse.ArgumentTypeError(f"{text!r} is not empty: give a new or empty folder")
         return text
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (its usage block runs to dozens of lines here); the
+    sub-command parsers it makes are of the same kind."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
