@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +80,8 @@ def main(argv=None) -> int:
         return 2
     print(describe_machine())
     experiment = dataclasses.replace(ExperimentConfig(), train=dataclasses.replace(ExperimentConfig().train, architecture=args.architecture))
-    print("| rule | layer | t | ε | GW k-means accuracy % | Euclidean spectral % | cloud size poisoned / clean | top-9 share poisoned / clean | s a seed | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| rule | layer | t | ε | GW k-means accuracy % | Euclidean spectral % | cloud size poisoned / clean | top-9 share poisoned / clean | s a seed | converged | command |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for rule in args.rules:
         for layer in layers:
             lrp = dataclasses.replace(RULES[rule], layer=layer)
@@ -95,23 +94,24 @@ def main(argv=None) -> int:
             for threshold in args.thresholds:
                 size = point_count(mass, threshold).double()
                 for eps in args.eps:
-                    scores, seconds = {}, []
+                    scores, seconds, converged = {}, [], []
                     for seed in args.seeds:
-                        started = time.perf_counter()
                         config = GWConfig(threshold=threshold, epsilon=eps, epsilon_init=eps, seed=seed, max_iter=args.max_iter)
-                        scores[seed] = gw_kmeans_detection(experiment, args.class_id, lrp, config, data).score
-                        seconds.append(time.perf_counter() - started)
+                        detection = gw_kmeans_detection(experiment, args.class_id, lrp, config, data)
+                        scores[seed] = detection.score
+                        seconds.append(detection.result.seconds)  # as computed, also when it is read from the cache
+                        converged.append(bool(detection.result.converged))
                     gw = over_seeds(scores)
                     row = {"architecture": args.architecture, "class": args.class_id, "rule": rule, "layer": layer, "threshold": threshold,
                            "eps": eps, "gw": gw, "spectral": spectral,
                            "cloud_size": [float(size[poisoned].median()), float(size[~poisoned].median())],
                            "top9_share": [float(top[poisoned].median()), float(top[~poisoned].median())],
-                           "seconds_per_seed": float(np.median(seconds)),
+                           "seconds_per_seed": float(np.median(seconds)), "converged": sum(converged),
                            "command": command(args.architecture, args.class_id, rule, layer, threshold, eps, args.seeds)}
                     print(f"| {rule} | {layer} | {threshold:g} | {eps:g} | {spread(gw)} | {spread(spectral)} | "
                           f"{row['cloud_size'][0]:.0f} / {row['cloud_size'][1]:.0f} | "
                           f"{100 * row['top9_share'][0]:.1f} % / {100 * row['top9_share'][1]:.1f} % | {row['seconds_per_seed']:.0f} | "
-                          f"`{row['command']}` |", flush=True)
+                          f"{row['converged']} of {len(args.seeds)} | `{row['command']}` |", flush=True)
                     if args.out is not None:
                         with args.out.open("a") as handle:
                             handle.write(json.dumps(row) + "\n")

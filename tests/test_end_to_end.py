@@ -106,7 +106,7 @@ def test_default_gw_kmeans(gtsrb):
     # (measured: 0.008344 after seeding, 0.007708 after 10), so the poisoned split is not the objective's
     # minimum on these clouds.
     objectives = [it["objective"] for it in result["iterations"]]
-    assert all(later <= earlier * (1 + 1e-4) for earlier, later in zip(objectives, objectives[1:])), objectives
+    assert all(later <= earlier * (1 + 1e-3) for earlier, later in zip(objectives, objectives[1:])), objectives  # measured: rises of at most 3e-5
     # With the first model the iterations move away from the seeding's assignment (90.5 % accurate) to
     # 79.5 %: GW on these clouds does not hold the poisoned group (thesis audit, issue 15).
     assert score["accuracy"] > 0.75, score
