@@ -33,7 +33,7 @@ def bits_from_float(typingctx, value):
 
 
 c0, c1, c2, c3, c4, c5, c6 = _EXP2
-floor_bits, inv_ln2 = np.float32(-126.0), np.float32(1.0 / math.log(2.0))
+inv_ln2 = np.float32(1.0 / math.log(2.0))
 one, two, zero = np.float32(1.0), np.float32(2.0), np.float32(0.0)
 third, fifth, seventh, ninth, eleventh = (np.float32(1.0 / k) for k in (3, 5, 7, 9, 11))
 
@@ -60,7 +60,7 @@ def log2(x):
 
 
 @numba.njit(fastmath=True, cache=True)
-def evaluate(h, cost, p, q, expo, total, top):
+def evaluate(h, cost, p, q, expo, total, top, floor_bits, keep_floor):
     """expo = 2^(h − K − top) per column, total its column sums; returns Φ(h) in bits."""
     m, n = cost.shape
     for a in range(n):
@@ -74,7 +74,8 @@ def evaluate(h, cost, p, q, expo, total, top):
     for j in range(m):
         hj = h[j]
         for a in range(n):
-            e = exp2(max(hj - cost[j, a] - top[a], floor_bits))
+            d = hj - cost[j, a] - top[a]
+            e = exp2(max(d, floor_bits)) if d > floor_bits or keep_floor else zero  # floor_bits ≥ -126: normal
             expo[j, a] = e
             total[a] += e
     objective = 0.0
@@ -148,10 +149,12 @@ def _solve_spd(a, b, out):
 
 @numba.njit(parallel=True, cache=True)
 def transport(loss, cost_scale, p, q, h, trust, steps, marginal_tol, ridge, slack, max_newton, previous,
-              plans, scratch, error, change, norm):
+              floor_bits, keep_floor, tiny_mass, plans, scratch, error, change, norm):
     """The Newton iterations of `SemiDualTransport.solve_with_tensors` for each pair, from the
     linearised loss: the cost is loss × `cost_scale` (in bits), 1e30 on padding rows (q = 0). Also
-    returns each plan's distance from `previous` and its norm (Frobenius)."""
+    returns each plan's distance from `previous` and its norm (Frobenius). Softmax terms at or below
+    `floor_bits` are 0 (2^floor_bits with `keep_floor`) and plan entries below `tiny_mass` are 0
+    (see `core.semidual.FLOOR_BITS`)."""
     count, m, n = loss.shape
     for i in numba.prange(count):
         cost = np.empty((m, n), dtype=np.float32)
@@ -168,7 +171,7 @@ def transport(loss, cost_scale, p, q, h, trust, steps, marginal_tol, ridge, slac
         hi = h[i].copy()
         expo, t_expo = plans[i], scratch[i]
         in_scratch = False
-        objective = evaluate(hi, cost, p[i], q[i], expo, total, top)
+        objective = evaluate(hi, cost, p[i], q[i], expo, total, top, floor_bits, keep_floor)
         marginal = np.empty(m, dtype=np.float32)
         gradient = np.empty(m, dtype=np.float32)
         hessian = np.empty((m, m), dtype=np.float64)
@@ -194,7 +197,7 @@ def transport(loss, cost_scale, p, q, h, trust, steps, marginal_tol, ridge, slac
             for _halving in range(30):
                 for j in range(m):
                     trial[j] = hi[j] + scale * step[j]
-                t_objective = evaluate(trial, cost, p[i], q[i], t_expo, t_total, top)
+                t_objective = evaluate(trial, cost, p[i], q[i], t_expo, t_total, top, floor_bits, keep_floor)
                 if t_objective >= objective + np.float32(1e-4) * scale * slope - slack * abs(objective):
                     # Steps that succeed at once may grow again; otherwise start where this one succeeded.
                     trust[i] = min(two * scale, one) if scale >= trust[i] else scale
@@ -213,6 +216,8 @@ def transport(loss, cost_scale, p, q, h, trust, steps, marginal_tol, ridge, slac
             row_moved, row_size = zero, zero
             for a in range(n):
                 value = expo[j, a] * ratio[a]
+                if value < tiny_mass:
+                    value = zero
                 expo[j, a] = value
                 delta = value - previous[i, j, a]
                 row_moved += delta * delta

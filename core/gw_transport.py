@@ -23,9 +23,6 @@ import torch
 from . import semidual
 
 LOG2E = 1.0 / math.log(2.0)
-# Softmax arguments below this many bits contribute nothing; clamping them avoids denormals,
-# on which the processor's exponential is many times slower.
-_FLOOR_BITS = -126.0
 
 
 class SemiDualTransport:
@@ -88,7 +85,11 @@ class SemiDualTransport:
             """2^(h − K − top) (P, m, N), its column sums s (P, 1, N) and Φ(h) in bits."""
             shifted = h_[:, :, None] - k_
             top = shifted.amax(dim=1, keepdim=True)
-            expo = shifted.sub_(top).clamp_(min=_FLOOR_BITS).exp2_()
+            shifted = shifted.sub_(top)
+            floor = semidual.FLOOR_BITS  # no subnormal floats: see there
+            expo = shifted.clamp(min=floor).exp2_()
+            if not semidual.KEEP_FLOOR:
+                expo.masked_fill_(shifted <= floor, 0.0)
             total = expo.sum(dim=1, keepdim=True)
             objective = (h_ * q_).sum(dim=1) - (p_ * (total.log2()[:, 0, :] + top[:, 0, :])).sum(dim=1)
             return expo, total, objective
@@ -145,6 +146,7 @@ class SemiDualTransport:
                 trying = _compose(trying, failed)
                 scale[trying] *= 0.5
         plans = expo.mul_(p[:, None, :] / total)
+        plans.masked_fill_(plans < semidual.TINY_MASS, 0.0)
         return plans, h * (self.epsilon / LOG2E), error
 
 
