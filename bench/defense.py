@@ -13,7 +13,6 @@ the count is raised to the 2,000 iterations of the authors' code.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import replace
@@ -23,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.options import OneLineParser, real, run_script, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.defense import DefenseConfig, UnfoldKernel, purify  # noqa: E402
@@ -64,12 +64,12 @@ def check_iterations(data, config: DefenseConfig, tol: float, count: int) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=64, help="images purified with the banded kernel (default 64)")
-    parser.add_argument("--reference-images", type=int, default=4, help="images purified with the unfold reference (default 4)")
-    parser.add_argument("--iterations", type=int, default=DefenseConfig().iterations, help="iterations of Algorithm 1")
-    parser.add_argument("--tol", type=float, default=1e-4, help="early-stop tolerance to check against the fixed count (default 1e-4)")
-    parser.add_argument("--check-images", type=int, default=200, help="test images for the iteration check (0: skip; default 200)")
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=whole(1, 100_000), default=64, help="images purified with the banded kernel (default 64)")
+    parser.add_argument("--reference-images", type=whole(1, 100_000), default=4, help="images purified with the unfold reference (default 4)")
+    parser.add_argument("--iterations", type=whole(1, 100_000), default=DefenseConfig().iterations, help="iterations of Algorithm 1")
+    parser.add_argument("--tol", type=real(0.0, 1.0, open_low=True), default=1e-4, help="early-stop tolerance to check against the fixed count (default 1e-4)")
+    parser.add_argument("--check-images", type=whole(0, 100_000), default=200, help="test images for the iteration check (0: skip; default 200)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(describe_machine())
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -12,7 +12,6 @@ of each step and the ratio of the cold first UMAP fit to the first fit after the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.options import OneLineParser, run_script, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 
 MEASURE = """
@@ -54,11 +54,11 @@ def fresh_process(method: str, class_id: int, compile_first: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--class", dest="class_id", type=int, default=5)
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--class", dest="class_id", type=whole(0, 42), default=5, help="the class whose heatmaps are embedded (default 5)")
     args = parser.parse_args()
     if not os.environ.get("GTSRB_DIR"):
-        raise SystemExit("set GTSRB_DIR to the GTSRB folder")
+        parser.error("GTSRB_DIR is not set: set it to the folder that holds GTSRB")
     print(f"machine: {describe_machine()}")
     tsne = fresh_process("tsne", args.class_id, False)
     cold = fresh_process("umap", args.class_id, False)
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -25,7 +25,6 @@ a float32 one (`--paths` forces the list). Prints, in one run:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import replace
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.options import OneLineParser, run_script, whole  # noqa: E402
 from core.arithmetic import OVERRIDE_ENV, describe_machine, machine_summary  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
@@ -59,11 +59,11 @@ def pot_pair(clouds: GridClouds, i: int, structure: torch.Tensor, eps: float) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=4, help="clouds timed with the POT loop at ε = 5e-4 (default 4)")
-    parser.add_argument("--values", type=int, default=12, help="clouds compared with POT at ε = 0.01 (default 12)")
-    parser.add_argument("--agreement", type=int, default=24, help="clouds in the k-means agreement subset (default 24)")
-    parser.add_argument("--seeds", type=int, default=2, help="k-means seeds in the agreement check (default 2)")
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=whole(1, 10_000), default=4, help="clouds timed with the POT loop at ε = 5e-4 (default 4)")
+    parser.add_argument("--values", type=whole(1, 10_000), default=12, help="clouds compared with POT at ε = 0.01 (default 12)")
+    parser.add_argument("--agreement", type=whole(2, 10_000), default=24, help="clouds in the k-means agreement subset (default 24)")
+    parser.add_argument("--seeds", type=whole(1, 1000), default=2, help="k-means seeds in the agreement check (default 2)")
     parser.add_argument("--skip-class", action="store_true", help="skip the whole-class k-means (part 1)")
     parser.add_argument("--paths", default="", help="arithmetic paths for parts 1 and 2, comma-separated (default: see above)")
     args = parser.parse_args()
@@ -192,4 +192,4 @@ def fused_against_tensors(clouds: GridClouds, pairs: int = 128, repeats: int = 2
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -16,7 +16,6 @@ median over passes is reported. `--all` also times one pass over the whole train
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import statistics
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.options import OneLineParser, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
@@ -72,11 +72,11 @@ def one_pass(methods: Dict[str, Method], images: torch.Tensor, targets: torch.Te
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--passes", type=int, default=5, help="timed passes over the class-5 images (default 5)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--passes", type=whole(1, 1000), default=5, help="timed passes over the class-5 images (default 5)")
+    parser.add_argument("--batch-size", type=whole(1, 100_000), default=256, help="images per batch (default 256)")
     parser.add_argument("--all", action="store_true", help="also time one pass over the whole training set (34,799 images) per rule")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the method order per batch (default 0)")
+    parser.add_argument("--seed", type=whole(0, 2**32 - 1), default=0, help="seed of the method order per batch (default 0)")
     args = parser.parse_args(argv)
     if args.passes < 1 or args.batch_size < 1:
         print("error: --passes and --batch-size must be at least 1", file=sys.stderr)

@@ -11,7 +11,6 @@ reference epoch is training only, so the ratio does not flatter our loop.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.options import OneLineParser, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
@@ -81,8 +81,8 @@ def warm_up(architecture: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference-batches", type=int, default=0, metavar="N",
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference-batches", type=whole(0, 100_000), default=0, metavar="N",
                         help="time only N batches of the plain loop and extrapolate to a full epoch (default: a full epoch)")
     args = parser.parse_args(argv)
     print(describe_machine())

@@ -20,7 +20,6 @@ app's "Rerun"), timed to the end of the run. `--busy` keeps both cores busy with
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import statistics
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from core.options import OneLineParser, run_script, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,14 +209,14 @@ def browser_table(repeats: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=4, help="warm changes per interaction (default 4)")
+    parser = OneLineParser(prog=f"python bench/{Path(__file__).name}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=whole(1, 100), default=4, help="warm changes per interaction (default 4)")
     parser.add_argument("--only", nargs="*", default=None, help="page names, e.g. heatmaps spectral")
     parser.add_argument("--browser", action="store_true", help="also measure end to end in headless Chromium (needs /usr/bin/chromium)")
     parser.add_argument("--busy", action="store_true", help="keep both cores busy with a second process while measuring")
     args = parser.parse_args()
     if not os.environ.get("GTSRB_DIR"):
-        raise SystemExit("set GTSRB_DIR to the GTSRB folder")
+        parser.error("GTSRB_DIR is not set: set it to the folder that holds GTSRB")
     print(f"machine: {describe_machine()}")
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if args.busy else None
     print("load: " + ("a second process keeps both cores busy" if busy else "none besides this benchmark"))
@@ -245,4 +245,4 @@ def apptest_table(args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

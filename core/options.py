@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .validation import describe_real, describe_whole
 
@@ -112,3 +113,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def run_script(main: Callable[[], Optional[int]]) -> int:
+    """Run a script's `main`: an error a user can cause (no data, a bad value found late) is one
+    line `error: …` and exit status 2, never a traceback."""
+    from .errors import PoisonLabError
+
+    try:
+        return int(main() or 0)
+    except PoisonLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
