@@ -5,7 +5,12 @@ with the clouds' size and the share of their 9 heaviest pixels, poisoned against
 
     GTSRB_DIR=../shared/data/gtsrb python bench/gw_settings.py [--architecture thesis_net] [--class 5]
         [--rules composite positive squared] [--layers input relu1 relu2] [--thresholds 0.99 0.5]
-        [--eps 5e-4] [--seeds 0 1 2 3 4] [--out rows.jsonl]
+        [--eps 5e-4] [--seeds 0 1 2 3 4] [--bound] [--out rows.jsonl]
+
+With `--bound`, each row also gives the accuracy of assigning every cloud to the nearer of the two
+barycenters of the *true* groups (`core.gw_kmeans.truth_centres`): what any 2-centre GW k-means can
+reach on those clouds, and whether its objective prefers the true split (objective with the truth's
+assignment against the nearer-centre one).
 
 Each row prints the `python -m core detect` command that reproduces its GW figures (the spectral
 figures: the same options with `python -m core spectral --cluster-seed S`). Every result is cached,
@@ -30,7 +35,8 @@ from core.detection import over_seeds  # noqa: E402
 from core.detectors import gw_kmeans_detection, heatmap_spectral  # noqa: E402
 from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
-from core.gw_kmeans import GWConfig  # noqa: E402
+from core.grid_clouds import GridClouds  # noqa: E402
+from core.gw_kmeans import GWConfig, truth_centres  # noqa: E402
 from core.heatmaps import experiment_heatmaps  # noqa: E402
 from core.lrp import LRPConfig  # noqa: E402
 from core.models import ARCHITECTURES  # noqa: E402
@@ -66,6 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eps", nargs="+", type=real(0.0, 10.0, open_low=True), default=[5e-4])
     parser.add_argument("--seeds", nargs="+", type=whole(0, 2**32 - 1), default=[0, 1, 2, 3, 4])
     parser.add_argument("--max-iter", type=whole(1, 100), default=GWConfig().max_iter)
+    parser.add_argument("--bound", action="store_true", help="also the truth-centre bound of each row (about a minute a row)")
     parser.add_argument("--out", type=Path, default=None, help="append each row to this file as a JSON line")
     args = parser.parse_args(argv)
     layers = args.layers or list(ARCHITECTURES[args.architecture].readout_layers)
@@ -80,8 +87,10 @@ def main(argv=None) -> int:
         return 2
     print(describe_machine())
     experiment = dataclasses.replace(ExperimentConfig(), train=dataclasses.replace(ExperimentConfig().train, architecture=args.architecture))
-    print("| rule | layer | t | ε | GW k-means accuracy % | Euclidean spectral % | cloud size poisoned / clean | top-9 share poisoned / clean | s a seed | converged | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    bound_head = (" truth-centre bound % (objective: truth / nearer) |", "---|") if args.bound else ("", "")
+    print("| rule | layer | t | ε | GW k-means accuracy % | Euclidean spectral % | cloud size poisoned / clean | top-9 share poisoned / clean |"
+          f" s a seed | converged |{bound_head[0]} command |")
+    print(f"|---|---|---|---|---|---|---|---|---|---|{bound_head[1]}---|")
     for rule in args.rules:
         for layer in layers:
             lrp = dataclasses.replace(RULES[rule], layer=layer)
@@ -102,16 +111,24 @@ def main(argv=None) -> int:
                         seconds.append(detection.result.seconds)  # as computed, also when it is read from the cache
                         converged.append(bool(detection.result.converged))
                     gw = over_seeds(scores)
+                    bound, bound_text = None, ""
+                    if args.bound:
+                        clouds = GridClouds.from_heatmaps(heatmaps.heatmaps, threshold)
+                        found = truth_centres(clouds, GWConfig(threshold=threshold, epsilon=eps, epsilon_init=eps), poisoned.numpy())
+                        bound = {"accuracy": found.score.accuracy, "objective_truth": found.objective_truth,
+                                 "objective_nearest": found.objective_nearest}
+                        bound_text = (f" {100 * found.score.accuracy:.2f} ({found.objective_truth:.5f} / "
+                                      f"{found.objective_nearest:.5f}) |")
                     row = {"architecture": args.architecture, "class": args.class_id, "rule": rule, "layer": layer, "threshold": threshold,
                            "eps": eps, "gw": gw, "spectral": spectral,
                            "cloud_size": [float(size[poisoned].median()), float(size[~poisoned].median())],
                            "top9_share": [float(top[poisoned].median()), float(top[~poisoned].median())],
-                           "seconds_per_seed": float(np.median(seconds)), "converged": sum(converged),
+                           "seconds_per_seed": float(np.median(seconds)), "converged": sum(converged), "bound": bound,
                            "command": command(args.architecture, args.class_id, rule, layer, threshold, eps, args.seeds)}
                     print(f"| {rule} | {layer} | {threshold:g} | {eps:g} | {spread(gw)} | {spread(spectral)} | "
                           f"{row['cloud_size'][0]:.0f} / {row['cloud_size'][1]:.0f} | "
                           f"{100 * row['top9_share'][0]:.1f} % / {100 * row['top9_share'][1]:.1f} % | {row['seconds_per_seed']:.0f} | "
-                          f"{row['converged']} of {len(args.seeds)} | `{row['command']}` |", flush=True)
+                          f"{row['converged']} of {len(args.seeds)} |{bound_text} `{row['command']}` |", flush=True)
                     if args.out is not None:
                         with args.out.open("a") as handle:
                             handle.write(json.dumps(row) + "\n")

@@ -291,6 +291,41 @@ def exact_barycenter(clouds: GridClouds, members: np.ndarray, size: int, seed: i
     return np.asarray(structure), len(log["err"])
 
 
+@dataclass
+class TruthCentres:
+    """Nearest-centre assignment when the two centres are the barycenters of the true groups."""
+
+    score: DetectionScore  # of flagging the samples nearer the poisoned group's centre
+    objective_truth: float  # mean GW distance of each sample to its own group's centre
+    objective_nearest: float  # the same to the nearer centre: k-means lowers this one
+    seconds: float
+
+
+def truth_centres(clouds: GridClouds, config: GWConfig, truth, refinements: int = 3) -> TruthCentres:
+    """What any 2-centre GW k-means can reach on these clouds: the barycenters of the truly poisoned
+    and the truly clean clouds (as k-means computes its centres, each refined `refinements` times),
+    and every sample assigned to the nearer one. When this falls short of a target, no seeding or
+    iteration count will reach it; when objective_nearest < objective_truth, k-means prefers a
+    split other than the truth and drifts away from it as its objective falls."""
+    truth = np.asarray(truth, dtype=bool)
+    if truth.shape != (len(clouds),) or truth.all() or not truth.any():
+        raise ConfigError("truth must flag some but not all samples, one flag per cloud")
+    engine = GridSolver(clouds, config)
+    started = time.perf_counter()
+    distances = np.zeros((len(truth), 2))
+    for k, members in enumerate((np.flatnonzero(~truth), np.flatnonzero(truth))):
+        centre, _ = engine.barycenter(members, random_structure(config.barycenter_size, config.seed + k).numpy(), k,
+                                      config.epsilon, fresh=True)
+        for _ in range(refinements):
+            distances[:, k] = engine.distances(centre, k, config.epsilon)
+            centre, _ = engine.barycenter(members, centre, k, config.epsilon, fresh=False)
+        distances[:, k] = engine.distances(centre, k, config.epsilon)
+    nearer = distances.argmin(axis=1)
+    return TruthCentres(score_detection(truth, nearer == 1, distances[:, 0] - distances[:, 1]),
+                        _objective(distances, truth.astype(int)), _objective(distances, nearer),
+                        round(time.perf_counter() - started, 3))
+
+
 def result_summary(result: GWResult, truth=None) -> Dict[str, object]:
     """The JSON the CLI prints and the page shows."""
     out = {"config": asdict(result.config), "seconds": result.seconds, "converged": result.converged, "seeds": result.seeds,

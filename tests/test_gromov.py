@@ -15,7 +15,7 @@ from core.detectors import GWDistanceConfig
 from core.grid_clouds import GridClouds, grid_distances, separable_distance_factors, separable_product
 from core.gromov import GridGW, pairwise_gw, pool_heatmaps
 from core.gw_barycenter import gw_barycenter, random_structure
-from core.gw_kmeans import GWConfig, gw_kmeans
+from core.gw_kmeans import GWConfig, gw_kmeans, truth_centres
 from core.pointcloud import point_cloud
 
 
@@ -243,6 +243,23 @@ def test_kmeans_separates_two_shapes_and_flags_the_smaller_group():
     assert result.converged and len(result.iterations) >= 2
     objectives = [it.objective for it in result.iterations]
     assert all(later <= earlier * (1 + 1e-6) for earlier, later in zip(objectives, objectives[1:])), objectives
+
+
+def test_truth_centres_separate_distinct_shapes_and_not_a_random_split():
+    """The bound of what 2-centre GW k-means can reach: perfect where the groups differ in shape;
+    about chance, with the nearer-centre objective below the truth's, for a split that ignores shape."""
+    heatmaps, truth = two_shapes(14, 6, seed=0)
+    clouds = GridClouds.from_heatmaps(heatmaps, 0.9)
+    config = GWConfig(threshold=0.9, epsilon=5e-3, epsilon_init=5e-3)
+    bound = truth_centres(clouds, config, truth)
+    assert (bound.score.tn, bound.score.fp, bound.score.fn, bound.score.tp) == (14, 0, 0, 6)
+    assert bound.objective_nearest == pytest.approx(bound.objective_truth)
+    shuffled = np.random.default_rng(1).permutation(truth)  # a split the clouds' shapes know nothing of
+    blind = truth_centres(clouds, config, shuffled)
+    assert blind.score.accuracy < 0.9
+    assert blind.objective_nearest < blind.objective_truth
+    with pytest.raises(ConfigError):
+        truth_centres(clouds, config, np.zeros(len(truth), dtype=bool))
 
 
 @pytest.mark.slow
