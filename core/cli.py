@@ -464,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "and barycenters (thesis section 6.5); the smaller cluster is flagged as poisoned. Cached in cache/.")
     detect.add_argument("--method", default="gw", choices=("gw",), help="detection method (default gw)")
     _add_lrp_options(detect)
+    from .presets import GW_RELEVANCE
+
+    detect.set_defaults(positive=GW_RELEVANCE.positive)
+    detect.add_argument("--signed", dest="positive", action="store_false",
+                        help="read the signed heatmaps, negative relevance included (default for GW: their positive part, "
+                             "the best setting measured on the default network; --positive is then implied)")
     group = detect.add_argument_group("Gromov-Wasserstein k-means (defaults: the thesis's)")
     params.add_options(group, GWConfig)
     group.add_argument("--eps-init", type=real(0.0, 10.0, open_low=True), default=None, help="entropic regularisation for k-means++ seeding (default: --eps)")

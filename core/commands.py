@@ -58,8 +58,10 @@ def cleanse_command(experiment, methods) -> str:
 
 def detect_command(experiment, class_id: int, lrp, gw) -> str:
     """The `python -m core detect --method gw` invocation that reproduces the GW page's numbers."""
+    # detect reads the positive part unless told --signed (core.presets.GW_RELEVANCE)
+    relevance = [word for word in command_options(lrp, changed_only=True) if word != "--positive"] + ([] if lrp.positive else ["--signed"])
     parts = [train_command(experiment).replace("python -m core train", f"python -m core detect --method gw --class {class_id}", 1),
-             *command_options(lrp, changed_only=True), *command_options(gw, changed_only=True)]
+             *relevance, *command_options(gw, changed_only=True)]
     if gw.epsilon_init != gw.epsilon:
         parts.append(f"--eps-init {gw.epsilon_init!r}")
     return " ".join(parts)

@@ -28,6 +28,7 @@ from .grid_clouds import GridClouds
 from .gw_kmeans import GWConfig, GWIteration, GWResult, gw_kmeans
 from .heatmaps import ClassHeatmaps, check_class, experiment_heatmaps, experiment_heatmaps_path
 from .lrp import LRPConfig
+from .presets import GW_RELEVANCE
 from .params import REAL, WHOLE, check_declared, parameter
 from .pointcloud import check_threshold, normalised_mass
 from .progress import ProgressCallback, report
@@ -346,7 +347,7 @@ def detect(experiment, detector: str, class_id: int, data=None, progress: Option
     if detector == "spectral":
         return heatmap_spectral(experiment, class_id, LRPConfig(), SpectralConfig(), data, progress=progress)
     if detector == "gw":
-        return gw_kmeans_detection(experiment, class_id, LRPConfig(), GWConfig(), data, progress=progress)
+        return gw_kmeans_detection(experiment, class_id, GW_RELEVANCE, GWConfig(), data, progress=progress)
     if detector in ("activation", "signatures"):
         return baseline_detections(experiment, class_id, data, progress=progress)[DETECTORS[detector]]
     raise ConfigError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")

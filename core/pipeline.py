@@ -22,6 +22,7 @@ from .heatmaps import heatmaps_path
 from .jobs import RUNNER
 from .lrp import LRPConfig
 from .models import ARCHITECTURE_LABELS
+from .presets import GW_RELEVANCE
 from .progress import approximate_duration
 from .robustness import RobustnessConfig, table_path
 
@@ -72,12 +73,13 @@ def _meta(path: Path) -> dict:
 
 
 def pipeline_status(experiment: ExperimentConfig, data, lrp: LRPConfig = LRPConfig(), gw: GWConfig = GWConfig(),
-                    robustness: RobustnessConfig = RobustnessConfig()) -> List[Step]:
-    """The six steps for the experiment's target class, with the views' default settings."""
+                    robustness: RobustnessConfig = RobustnessConfig(), gw_lrp: LRPConfig = GW_RELEVANCE) -> List[Step]:
+    """The six steps for the experiment's target class, with the views' default settings (GW k-means
+    reads its own heatmaps, `gw_lrp`)."""
     p = experiment.poison
     model = model_path(data, experiment)
     heatmaps = heatmaps_path(model.name, p.target, lrp)
-    detection = detection_path(heatmaps.name, gw)
+    detection = detection_path(heatmaps_path(model.name, p.target, gw_lrp).name, gw)
     table = table_path(model.name, robustness)
     metrics = _meta(model).get("metrics", {})
     trained = _state(model)

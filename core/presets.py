@@ -27,6 +27,14 @@ from .recipes import recipe
 from .train import TrainConfig
 
 
+GW_RELEVANCE = LRPConfig(positive=True)
+"""The heatmaps GW k-means reads unless told otherwise: the composite rule's positive part at the input,
+the best setting measured on the default network (README, GW settings: on class 5, 95.9 % median over
+cluster seeds 0-4 against 90.4 % with the signed heatmaps, which the other detectors read). GW cannot
+see where relevance lies, only how it is spread; clipping the negative part leaves a poisoned map's
+sticker as a heavy compact atom (34 % of the mass in the 9 heaviest pixels against 11 % for a clean one)."""
+
+
 @dataclass(frozen=True)
 class Preset:
     description: str

@@ -17,11 +17,12 @@ from core.data import CLASS_NAMES, NUM_CLASSES
 from core.detectors import gw_kmeans_detection, gw_kmeans_path, gw_kmeans_step, heatmap_spectral, thesis_gw
 from core.durations import estimate
 from core.errors import ConfigError
-from core.experiment import model_path, poisoned_data
+from core.experiment import load_trained, model_path, poisoned_data
+from core.heatmaps import experiment_heatmaps_path
 from core.gw_kmeans import GWConfig, mds_embedding
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
-from core.presets import PRESETS
+from core.presets import GW_RELEVANCE, PRESETS
 from core.spectral import SpectralConfig
 from ui.charts import confusion_chart
 from ui.cleanse import cleanse_section
@@ -85,7 +86,7 @@ st.caption("Each heatmap becomes a weighted point cloud (its most relevant pixel
            "of 10 points as the centres, k-means++ seeding. The smaller cluster is flagged as poisoned (thesis section 6.5).")
 experiment = active_experiment()
 THRESHOLDS = (0.5, 0.9, 0.95, 0.99)
-VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("gw", experiment.train.architecture),
+VIEW = {"gw_class": Choice(tuple(range(NUM_CLASSES)), experiment.poison.target), **relevance_fields("gw", experiment.train.architecture, GW_RELEVANCE),
         "gw_threshold": Choice(THRESHOLDS, 0.99), "gw_eps": Choice(tuple(EPSILONS), 5e-4), "gw_iter": Number(1, 20, 10, integer=True),
         "gw_seed": Number(0, 10_000, 0, integer=True), "gw_seeding": Choice(("distance", "squared"), "distance"),
         "gw_bary": Choice(("entropic", "exact"), "entropic")}
@@ -126,7 +127,10 @@ except ConfigError as exc:
     st.error(str(exc))
     st.stop()
 data = data_or_stop()
-heatmaps_file = heatmaps_or_stop(data, experiment, class_id, lrp)
+if load_trained(data, experiment) is None:
+    heatmaps_or_stop(data, experiment, class_id, lrp)  # no model yet: the Heatmaps page trains it
+heatmaps_path = experiment_heatmaps_path(experiment, class_id, lrp, data)
+heatmaps_file = heatmaps_path.name  # a run computes them first where they are missing
 step = partial(gw_kmeans_detection, experiment, class_id, lrp, config, data)
 path = gw_kmeans_path(experiment, class_id, lrp, config, data)
 key = path.name
@@ -135,7 +139,8 @@ if not path.is_file():
     clouds = int((poisoned_data(data, experiment).train.labels == class_id).sum())
     st.write(f"GW k-means has not run yet for class {class_id} with these settings. Its {clouds:,} clouds: "
              f"{expected_time(estimate(gw_kmeans_step(config), clouds))} (a first run in a new process also compiles the "
-             "solver's kernels). Smaller thresholds are no faster, because every cloud lives on the same 32×32 grid.")
+             "solver's kernels). Smaller thresholds are no faster, because every cloud lives on the same 32×32 grid."
+             + ("" if heatmaps_path.is_file() else f" Its heatmaps ({lrp.describe()}) are computed first, in a few seconds."))
     if st.button("Run GW k-means", type="primary"):
         RUNNER.submit(key, "GW k-means", lambda progress: step(progress=progress))
         st.rerun()

@@ -424,7 +424,9 @@ def test_the_command_line_waits_for_an_artifact_another_process_is_computing(gts
     from core.heatmaps import heatmaps_path
 
     config = ExperimentConfig(train=TrainConfig(subset=2000, max_epochs=2))
-    lrp, gw = LRPConfig(), GWConfig(max_iter=2)
+    from core.presets import GW_RELEVANCE
+
+    lrp, gw = (LRPConfig() if command == "heatmaps" else GW_RELEVANCE), GWConfig(max_iter=2)  # each command's default
     train_or_load(config, gtsrb)
     heatmaps_file = heatmaps_path(model_path(gtsrb, config).name, 5, lrp)
     if command == "heatmaps":

@@ -140,6 +140,29 @@ def test_the_gw_page_command_parses_back_into_the_same_settings():
     assert "--positive" not in detect_command(experiment, 5, LRPConfig(), gw)
 
 
+def test_gw_reads_the_positive_part_by_default_and_the_other_detectors_the_signed_heatmaps():
+    """GW k-means' own default (core.presets.GW_RELEVANCE) on the command line, in the page's command
+    line and in the detector registry; --signed turns it off; the thesis preset's rule is kept."""
+    from core.cli import _lrp_from_args, build_parser, parse_arguments
+    from core.commands import detect_command
+    from core.experiment import ExperimentConfig
+    from core.gw_kmeans import GWConfig
+    from core.lrp import LRPConfig
+    from core.presets import GW_RELEVANCE, PRESETS
+
+    assert GW_RELEVANCE == LRPConfig(positive=True)
+    assert _lrp_from_args(parse_arguments(["detect"])) == GW_RELEVANCE
+    assert _lrp_from_args(parse_arguments(["detect", "--signed"])) == LRPConfig()
+    assert _lrp_from_args(parse_arguments(["detect", "--preset", "thesis"])) == PRESETS["thesis"].lrp
+    for command in ("heatmaps", "spectral", "baselines"):
+        assert _lrp_from_args(parse_arguments([command])) == LRPConfig()
+    for lrp in (GW_RELEVANCE, LRPConfig(), LRPConfig("squared", layer="relu1")):
+        line = detect_command(ExperimentConfig(), 5, lrp, GWConfig())
+        assert _lrp_from_args(build_parser().parse_args(line.split()[3:])) == lrp, line
+    words = detect_command(ExperimentConfig(), 5, GW_RELEVANCE, GWConfig()).split()
+    assert "--positive" not in words and "--signed" not in words  # the default needs no word
+
+
 def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
     from core.cli import _lrp_from_args, experiment_from_args, parse_arguments
     from core.gw_kmeans import GWConfig

@@ -20,11 +20,11 @@ RULE_LABELS = {
 }
 
 
-def relevance_fields(prefix: str, architecture: str) -> Dict[str, Choice]:
-    """Link fields `<prefix>_rule`, `<prefix>_layer`, `<prefix>_positive`; the layers are the architecture's."""
-    return {f"{prefix}_rule": Choice(tuple(RULE_NAMES), "composite"),
-            f"{prefix}_layer": Choice(readout_layers(architecture), INPUT),
-            f"{prefix}_positive": Choice((False, True), False)}
+def relevance_fields(prefix: str, architecture: str, default: LRPConfig = LRPConfig()) -> Dict[str, Choice]:
+    """Link fields `<prefix>_rule`, `<prefix>_layer`, `<prefix>_positive`, starting at `default`; the layers are the architecture's."""
+    return {f"{prefix}_rule": Choice(tuple(RULE_NAMES), default.rule),
+            f"{prefix}_layer": Choice(readout_layers(architecture), default.layer if default.layer in readout_layers(architecture) else INPUT),
+            f"{prefix}_positive": Choice((False, True), default.positive)}
 
 
 def relevance_controls(prefix: str, architecture: str) -> Tuple[str, str, bool]:
