@@ -21,6 +21,7 @@ import pytest
 from core.detectors import experiment_gw
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load
 from core.gw_kmeans import GWConfig
+from core.presets import GW_RELEVANCE
 from core.heatmaps import class_heatmaps
 from core.lrp import LRPConfig
 
@@ -61,8 +62,8 @@ def server(tmp_path_factory, gtsrb_cache_file, gtsrb):
         train = poisoned_data(gtsrb, config).train
         for class_id in (5, 2):  # the target, and the source class, which has no poisoned sample
             class_heatmaps(trained.model, trained.path.name, train.images, train.labels, train.poison_mask, class_id, LRPConfig())
-        # A quick GW k-means result (the page's defaults would take a minute on this class).
-        experiment_gw(config, 5, LRPConfig(), GW_QUICK, gtsrb)
+        # A quick GW k-means result on the GW page's own heatmaps (its defaults would take a minute on this class).
+        experiment_gw(config, 5, GW_RELEVANCE, GW_QUICK, gtsrb)
     finally:
         if previous is None:
             os.environ.pop("POISONLAB_CACHE")

@@ -80,16 +80,14 @@ def test_default_spectral_analysis_and_baselines(gtsrb):
 @pytest.mark.slow
 def test_default_gw_kmeans(gtsrb):
     """GW k-means on class 5 of the default experiment at the thesis's settings (t = 0.99,
-    ε = 5e-4, 10-point barycenters). The model, and with it the clouds, depends on the CPU it was
-    trained on (each CPU's kernels sum in their own order). Measured with the 10-epoch model trained on an
-    AVX-512 EPYC: seeding 1573, 77, 157, 656, then converged after 9 iterations in 74 s at
-    (tn, fp, fn, tp) = 1308, 342, 162, 651: accuracy 79.5 %, TPR 80.1 %, TNR 79.3 %, AUC 0.892.
-    Trained on an AVX2 EPYC without bfloat16: converged after 10 iterations in 177 s at
-    1612, 38, 262, 551: accuracy 87.8 %, TPR 67.8 %, TNR 97.7 %, AUC 0.963; with the seeds' plans
-    as first starts, 85 s at 1622, 28, 182, 631: 91.5 %, 77.6 %, 98.3 %, AUC 0.984 (the thesis:
-    98.17 / 96.98 / 98.91 %). With the fused float32 kernels, on the model trained on an AVX-512
-    EPYC: 31 s for 10 iterations without a repeated assignment (the cap; the last ones still move
-    a few samples each), 1341, 309, 155, 658: 81.2 %, TPR 80.9 %, TNR 81.3 %, AUC 0.906."""
+    ε = 5e-4, 10-point barycenters) on its default clouds, the positive part of the composite heatmaps.
+    The model, and with it the clouds, depends on the CPU it was trained on (each CPU's kernels sum in
+    their own order). Measured on a 2-core Intel Xeon (AVX-512): seeding 1650, 0, 323, 490, then the
+    counts improve at every iteration and it converges after 9 in 43-64 s at 1622, 28, 72, 741:
+    accuracy 95.9 %, TPR 91.1 %, TNR 98.3 % (thesis: 98.17 / 96.68 / 98.91 %); with a model trained
+    with AVX2 kernels, 96.2 % and 96.4 % (seeds 0 and 1). On the signed heatmaps (`--signed`, the
+    default before) the same model gives 90.4 %, and the reference EPYC's model 81.2 %; no seeding
+    reaches the thesis's figure on ThesisNet's clouds (README, GW settings: the truth-centre bound)."""
     result = run_cli("detect", "--method", "gw", "--class", "5")
     assert result["thesis"]["accuracy"] == 0.9817 and result["thesis"]["iteration_3"] == {"tn": 1621, "fp": 29, "fn": 27, "tp": 786}
     assert (result["samples"], result["poisoned"]) == (2463, 813)
@@ -99,16 +97,15 @@ def test_default_gw_kmeans(gtsrb):
         assert it["tn"] + it["fp"] == 1650 and it["fn"] + it["tp"] == 813, it
     # It stops at a repeated assignment or at the cap of 10 iterations (iteration 0 is the seeding).
     assert len(result["iterations"]) <= 11 and (result["converged"] or len(result["iterations"]) == 11)
+    assert result["rule"].endswith("positive part"), result["rule"]
     score = result["score"]
     assert {k: score[k] for k in ("tn", "fp", "fn", "tp")} == {k: result["iterations"][-1][k] for k in ("tn", "fp", "fn", "tp")}
-    assert score["tpr"] > 0.6 and score["tnr"] > 0.7 and score["auc"] > 0.85, score
-    # The drift is k-means doing its job: the mean GW distance to the centres falls at every iteration
-    # (measured: 0.008344 after seeding, 0.007708 after 10), so the poisoned split is not the objective's
-    # minimum on these clouds.
+    assert score["tpr"] > 0.8 and score["tnr"] > 0.9 and score["auc"] > 0.9, score
+    # The mean GW distance to the centres falls at every iteration (measured: 0.011972 after seeding, 0.008168 after 9).
     objectives = [it["objective"] for it in result["iterations"]]
     assert all(later <= earlier * (1 + 1e-3) for earlier, later in zip(objectives, objectives[1:])), objectives  # measured: rises of at most 3e-5
-    # With the first model the iterations move away from the seeding's assignment (90.5 % accurate) to
-    # 79.5 %: GW on these clouds does not hold the poisoned group (thesis audit, issue 15).
-    assert score["accuracy"] > 0.75, score
+    assert score["accuracy"] > 0.85, score
+    seeding = result["iterations"][0]
+    assert score["accuracy"] >= (seeding["tn"] + seeding["tp"]) / 2463 - 0.005, "the iterations drift away from the seeding's answer"
     again = run_cli("detect", "--method", "gw", "--class", "5")
     assert again["score"] == score and again["seconds"] == result["seconds"], "the second call loads the cached result"
