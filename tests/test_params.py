@@ -161,6 +161,12 @@ def test_gw_reads_the_positive_part_by_default_and_the_other_detectors_the_signe
         assert _lrp_from_args(build_parser().parse_args(line.split()[3:])) == lrp, line
     words = detect_command(ExperimentConfig(), 5, GW_RELEVANCE, GWConfig()).split()
     assert "--positive" not in words and "--signed" not in words  # the default needs no word
+    # A GW result computed on the signed heatmaps (the default before) is never read as the new default's.
+    from core.detectors import detection_path
+    from core.heatmaps import heatmaps_path
+
+    signed, positive = (heatmaps_path("model-thesis_net-0", 5, lrp) for lrp in (LRPConfig(), GW_RELEVANCE))
+    assert signed != positive and detection_path(signed.name, GWConfig()) != detection_path(positive.name, GWConfig())
 
 
 def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
