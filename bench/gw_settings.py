@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.arithmetic import describe_machine  # noqa: E402
-from core.options import OneLineParser, real, whole  # noqa: E402
+from core.options import OneLineParser, real, run_script, whole  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.detection import over_seeds  # noqa: E402
 from core.detectors import gw_kmeans_detection, heatmap_spectral  # noqa: E402
@@ -46,13 +46,14 @@ from core.spectral import SpectralConfig  # noqa: E402
 RULES = {"composite": LRPConfig("composite"), "positive": LRPConfig("composite", positive=True), "squared": LRPConfig("squared")}
 
 
-def command(architecture: str, class_id: int, rule: str, layer: str, threshold: float, eps: float, seeds) -> str:
+def command(architecture: str, class_id: int, rule: str, layer: str, threshold: float, eps: float, seeds, max_iter: int) -> str:
     words = ["python -m core detect --method gw", f"--class {class_id}"]
     words += [] if architecture == "thesis_net" else [f"--architecture {architecture}"]
-    words += {"composite": [], "positive": ["--positive"], "squared": ["--rule squared"]}[rule]
+    words += {"composite": ["--signed"], "positive": [], "squared": ["--rule squared", "--signed"]}[rule]  # detect reads the positive part unless --signed
     words += [] if layer == "input" else [f"--relevance-layer {layer}"]
     words += [] if threshold == 0.99 else [f"--threshold {threshold:g}"]
     words += [] if eps == 5e-4 else [f"--eps {eps:g}"]
+    words += [] if max_iter == GWConfig().max_iter else [f"--max-iter {max_iter}"]
     return " ".join(words + ["--cluster-seeds", *map(str, seeds)])
 
 
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
                            "cloud_size": [float(size[poisoned].median()), float(size[~poisoned].median())],
                            "top9_share": [float(top[poisoned].median()), float(top[~poisoned].median())],
                            "seconds_per_seed": float(np.median(seconds)), "converged": sum(converged), "bound": bound,
-                           "command": command(args.architecture, args.class_id, rule, layer, threshold, eps, args.seeds)}
+                           "command": command(args.architecture, args.class_id, rule, layer, threshold, eps, args.seeds, args.max_iter)}
                     print(f"| {rule} | {layer} | {threshold:g} | {eps:g} | {spread(gw)} | {spread(spectral)} | "
                           f"{row['cloud_size'][0]:.0f} / {row['cloud_size'][1]:.0f} | "
                           f"{100 * row['top9_share'][0]:.1f} % / {100 * row['top9_share'][1]:.1f} % | {row['seconds_per_seed']:.0f} | "
@@ -136,4 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -33,7 +33,7 @@ from core.gw_barycenter import random_structure  # noqa: E402
 from core.gw_kmeans import GWConfig, gw_kmeans  # noqa: E402
 from core.heatmaps import experiment_heatmaps  # noqa: E402
 from core.lrp import LRPConfig  # noqa: E402
-from core.options import OneLineParser, whole  # noqa: E402
+from core.options import OneLineParser, run_script, whole  # noqa: E402
 
 SETTINGS = {"no subnormals (ours)": (semidual.FLOOR_BITS, semidual.KEEP_FLOOR, semidual.TINY_MASS),
             "subnormals (before)": (-126.0, True, 0.0)}
@@ -84,4 +84,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .cache import cache_dir, config_hash
-from .detectors import DETECTORS, detect
+from .detectors import DETECTORS, detect, detector_settings
 from .errors import ConfigError
 from .experiment import ExperimentConfig, model_path, poisoned_data, train_or_load, train_without
 from .progress import ProgressCallback, report
@@ -62,7 +62,7 @@ def removal(experiment: ExperimentConfig, method: str, data, progress: Optional[
 def cleansed_path(experiment: ExperimentConfig, method: str, data):
     """The retrained model's file, named by the poisoned model and the method (with its defaults)."""
     return cache_dir() / (f"cleansed-{experiment.train.architecture}-"
-                          f"{config_hash(_CLEANSE_VERSION, model_path(data, experiment).name, method)}.safetensors")
+                          f"{config_hash(_CLEANSE_VERSION, model_path(data, experiment).name, method, *detector_settings(method))}.safetensors")
 
 
 def cleanse(experiment: ExperimentConfig, method: str, data=None, progress: Optional[ProgressCallback] = None,

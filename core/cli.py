@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lrp_options(detect)
     from .presets import GW_RELEVANCE
 
-    detect.set_defaults(positive=GW_RELEVANCE.positive)
+    detect.set_defaults(rule=GW_RELEVANCE.rule, relevance_layer=GW_RELEVANCE.layer, positive=GW_RELEVANCE.positive)
     detect.add_argument("--signed", dest="positive", action="store_false",
                         help="read the signed heatmaps, negative relevance included (default for GW: their positive part, "
                              "the best setting measured on the default network; --positive is then implied)")

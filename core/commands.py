@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from .defense import DefenseConfig
-from .params import command_options, experiment_options
+from .params import command_options, experiment_options, params_of
 from .evasion import ATTACKS
 
 
@@ -56,10 +56,26 @@ def cleanse_command(experiment, methods) -> str:
     return " ".join([train_command(experiment).replace("python -m core train", "python -m core cleanse", 1), "--method", *methods])
 
 
+def _gw_relevance_options(lrp) -> list:
+    """The relevance options of `detect`, which starts from GW's own default (core.presets.GW_RELEVANCE)."""
+    from .lrp import LRPConfig
+    from .presets import GW_RELEVANCE
+
+    words = []
+    for name, param, _ in params_of(LRPConfig):
+        value = getattr(lrp, name)
+        if value == getattr(GW_RELEVANCE, name):
+            continue
+        if name == "positive":  # the one switch; detect's --signed turns it off
+            words.append("--positive" if value else "--signed")
+        else:
+            words.append(" ".join([param.flag, *param.kind.to_tokens(value)]))
+    return words
+
+
 def detect_command(experiment, class_id: int, lrp, gw) -> str:
     """The `python -m core detect --method gw` invocation that reproduces the GW page's numbers."""
-    # detect reads the positive part unless told --signed (core.presets.GW_RELEVANCE)
-    relevance = [word for word in command_options(lrp, changed_only=True) if word != "--positive"] + ([] if lrp.positive else ["--signed"])
+    relevance = _gw_relevance_options(lrp)
     parts = [train_command(experiment).replace("python -m core train", f"python -m core detect --method gw --class {class_id}", 1),
              *relevance, *command_options(gw, changed_only=True)]
     if gw.epsilon_init != gw.epsilon:

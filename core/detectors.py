@@ -341,6 +341,16 @@ DETECTORS = {"spectral": "Euclidean spectral clustering of the LRP heatmaps",
              "signatures": "spectral signatures"}
 
 
+def detector_settings(detector: str) -> tuple:
+    """What a detector's default run depends on beyond the model, for the names of the files made from
+    its flags (cleansed models, study scores): GW k-means' relevance, settings and artifact version,
+    so a result made before any of them changed is never read as today's. Empty for the others,
+    whose files keep their names."""
+    if detector == "gw":
+        return (asdict(GW_RELEVANCE), asdict(GWConfig()), _GW_ARTIFACT_VERSION)
+    return ()
+
+
 def detect(experiment, detector: str, class_id: int, data=None, progress: Optional[ProgressCallback] = None) -> Detection:
     """The detector named `detector` (a key of DETECTORS) with its default settings, as a study
     scores it and cleansing removes what it flags."""

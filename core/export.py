@@ -33,6 +33,7 @@ from .gw_kmeans import GWConfig
 from .progress import ProgressCallback, report
 from .heatmaps import check_class
 from .lrp import LRPConfig
+from .presets import gw_relevance
 from .spectral import SpectralConfig, embed_2d
 
 ANALYSIS_METHOD = "spectral_analysis"  # ViRelAy maps "_" to "-" in URLs and back, so the name must not hold a "-"
@@ -47,14 +48,15 @@ def detection_frame(experiment: ExperimentConfig, class_id: int, lrp: LRPConfig 
                     seed: int = 0, progress: Optional[ProgressCallback] = None) -> pd.DataFrame:
     """One row per training image of the class: its index in the training split, whether it is
     poisoned, and each method's flag (1 = flagged as poisoned) and suspicion score (higher =
-    more suspicious). GW k-means is included when its result for `gw` is cached."""
+    more suspicious). GW k-means is included when its result for `gw` is cached, on the heatmaps it
+    reads beside `lrp` (`core.presets.gw_relevance`)."""
     class_id = check_class(class_id)
     data = data if data is not None else load_gtsrb(progress=progress)
     spectral_detection = heatmap_spectral(experiment, class_id, lrp, spectral, data, progress=progress)
     heatmaps = spectral_detection.heatmaps
     frame = pd.DataFrame({"train_index": heatmaps.indices.numpy(), "poisoned": heatmaps.poison_mask.numpy().astype(int)})
     detections = {"lrp_spectral": spectral_detection,
-                  "gw_kmeans": gw_kmeans_detection(experiment, class_id, lrp, gw, data, only_cached=True) if gw is not None else None}
+                  "gw_kmeans": gw_kmeans_detection(experiment, class_id, gw_relevance(lrp), gw, data, only_cached=True) if gw is not None else None}
     detections.update({_column(name): d for name, d in baseline_detections(experiment, class_id, data, seed, progress).items()})
     for method, detection in detections.items():
         if detection is not None:
@@ -103,6 +105,7 @@ def experiment_record(experiment: ExperimentConfig, data, frame: Optional[pd.Dat
     if frame is not None:
         record["detection"] = {"class_id": class_id, "class_name": CLASS_NAMES[class_id], "samples": len(frame),
                                "heatmaps": dataclasses.asdict(lrp or LRPConfig()),
+                               "gw_kmeans_heatmaps": dataclasses.asdict(gw_relevance(lrp or LRPConfig())),
                                "poisoned": int(frame["poisoned"].sum()), "methods": detection_scores(frame)}
     return _finite(record)
 
@@ -156,7 +159,7 @@ def export_virelay(experiment: ExperimentConfig, class_ids: Sequence[int], direc
         coordinates = {name: embed_2d(features, name, spectral.seed, result) if name != "spectral" else result.embedding
                        for name in embeddings}
         clusters = {f"spectral-{spectral.n_clusters:02d}": result.assignments, "poison-truth": heatmaps.poison_mask.numpy()}
-        gw_detection = gw_kmeans_detection(experiment, class_id, lrp, gw, data, only_cached=True) if gw is not None else None
+        gw_detection = gw_kmeans_detection(experiment, class_id, gw_relevance(lrp), gw, data, only_cached=True) if gw is not None else None
         if gw_detection is not None:
             clusters["gw-kmeans"] = gw_detection.result.assignments
         per_class.append((class_id, heatmaps, result, coordinates, clusters))

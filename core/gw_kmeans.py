@@ -306,7 +306,8 @@ def truth_centres(clouds: GridClouds, config: GWConfig, truth, refinements: int 
     and the truly clean clouds (as k-means computes its centres, each refined `refinements` times),
     and every sample assigned to the nearer one. When this falls short of a target, no seeding or
     iteration count will reach it; when objective_nearest < objective_truth, k-means prefers a
-    split other than the truth and drifts away from it as its objective falls."""
+    split other than the truth and drifts away from it as its objective falls. Always the batched
+    solver's entropic, warm-started barycenters at `config.epsilon`, whatever `config.barycenter` says."""
     truth = np.asarray(truth, dtype=bool)
     if truth.shape != (len(clouds),) or truth.all() or not truth.any():
         raise ConfigError("truth must flag some but not all samples, one flag per cloud")

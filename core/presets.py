@@ -35,6 +35,12 @@ see where relevance lies, only how it is spread; clipping the negative part leav
 sticker as a heavy compact atom (34 % of the mass in the 9 heaviest pixels against 11 % for a clean one)."""
 
 
+def gw_relevance(lrp: LRPConfig) -> LRPConfig:
+    """The heatmaps GW k-means reads beside a view or an export that reads `lrp`: its own default
+    where `lrp` is everyone's default, else `lrp` as chosen."""
+    return GW_RELEVANCE if lrp == LRPConfig() else lrp
+
+
 @dataclass(frozen=True)
 class Preset:
     description: str

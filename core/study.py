@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .cache import cache_dir, cached, config_hash, locked_elsewhere
-from .detectors import DETECTORS
+from .detectors import DETECTORS, detector_settings
 from .errors import ClusterError, ConfigError
 from .experiment import ExperimentConfig
 from .progress import ProgressCallback, report
@@ -165,7 +165,7 @@ def score_path(config: ExperimentConfig, detector: str, data) -> Path:
     from .experiment import model_path
 
     model = model_path(data, config).name
-    return cache_dir() / f"score-{detector}-{config_hash(_SCORE_VERSION, model, detector, config.poison.target)}.safetensors"
+    return cache_dir() / f"score-{detector}-{config_hash(_SCORE_VERSION, model, detector, config.poison.target, *detector_settings(detector))}.safetensors"
 
 
 def step_path(config: ExperimentConfig, step: str, data) -> Path:

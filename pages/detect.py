@@ -134,7 +134,7 @@ heatmaps_file = heatmaps_path.name  # a run computes them first where they are m
 step = partial(gw_kmeans_detection, experiment, class_id, lrp, config, data)
 path = gw_kmeans_path(experiment, class_id, lrp, config, data)
 key = path.name
-if not path.is_file():
+if not path.is_file() or not heatmaps_path.is_file():  # a run computes what is missing, in the background
     settle_job(key, "GW k-means", "GW k-means runs in the background: switching pages or changing controls does not stop it.")
     clouds = int((poisoned_data(data, experiment).train.labels == class_id).sum())
     st.write(f"GW k-means has not run yet for class {class_id} with these settings. Its {clouds:,} clouds: "

@@ -17,6 +17,7 @@ from core.experiment import poisoned_data
 from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path, lrp_step
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
+from core.presets import gw_relevance
 from core.pointcloud import normalised_mass, point_cloud, point_count, visibility
 from core.poison import sticker_window
 from ui.common import (active_experiment, computed_heatmaps, data_or_stop, expected_time, run_through_app, settle_job, training_time,
@@ -284,6 +285,6 @@ def clouds(heatmaps: ClassHeatmaps, key: str, window_tensor, chosen: int) -> Non
 one_sample(heatmaps, poisoned_data(data, experiment).train.images, key, window_tensor)
 view_links(experiment, [
     ("pages/spectral.py", f"Cluster class {class_id}: spectral analysis", ":material/scatter_plot:", {"sp_class": class_id, **relevance_query("sp", lrp)}),
-    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", gw_relevance(lrp))}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
 ])

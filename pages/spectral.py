@@ -19,6 +19,7 @@ from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
 from core.lrp import LRPConfig
+from core.presets import gw_relevance
 from core.spectral import SpectralConfig, compile_umap_in_background, embed_2d
 from ui.charts import confusion_chart
 from ui.cleanse import cleanse_section
@@ -240,6 +241,6 @@ if class_id == experiment.poison.target:
     cleanse_section(experiment, data, ("truth", "random", "spectral", "activation"))
 view_links(experiment, [
     ("pages/heatmaps.py", f"The heatmaps of class {class_id}", ":material/blur_on:", {"hm_class": class_id, **relevance_query("hm", lrp)}),
-    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", lrp)}),
+    ("pages/detect.py", f"Detect in class {class_id}: GW k-means", ":material/hub:", {"gw_class": class_id, **relevance_query("gw", gw_relevance(lrp))}),
     ("pages/export.py", f"Export class {class_id}", ":material/download:", {"export_class": class_id}),
 ])

@@ -68,6 +68,22 @@ def test_detection_csv_has_one_row_per_sample_and_each_methods_flag_and_score(sm
     assert set(again["poisoned"].unique()) == {0, 1}
 
 
+def test_the_export_carries_gw_k_means_as_the_gw_view_and_detect_compute_it_by_default(small_cache, gtsrb):
+    """GW k-means reads its own default heatmaps (the positive part); the export's default run finds
+    that result, not one on the signed heatmaps it reads for the other methods."""
+    from core.detectors import gw_kmeans_detection
+    from core.gw_kmeans import GWConfig
+    from core.presets import GW_RELEVANCE
+
+    quick = GWConfig(threshold=0.5, epsilon=0.05, epsilon_init=0.05, max_iter=1)
+    assert "gw_kmeans_flag" not in detection_frame(SMALL, TARGET, gw=quick, data=gtsrb)
+    found = gw_kmeans_detection(SMALL, TARGET, GW_RELEVANCE, quick, gtsrb)
+    frame = detection_frame(SMALL, TARGET, gw=quick, data=gtsrb)
+    assert frame["gw_kmeans_flag"].tolist() == np.asarray(found.flagged).astype(int).tolist()
+    record = experiment_record(SMALL, gtsrb, frame, TARGET)
+    assert record["detection"]["gw_kmeans_heatmaps"]["positive"] and not record["detection"]["heatmaps"]["positive"]
+
+
 def test_experiment_json_has_the_config_the_metrics_and_the_detection(small_cache, gtsrb):
     frame = detection_frame(SMALL, TARGET, data=gtsrb)
     record = json.loads(experiment_json(experiment_record(SMALL, gtsrb, frame, TARGET)))

@@ -196,3 +196,23 @@ def test_a_preset_sets_the_defaults_and_options_given_as_well_win():
     assert _lrp_from_args(best) == LRPConfig("composite", positive=True)
     with pytest.raises(SystemExit):
         parse_arguments(["detect", "--preset", "nonsense"])
+
+
+def test_files_made_from_gw_flags_are_named_by_its_default_settings(monkeypatch, tmp_path):
+    """A cleansed model or a study score made from GW k-means' flags before its default relevance,
+    settings or solver changed is never read as today's; the other detectors' files keep their names."""
+    from types import SimpleNamespace
+
+    import core.detectors as detectors
+    from core.cleanse import cleansed_path
+    from core.experiment import ExperimentConfig
+    from core.study import score_path
+
+    monkeypatch.setenv("POISONLAB_CACHE", str(tmp_path))
+    data, experiment = SimpleNamespace(content_id="gtsrb-test"), ExperimentConfig()
+    before = {d: (cleansed_path(experiment, d, data), score_path(experiment, d, data)) for d in ("gw", "spectral")}
+    monkeypatch.setattr(detectors, "_GW_ARTIFACT_VERSION", detectors._GW_ARTIFACT_VERSION + 1)
+    monkeypatch.setattr(detectors, "GW_RELEVANCE", detectors.LRPConfig())
+    after = {d: (cleansed_path(experiment, d, data), score_path(experiment, d, data)) for d in ("gw", "spectral")}
+    assert after["spectral"] == before["spectral"]
+    assert after["gw"][0] != before["gw"][0] and after["gw"][1] != before["gw"][1]
