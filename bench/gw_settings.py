@@ -33,7 +33,6 @@ from core.options import OneLineParser, real, run_script, whole  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
 from core.detection import over_seeds  # noqa: E402
 from core.detectors import gw_kmeans_detection, heatmap_spectral  # noqa: E402
-from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig  # noqa: E402
 from core.grid_clouds import GridClouds  # noqa: E402
 from core.gw_kmeans import GWConfig, truth_centres  # noqa: E402
@@ -81,11 +80,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--layers: {args.architecture} has no layer {unknown[0]!r}; "
                      f"choose from {', '.join(ARCHITECTURES[args.architecture].readout_layers)}")
-    try:
-        data = load_gtsrb()
-    except PoisonLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data = load_gtsrb()  # run_script makes a missing data folder one line
     print(describe_machine())
     experiment = dataclasses.replace(ExperimentConfig(), train=dataclasses.replace(ExperimentConfig().train, architecture=args.architecture))
     bound_head = (" truth-centre bound % (objective: truth / nearer) |", "---|") if args.bound else ("", "")

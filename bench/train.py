@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.options import OneLineParser, run_script, whole  # noqa: E402
 from core.arithmetic import describe_machine  # noqa: E402
 from core.data import load_gtsrb  # noqa: E402
-from core.errors import PoisonLabError  # noqa: E402
 from core.experiment import ExperimentConfig, poisoned_data, train_or_load  # noqa: E402
 from core.models import build_model  # noqa: E402
 
@@ -87,11 +86,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(describe_machine())
 
-    try:
-        data = load_gtsrb()
-    except PoisonLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    data = load_gtsrb()  # run_script makes a missing data folder one line
     config = ExperimentConfig()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start")
