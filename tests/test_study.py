@@ -288,3 +288,15 @@ def test_a_study_cleanses_and_retrains_as_the_cleanse_command_does(gtsrb, seeded
     assert row["activation ASR after cleansing"] == direct["attack_success_rate"]
     assert row["activation clean accuracy after cleansing"] == direct["clean_accuracy"]
     assert study_table(study, gtsrb)[0]["activation ASR after cleansing n"] == 1
+
+
+def test_every_study_that_comes_with_the_project_loads():
+    """The presets in studies/ (the Studies view lists them) are valid studies with known detectors."""
+    from core.detectors import DETECTORS
+    from core.study import preset_studies
+
+    presets = preset_studies()
+    assert len(presets) >= 9
+    for name, path in presets.items():
+        study = load_study(path)
+        assert study.name == name and study.cells and set(study.detectors) <= set(DETECTORS), path
