@@ -161,6 +161,7 @@ class ArtifactInfo:
     size: int
     modified: float
     parameters: str  # the artifact's own metadata in short, or why it cannot be read
+    computed_on: str = ""  # the device it was computed on (core.device), "" where not recorded
 
     @property
     def complete(self) -> bool:
@@ -206,11 +207,13 @@ def artifact_meta(path: Path) -> Dict[str, Any]:
         raise ArtifactError(f"cache file {path} has an unreadable header ({type(exc).__name__}: {exc})") from exc
 
 
-def _describe(path: Path) -> str:
+def _describe(path: Path) -> Tuple[str, str]:
+    """The artifact's metadata in short, and the device it was computed on."""
     try:
         meta = artifact_meta(path)
     except (ArtifactError, FileNotFoundError) as exc:
-        return f"unreadable header ({type(exc.__cause__ or exc).__name__})"
+        return f"unreadable header ({type(exc.__cause__ or exc).__name__})", ""
+    computed_on = meta.pop("computed_on", "") if isinstance(meta, dict) else ""
 
     def shown(value: Any) -> Any:  # per-epoch and per-iteration logs are too long for a listing
         if isinstance(value, dict):
@@ -218,7 +221,7 @@ def _describe(path: Path) -> str:
         return value
 
     text = json.dumps(shown(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return text if len(text) <= 400 else text[:399] + "…"
+    return (text if len(text) <= 400 else text[:399] + "…"), str(computed_on)
 
 
 def list_artifacts(directory: Path | None = None) -> list[ArtifactInfo]:
@@ -235,8 +238,8 @@ def list_artifacts(directory: Path | None = None) -> list[ArtifactInfo]:
         except FileNotFoundError:  # renamed or deleted by another process meanwhile
             continue
         kind = artifact_kind(path.name)
-        parameters = "left by a process that stopped while writing" if kind == "partial write" else _describe(path)
-        rows.append(ArtifactInfo(path.name, kind, stat.st_size, stat.st_mtime, parameters))
+        parameters, computed_on = ("left by a process that stopped while writing", "") if kind == "partial write" else _describe(path)
+        rows.append(ArtifactInfo(path.name, kind, stat.st_size, stat.st_mtime, parameters, computed_on))
     return sorted(rows, key=lambda row: row.modified, reverse=True)
 
 
@@ -410,7 +413,10 @@ def cached(
                         result = compute()
         finally:
             shown.remove()
-        save_artifact(path, *encode(result))
+        tensors, meta = encode(result)
+        from .device import describe
+
+        save_artifact(path, tensors, {**meta, "computed_on": describe()})  # the device is no part of the name: see core.device
         return result
     finally:
         lock.release()

@@ -91,9 +91,16 @@ def _add_experiment_options(parser: argparse.ArgumentParser) -> None:
                      help="start the training options from a named recipe; training options given as well win: "
                           + "; ".join(f"{name}: {r.description}" for name, r in RECIPES.items()).replace("%", "%%"))
     run.add_argument("--no-cache", action="store_true", help="train even if the model is cached, and do not store it")
+    _add_device_option(run)
     run.add_argument("--quick", action="store_true",
                      help="the quick experiment, a reduced one that trains in about a minute: sets --subset {subset}, --epochs {max_epochs}, "
                           "--batch-size {batch_size}, --lr {learning_rate} and --no-augment".format(**QUICK_TRAINING))
+
+
+def _add_device_option(group) -> None:
+    from .device import DeviceConfig
+
+    params.add_options(group, DeviceConfig)
 
 
 def experiment_from_args(args: argparse.Namespace):
@@ -412,7 +419,7 @@ def _cmd_study(args: argparse.Namespace, bar: _Bar):
         os.environ["GTSRB_DIR"] = args.gtsrb_dir  # the Ray workers read the same folder
     data = load_gtsrb(args.gtsrb_dir, progress=bar)
     if args.action == "run":
-        run = run_study(study, data, address=args.address, progress=bar)
+        run = run_study(study, data, address=args.address, progress=bar, device=args.device)
         return {"study": study.name, "cells": len(study.cells), **run.as_dict()}
     if args.action == "status":
         rows = study_status(study, data)
@@ -564,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--name", help="without a file: the study's name")
     study.add_argument("--address", help="with run: the Ray cluster to use (default: a local runtime sized to this machine)")
     study.add_argument("--format", choices=("csv", "json"), default="json", help="with table: CSV or JSON (default)")
+    _add_device_option(study)
     _add_data_options(study)
     from .presets import PRESETS
 
@@ -612,6 +620,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                "defend": _cmd_defend, "spatial": _cmd_spatial, "cleanse": _cmd_cleanse, "inspect": _cmd_inspect, "data": _cmd_data, "download": _cmd_download,
                "cache": _cmd_cache, "export": _cmd_export, "study": _cmd_study}[args.command]
     try:
+        if getattr(args, "device", None) is not None:
+            from .device import DeviceConfig, use_device
+
+            device = DeviceConfig(args.device).device
+            if args.command != "study":
+                use_device(device)  # a GPU this machine lacks fails here, before any work
+            elif ":" in device:  # a study's steps compute on the cluster's nodes, on the GPU Ray gives each
+                raise ConfigError(f"a study's steps run on whichever GPU Ray gives them: --device must be auto, cpu or cuda, got {args.device!r}")
         result = handler(args, bar)
     except (ConfigError, DataError) as exc:  # the input: a parameter, a file or the data folder
         return _fail(bar, 2, exc)

@@ -108,7 +108,7 @@ class BandedKernel:
         self.band = banded_kernel(size, config.window, config.gamma, config.cost_unit)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        band = self.band.to(x.dtype)
+        band = self.band.to(device=x.device, dtype=x.dtype)
         return torch.matmul(torch.matmul(band, x), band)
 
 
@@ -126,7 +126,7 @@ class UnfoldKernel:
         shape = x.shape
         flat = x.reshape(-1, 1, shape[-2], shape[-1])
         patches = F.unfold(flat, self.window, padding=self.window // 2)  # (M, 49, H·W)
-        return (patches * self.weights.to(x.dtype)[None, :, None]).sum(dim=1).reshape(shape)
+        return (patches * self.weights.to(device=x.device, dtype=x.dtype)[None, :, None]).sum(dim=1).reshape(shape)
 
 
 def _rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -191,7 +191,7 @@ def regularized_barycenter(marginals: torch.Tensor, target: torch.Tensor, config
     # Early stop per image: an image leaves the batch once its barycenter moved by less than
     # `tol` (relative) in one iteration; the others go on.
     result = torch.zeros_like(x_hat)
-    active = torch.arange(len(x_hat))
+    active = torch.arange(len(x_hat), device=x_hat.device)
     last = None
     done = 0
     for done in range(1, config.iterations + 1):
@@ -222,10 +222,15 @@ def _as_distributions(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]
 def purify(images: torch.Tensor, config: DefenseConfig = DefenseConfig(),
            kernel: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """The defense: barycenters of the images' own transformed copies, as float32 images in
-    [0, 1] with each channel's mass of the input. Differentiable in `images`."""
+    [0, 1] with each channel's mass of the input. Differentiable in `images`. Computed on
+    `compute_device()`, returned where `images` are."""
+    from .device import compute_device
+
     images = check_images(images)
+    home = images.device
+    images = images.to(compute_device())
     copies = marginal_images(images.double(), config)
     q, _ = _as_distributions(copies)
     x_hat, mass = _as_distributions(images.double())
     p, _ = regularized_barycenter(q, x_hat, config, kernel)
-    return (p.double() * mass).clamp(0.0, 1.0).float()
+    return (p.double() * mass).clamp(0.0, 1.0).float().to(home)

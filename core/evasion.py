@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import compute_device, model_on
 from .errors import ConfigError
 from .progress import ProgressCallback, report
 from .validation import real_number, whole_number
@@ -75,10 +76,13 @@ class AttackConfig:
 
 
 def _classifier(model: nn.Module, num_classes: int):
+    """ART's estimator on `compute_device()` (ART moves the model it is given: a GPU gets a copy; its
+    "gpu" is torch's current CUDA device, which `use_device` sets)."""
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32), nb_classes=num_classes,
-                             clip_values=(0.0, 1.0), device_type="cpu")
+    device = compute_device()
+    return PyTorchClassifier(model=model_on(model, device), loss=nn.CrossEntropyLoss(), input_shape=(3, 32, 32),
+                             nb_classes=num_classes, clip_values=(0.0, 1.0), device_type="gpu" if device.type == "cuda" else "cpu")
 
 
 GRADIENT_CALLS = {"fgsm": 1, "pgd-linf": 40, "pgd-l2": 50, "cw-l2": 2 * 5 * 50}
@@ -159,7 +163,7 @@ def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm:
         dual = flat.abs().sum(-1) if norm == "linf" else flat.norm(dim=-1)
         distance = differences.detach().abs() / (dual + 1e-8)
         best = distance.argmin(dim=1)
-        w = grads[torch.arange(len(best)), best]
+        w = grads[torch.arange(len(best), device=best.device), best]
         length = (distance.gather(1, best[:, None])[:, 0] + 1e-4)[:, None, None, None]
         if norm == "linf":
             step = length * w.sign()
@@ -179,10 +183,10 @@ def bpda(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: A
     step = eps / 30
     generator = torch.Generator().manual_seed(config.seed)
     original = images.detach().float()
-    noise = (torch.rand(original.shape, generator=generator) * 2 - 1) * eps
+    noise = ((torch.rand(original.shape, generator=generator) * 2 - 1) * eps).to(original.device)  # the same draws on every device
     current = (original + noise).clamp(0.0, 1.0)
     best = original.clone()
-    fooled = torch.zeros(len(original), dtype=torch.bool)
+    fooled = torch.zeros(len(original), dtype=torch.bool, device=original.device)
     for step_index in range(40):
         report(progress, "attack", step_index, 40, f"BPDA: step {step_index + 1} of 40 through the defense")
         with torch.no_grad():
@@ -227,10 +231,12 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config:
     torch.manual_seed(config.seed)
     hooks = []
     try:
-        if config.name == "bpda":
-            return project(images.float(), bpda(model, images, labels, config, defense, progress), config.norm, config.budget)
-        if config.name == "deepfool-linf":
-            return project(images.float(), deepfool(model, images, labels, "linf", progress=progress), config.norm, config.budget)
+        if config.name in ("bpda", "deepfool-linf"):  # ours: on compute_device(), answered on the CPU
+            device = compute_device()
+            runner, on_device, targets = model_on(model, device), images.to(device), labels.to(device)
+            found = (bpda(runner, on_device, targets, config, defense, progress) if config.name == "bpda"
+                     else deepfool(runner, on_device, targets, "linf", progress=progress))
+            return project(images.float(), found.cpu(), config.norm, config.budget)
         classifier = _classifier(model, num_classes)
         if progress is not None:
             batches = -(-len(images) // config.batch_size)
@@ -243,7 +249,7 @@ def attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config:
                 report(progress, "attack", min(steps[0], total), total, f"{ATTACKS[config.name]}: {what}")
 
             if config.name == "autoattack":  # it runs copies of the classifier: count the network's passes instead,
-                last = [m for m in model.modules() if not list(m.children())][-1]  # at its output layer (the library
+                last = [m for m in classifier.model.modules() if not list(m.children())][-1]  # at its output layer (the library
                 hooks.append(last.register_forward_hook(lambda *_: tick()))  # calls a Sequential's layers one by one)
             else:
                 _count_gradients(classifier, tick)

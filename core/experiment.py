@@ -292,8 +292,12 @@ def train_without(config: ExperimentConfig, data: GTSRB, removed: torch.Tensor, 
 
 def training_step(config: ExperimentConfig, threads: Optional[int] = None) -> str:
     """The name under which training's duration per image and epoch is measured (core.durations),
-    per thread count: a study's one-thread workers train at another speed than the app."""
-    return f"train {config.train.architecture} ({threads or torch.get_num_threads()} threads)"
+    per thread count (a study's one-thread workers train at another speed than the app) and per GPU."""
+    from .device import compute_device, describe
+
+    device = compute_device()
+    where = describe(device) if device.type == "cuda" else f"{threads or torch.get_num_threads()} threads"
+    return f"train {config.train.architecture} ({where})"
 
 
 def training_estimate(config: ExperimentConfig, data: GTSRB, threads: Optional[int] = None) -> Optional[float]:

@@ -188,7 +188,8 @@ def input_layers(model: nn.Module) -> frozenset:
     from .data import IMAGE_SIZE
 
     found = set()
-    probe = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=next(model.parameters()).dtype)
+    weight = next(model.parameters())
+    probe = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=weight.dtype, device=weight.device)
     hooks = [m.register_forward_pre_hook(lambda module, args, name=n: found.add(name) if args[0] is probe else None)
              for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
@@ -291,8 +292,8 @@ class _ZBoxTerms:
         key = tuple(shape[1:])
         if key not in self.bound:
             weight = layer.weight.detach()
-            low = torch.full((1,) + key, self.rule.low, dtype=weight.dtype)
-            high = torch.full((1,) + key, self.rule.high, dtype=weight.dtype)
+            low = torch.full((1,) + key, self.rule.low, dtype=weight.dtype, device=weight.device)
+            high = torch.full((1,) + key, self.rule.high, dtype=weight.dtype, device=weight.device)
             if isinstance(layer, nn.Conv2d):
                 options = conv_options(layer)
                 value = F.conv2d(low, weight.clamp(min=0), None, **options) + F.conv2d(high, weight.clamp(max=0), None, **options)
@@ -326,7 +327,7 @@ class _RuleLayer(torch.autograd.Function):
             z = apply(a, step.weight_mod, step.bias_mod)
         else:
             z = y
-        stabilised = torch.copysign(torch.full((), step.eps, dtype=z.dtype), z).add_(z)
+        stabilised = torch.copysign(torch.full((), step.eps, dtype=z.dtype, device=z.device), z).add_(z)
         ctx.save_for_backward(a, y / stabilised)
         ctx.step, ctx.is_conv, ctx.options = step, is_conv, options
         return y
@@ -455,7 +456,7 @@ class LRP:
         """Relevance (N, C, H, W) of the input, or of `layer`'s output, and logits (N, classes) for
         `target` (int or (N,) class ids)."""
         if isinstance(target, numbers.Integral) or (isinstance(target, torch.Tensor) and target.dim() == 0):
-            target = torch.full((x.shape[0],), int(target), dtype=torch.long)
+            target = torch.full((x.shape[0],), int(target), dtype=torch.long, device=x.device)
         if not isinstance(target, torch.Tensor) or tuple(target.shape) != (x.shape[0],):
             # scatter_ with fewer rows than the batch would leave the other images' relevance silently zero
             got = f"shape {tuple(target.shape)}" if isinstance(target, torch.Tensor) else repr(target)
@@ -470,7 +471,7 @@ class LRP:
             if hook is not None:
                 hook.remove()
         read = x if layer == INPUT else captured[0]
-        selector = torch.zeros_like(h).scatter_(1, target.reshape(-1, 1), 1.0)
+        selector = torch.zeros_like(h).scatter_(1, target.reshape(-1, 1).to(h.device), 1.0)
         self.sink.clear()
         (grad,) = torch.autograd.grad(h, read, grad_outputs=selector)
         relevance = read.detach() * grad
@@ -507,15 +508,20 @@ def explain(
     batch_size: int = 256,
     progress: Optional[ProgressCallback] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Heatmaps (N, H, W) and logits (N, classes) for uint8 or float images, in batches."""
-    canonical = canonical_copy(model)
+    """Heatmaps (N, H, W) and logits (N, classes) on the CPU for uint8 or float images, in batches
+    computed on `compute_device()`."""
+    from .device import compute_device
+
+    device = compute_device()
+    canonical = canonical_copy(model).to(device)
     attributor = LRP(canonical, config.rules_for(canonical))
     attributor.check_layer(config.layer)
     heatmaps, logits = [], []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
+        batch = images[start : start + batch_size].to(device)
         batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-        relevance, out = attributor(batch, targets[start : start + batch_size], config.layer)
+        relevance, out = attributor(batch, targets[start : start + batch_size].to(device), config.layer)
+        relevance, out = relevance.cpu(), out.cpu()
         if relevance.dim() != 4:
             raise ConfigError(f"layer {config.layer} has no spatial output to read relevance from; choose a convolutional layer or block")
         heatmap = to_image_grid(relevance.sum(dim=1), images.shape[-1])

@@ -186,15 +186,20 @@ def build_model(name: str) -> nn.Module:
 
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
-    """Predicted classes for uint8 or float images, in eval mode and without gradients."""
+    """Predicted classes (on the CPU) for uint8 or float images, in eval mode and without gradients,
+    computed on `compute_device()`."""
+    from .device import compute_device, model_on
+
+    device = compute_device()
     was_training = model.training
     model.eval()
+    runner = model_on(model, device)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
+            batch = images[start : start + batch_size].to(device)
             if batch.dtype == torch.uint8:
                 batch = batch.float().div_(255.0)
-            out.append(model(batch).argmax(dim=1))
+            out.append(runner(batch).argmax(dim=1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)

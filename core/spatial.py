@@ -37,7 +37,7 @@ def affine(images: torch.Tensor, degrees: float = 0.0, scale: float = 1.0, shift
     angle = math.radians(degrees)
     cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
     height, width = images.shape[-2:]
-    theta = torch.tensor([[cos, sin, -2.0 * shift[0] / width], [-sin, cos, -2.0 * shift[1] / height]], dtype=images.dtype)
+    theta = torch.tensor([[cos, sin, -2.0 * shift[0] / width], [-sin, cos, -2.0 * shift[1] / height]], dtype=images.dtype, device=images.device)
     grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

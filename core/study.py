@@ -216,9 +216,17 @@ def detect_cell(config: ExperimentConfig, detector: str, data=None, progress: Op
 
 # ------------------------------------------------------------------ Ray
 
-def _worker_environment() -> Dict[str, str]:
-    """What a Ray worker needs to find the project, the data and this cache."""
+CELLS_PER_GPU = 4
+"""Steps that share one GPU at a time: a cell's ThesisNet uses a small part of one, and a study's
+cells are many; Ray hands each step this share of a GPU."""
+
+
+def _worker_environment(device: str = "auto") -> Dict[str, str]:
+    """What a Ray worker needs to find the project, the data and this cache, and where it computes
+    (a step given no GPU share is held to the CPU, even on a node with GPUs)."""
     env = {"PYTHONPATH": str(ROOT), "POISONLAB_CACHE": str(cache_dir()), "POISONLAB_NO_PROGRESS": "1"}
+    if device == "cpu":
+        env["POISONLAB_DEVICE"] = "cpu"
     if os.environ.get("GTSRB_DIR"):
         env["GTSRB_DIR"] = str(Path(os.environ["GTSRB_DIR"]).resolve())
     return env
@@ -265,9 +273,9 @@ def check_cluster_address(address: str) -> None:
 _STARTED: Dict[str, Any] = {}  # what this process's Ray runtime was started with
 
 
-def start_ray(address: Optional[str] = None):
-    """A local Ray runtime sized to this machine, or a connection to the cluster at `address`
-    (whose nodes must see this project at the same path and share the cache folder)."""
+def start_ray(address: Optional[str] = None, device: str = "auto"):
+    """A local Ray runtime sized to this machine (its GPUs included), or a connection to the cluster
+    at `address` (whose nodes must see this project at the same path and share the cache folder)."""
     if address and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
         # `ray start` turns token authentication on by default (Ray 2.59 on), and a token-mode
         # client joins a cluster without it as well, so a token found here is offered. Ray reads
@@ -275,7 +283,7 @@ def start_ray(address: Optional[str] = None):
         os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
-    environment = _worker_environment()
+    environment = _worker_environment(device)
     if ray.is_initialized():
         if _STARTED.get("environment") == environment and _STARTED.get("address") == address:
             return ray
@@ -306,11 +314,13 @@ class StudyRun:
     cached: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)
     workers: int = 0
+    gpus: float = 0.0
+    """GPUs the steps shared (0: they ran on the CPU)."""
     seconds: float = 0.0
 
     def as_dict(self) -> Dict[str, Any]:
         return {"computed": self.computed, "cached": self.cached, "failed": self.failed, "workers": self.workers,
-                "seconds": round(self.seconds, 1)}
+                "gpus": self.gpus, "seconds": round(self.seconds, 1)}
 
 
 def step_name(config: ExperimentConfig, study: Study, step: str) -> str:
@@ -322,9 +332,25 @@ def failures_path(study: Study) -> Path:
     return cache_dir() / f"study-{study.key()}.json"
 
 
-def run_study(study: Study, data=None, address: Optional[str] = None, progress: Optional[ProgressCallback] = None) -> StudyRun:
+def task_resources(cluster: Mapping[str, float], device: str = "auto") -> Dict[str, float]:
+    """What each step asks of Ray: one CPU, and a share of a GPU where the cluster has GPUs and the
+    device setting allows one (auto or cuda); cuda on a cluster without a GPU is a ConfigError."""
+    from .device import check_device
+
+    device = check_device(device)
+    gpus = float(cluster.get("GPU", 0))
+    if device.startswith("cuda") and gpus <= 0:
+        raise ConfigError(f"device {device!r}: the Ray cluster has no GPU (use auto or cpu)")
+    if device == "cpu" or gpus <= 0:
+        return {"num_cpus": 1}
+    return {"num_cpus": 1, "num_gpus": 1 / CELLS_PER_GPU}
+
+
+def run_study(study: Study, data=None, address: Optional[str] = None, progress: Optional[ProgressCallback] = None,
+              device: str = "auto") -> StudyRun:
     """Every missing step of the study, on Ray; finished steps are only counted. A failed step is
-    recorded with its error and the others go on (a cell's detectors are skipped if its model failed)."""
+    recorded with its error and the others go on (a cell's detectors are skipped if its model failed).
+    Steps take a share of a GPU where the cluster has one (`task_resources`)."""
     from .data import load_gtsrb
     from .experiment import model_path
 
@@ -337,10 +363,12 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
 
     def submit(task, *args):
         if not remote:  # Ray starts only when there is something to compute
-            ray = start_ray(address)
-            remote.update(ray=ray, train=ray.remote(num_cpus=1, max_retries=0)(_train_task),
-                          detect=ray.remote(num_cpus=1, max_retries=0)(_detect_task),
-                          cleanse=ray.remote(num_cpus=1, max_retries=0)(_cleanse_task))
+            ray = start_ray(address, device)
+            resources = task_resources(ray.cluster_resources(), device)
+            remote.update(ray=ray, resources=resources,
+                          train=ray.remote(max_retries=0, **resources)(_train_task),
+                          detect=ray.remote(max_retries=0, **resources)(_detect_task),
+                          cleanse=ray.remote(max_retries=0, **resources)(_cleanse_task))
         return remote[task].remote(*args)
 
     for config in study.cells:
@@ -373,7 +401,9 @@ def run_study(study: Study, data=None, address: Optional[str] = None, progress: 
     ray = remote.get("ray")
     if ray is not None:
         run.workers = int(ray.cluster_resources().get("CPU", 0))
-    report(progress, "study", 0, total, f"{total} steps to compute, {len(run.cached)} cached, on {run.workers} Ray workers")
+        run.gpus = float(ray.cluster_resources().get("GPU", 0)) if "num_gpus" in remote["resources"] else 0.0
+    where = f"{run.workers} Ray workers" + (f" sharing {run.gpus:g} GPU{'s' * (run.gpus != 1)}" if run.gpus else "")
+    report(progress, "study", 0, total, f"{total} steps to compute, {len(run.cached)} cached, on {where}")
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         name = pending.pop(done[0])
@@ -542,7 +572,7 @@ def study_folder() -> Path:
 _PROCESSES: Dict[str, Any] = {}
 
 
-def start_study(study: Study, address: Optional[str] = None):
+def start_study(study: Study, address: Optional[str] = None, device: str = "auto"):
     """`python -m core study run` on the study's file, in a process (and session) of its own, so that
     it neither waits for nor blocks this process's jobs; its output goes to a log beside the file."""
     import subprocess
@@ -554,7 +584,8 @@ def start_study(study: Study, address: Optional[str] = None):
     folder = study_folder()
     path = folder / f"study-{study.key()}.toml"
     path.write_text(to_toml(study))
-    command = [sys.executable, "-m", "core", "study", "run", str(path), "--quiet"] + (["--address", address] if address else [])
+    command = ([sys.executable, "-m", "core", "study", "run", str(path), "--quiet", "--device", device.partition(":")[0]]
+               + (["--address", address] if address else []))
     log = open(folder / f"study-{study.key()}.log", "w")
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "POISONLAB_CACHE": str(cache_dir())}, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)

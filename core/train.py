@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import IMAGE_SIZE, Split
+from .device import compute_device
 from .errors import ConfigError
 from .params import NAME, REAL, SWITCH, WHOLE, check_declared, parameter
 from .models import ARCHITECTURE_LABELS, ARCHITECTURES, INFERENCE_BATCH
@@ -99,7 +100,8 @@ class FitResult:
 def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random rotation (±10°), scale (±10 %), shift (±2 px) and brightness (±20 %), batched."""
     n = images.shape[0]
-    uniform = lambda *shape: torch.rand(*shape, generator=generator) * 2 - 1  # noqa: E731
+    # drawn on the CPU from the training's generator, so every device sees the same draws
+    uniform = lambda *shape: (torch.rand(*shape, generator=generator) * 2 - 1).to(images.device)  # noqa: E731
     angle = uniform(n) * math.radians(10)
     scale = 1 + uniform(n) * 0.1
     shift = uniform(n, 2) * (2 * 2 / images.shape[-1])
@@ -168,16 +170,18 @@ def fit(
     annealed weights (on the default experiment 0.4 points of test accuracy better than those of the
     epoch before, which had a lower validation loss); otherwise (early stopping, or a constant rate,
     whose last epoch is no better than any other: the thesis kept its best checkpoint) the weights of
-    the epoch with the lowest validation loss. `best_epoch` names the epoch whose weights it keeps."""
+    the epoch with the lowest validation loss. `best_epoch` names the epoch whose weights it keeps.
+    It trains on `compute_device()` with both splits moved there once, and returns on the CPU."""
     start_time = time.perf_counter()
+    device = compute_device()
     generator = torch.Generator().manual_seed(config.seed)
-    images, labels = train.float_images(), train.labels
-    val_images, val_labels = val.float_images(), val.labels
+    images, labels = train.float_images().to(device), train.labels.to(device)
+    val_images, val_labels = val.float_images().to(device), val.labels.to(device)
     if len(images) == 0 or len(val_images) == 0:
         raise ConfigError("training needs a non-empty training and validation split")
     steps = math.ceil(len(images) / config.batch_size)
     layout = torch.channels_last if getattr(model, "channels_last", False) else torch.contiguous_format
-    model.to(memory_format=layout)
+    model.to(device=device, memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     one_cycle = config.schedule == "one_cycle"
     schedule = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.learning_rate, total_steps=config.max_epochs * steps)
@@ -228,6 +232,6 @@ def fit(
         best_epoch = len(history)  # the schedule ran to its end: keep its final, annealed weights
     elif best_state is not None:
         model.load_state_dict(best_state)
-    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
+    model.to(device="cpu", memory_format=torch.contiguous_format)  # safetensors stores contiguous CPU tensors
     model.eval()
     return FitResult(len(history), best_epoch, history, time.perf_counter() - start_time)

@@ -39,7 +39,8 @@ left.metric("Files", f"{len(shown)} of {len(rows)}")
 middle.metric("Size", f"{sum(row.size for row in shown) / 1e6:,.1f} MB")
 right.metric("Partial writes", sum(not row.complete for row in rows))
 selection = st.dataframe(
-    [{"file": row.name, "kind": row.kind, "size (MB)": row.size / 1e6, "age": age(now - row.modified), "parameters": row.parameters}
+    [{"file": row.name, "kind": row.kind, "size (MB)": row.size / 1e6, "age": age(now - row.modified),
+      "computed on": row.computed_on or "not recorded", "parameters": row.parameters}
      for row in shown],
     hide_index=True, on_select="rerun", selection_mode="multi-row", key="cache_table",
     column_config={"size (MB)": st.column_config.NumberColumn(format="%.2f"),

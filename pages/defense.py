@@ -18,6 +18,7 @@ from core.evasion import ATTACKS, AttackConfig
 from core.experiment import clean_twin, load_trained, model_path, train_or_load
 from core.inspection import VERSIONS, inspect, sensitivity_grid, upload_input
 from core.jobs import RUNNER
+from ui.device import on_session_device
 from core.spatial import DEFAULT_TRANSFORMS, KINDS, parse_transforms
 from core.robustness import RobustnessConfig, cached_spatial, cached_table, spatial_defense, spatial_path, draw_test_images, model_inputs, robustness_table, table_path
 from core.durations import estimate
@@ -213,7 +214,7 @@ if trained is None:
     settle_job(key, "Training", f"Training: {training_time(chosen_experiment, data)}.")
     st.write(f"The {model_choice} model of this experiment is not trained yet.")
     if st.button("Train it", type="primary"):
-        RUNNER.submit(key, f"Training the {model_choice} model", lambda progress: train_or_load(chosen_experiment, data, progress=progress))
+        RUNNER.submit(key, f"Training the {model_choice} model", on_session_device(lambda progress: train_or_load(chosen_experiment, data, progress=progress)))
         st.rerun()
     st.stop()
 

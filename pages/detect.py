@@ -21,6 +21,7 @@ from core.experiment import load_trained, model_path, poisoned_data
 from core.heatmaps import experiment_heatmaps_path
 from core.gw_kmeans import GWConfig, mds_embedding
 from core.jobs import RUNNER
+from ui.device import on_session_device
 from core.lrp import LRPConfig
 from core.presets import GW_RELEVANCE, PRESETS
 from core.spectral import SpectralConfig
@@ -142,7 +143,7 @@ if not path.is_file() or not heatmaps_path.is_file():  # a run computes what is 
              "solver's kernels). Smaller thresholds are no faster, because every cloud lives on the same 32×32 grid."
              + ("" if heatmaps_path.is_file() else f" Its heatmaps ({lrp.describe()}) are computed first, in a few seconds."))
     if st.button("Run GW k-means", type="primary"):
-        RUNNER.submit(key, "GW k-means", lambda progress: step(progress=progress))
+        RUNNER.submit(key, "GW k-means", on_session_device(lambda progress: step(progress=progress)))
         st.rerun()
     st.stop()
 

@@ -16,6 +16,7 @@ from core.durations import estimate
 from core.experiment import poisoned_data
 from core.heatmaps import ClassHeatmaps, experiment_heatmaps, experiment_heatmaps_path, lrp_step
 from core.jobs import RUNNER
+from ui.device import on_session_device
 from core.lrp import LRPConfig
 from core.presets import gw_relevance
 from core.pointcloud import normalised_mass, point_cloud, point_count, visibility
@@ -185,7 +186,7 @@ if heatmaps is None:
     settle_job(key, "Computing the heatmaps", f"LRP of the class's {class_size:,} images: {lrp_time}.{note}")
     st.write(f"No heatmaps yet for class {class_id} with {lrp.describe()}. LRP of its {class_size:,} images: {lrp_time}.{note}")
     if st.button("Compute heatmaps", type="primary"):
-        RUNNER.submit(key, "LRP heatmaps", lambda progress: experiment_heatmaps(experiment, class_id, lrp, data, progress=progress))
+        RUNNER.submit(key, "LRP heatmaps", on_session_device(lambda progress: experiment_heatmaps(experiment, class_id, lrp, data, progress=progress)))
         st.rerun()
     st.stop()
 

@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.experiment import (ExperimentConfig, attack_ready, clean_twin, load_trained, model_path, perturbation_path, perturbed_images,
                              poisoned_data, train_or_load, training_estimate)
 from core.jobs import RUNNER
+from ui.device import on_session_device
 from core.params import widget_params
 from core.poison import PoisonConfig
 from core.recipes import RECIPES, recipe_name
@@ -260,7 +261,7 @@ if trained is None:
     else:
         st.write("No model has been trained for this experiment yet.")
         if st.button("Train model", type="primary", help=f"Training: {training_time(config, data)}."):
-            RUNNER.submit(key, "Training", lambda progress: train_or_load(config, data, progress=progress))
+            RUNNER.submit(key, "Training", on_session_device(lambda progress: train_or_load(config, data, progress=progress)))
             st.rerun()
 else:
     m = trained.metrics

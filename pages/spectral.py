@@ -18,6 +18,7 @@ from core.detectors import GWDistanceConfig, gw_distances_path, gw_spectral, hea
 from core.errors import ConfigError
 from core.experiment import model_path, poisoned_data
 from core.jobs import RUNNER
+from ui.device import on_session_device
 from core.lrp import LRPConfig
 from core.presets import gw_relevance
 from core.spectral import SpectralConfig, compile_umap_in_background, embed_2d
@@ -174,7 +175,7 @@ if distance_kind == "gw":
                  f"ε = {gw_config.epsilon:g}, clouds at t = {gw_config.threshold} on an 8×8 grid) are not computed yet: "
                  f"{expected_time(estimate(PAIRWISE_GW_STEP, pairs))}.")
         if st.button("Compute GW distances", type="primary"):
-            RUNNER.submit(gw_path.name, "Pairwise GW", lambda progress: step(progress=progress))
+            RUNNER.submit(gw_path.name, "Pairwise GW", on_session_device(lambda progress: step(progress=progress)))
             st.rerun()
         st.stop()
     distance_key = gw_path.name

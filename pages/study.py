@@ -15,6 +15,7 @@ from core.study import (DETECTORS, preset_studies, start_study, stop_study, stud
                         study_table, table_csv, training_left)
 from core.progress import approximate_duration
 from ui.common import data_or_stop, run_through_app
+from ui.device import session_device
 
 STATE_COLOURS = {"cached": "background-color: #bbf7d0", "running": "background-color: #fed7aa", "failed": "background-color: #fecaca",
                  "waiting": "color: #6b7280"}
@@ -112,7 +113,7 @@ process = study_process(study)
 run, stop, _ = st.columns([1, 1, 4])
 if run.button("Run the study", type="primary", disabled=process is not None or not (missing or any(
         row[s] != "cached" for row in statuses for s in steps))):
-    start_study(study, address.strip() or None)
+    start_study(study, address.strip() or None, session_device())
     st.rerun()
 if stop.button("Stop", disabled=process is None, help="Finished steps stay in the cache; running it again computes the rest."):
     stop_study(study)

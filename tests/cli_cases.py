@@ -178,6 +178,7 @@ TEXT_CASES: Dict[str, Dict[str, Tuple[str, Optional[str]]]] = {
     "--transforms": {"unknown transformation": ("spin=3", "spin=3"), "scale out of range": ("scale=9", "scale=9"),
                      "rotate not a number": ("rotate=abc", "rotate=abc"), "shift with one number": ("shift=3", "shift=3"),
                      "empty": ("", None)},
+    "--device": {"unknown device": ("gpu", "gpu"), "a GPU this machine lacks": ("cuda:7", "cuda:7"), "empty": ("", None)},
     "--method": {"unknown method": ("no-such-method", "no-such-method"), "empty": ("", None)},
     "--grid": {"no equals sign": ("pp", "pp"), "no values": ("pp=", "pp"), "unknown key": ("no-such-key=1,2", "no-such-key"),
                "bad value": ("pp=abc", "abc"), "out of range": ("pp=7", "7")},

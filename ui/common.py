@@ -263,7 +263,9 @@ def job_result(key: str, title: str, work, note: str, button: str):
         (st.info if job.state == "cancelled" else st.error)(f"{title} {job.state}: {job.error}")
         RUNNER.forget(key)
     if st.button(button, key=f"button:{key}"):
-        RUNNER.submit(key, title, work)
+        from ui.device import on_session_device
+
+        RUNNER.submit(key, title, on_session_device(work))
         st.rerun()
     return None
 

@@ -24,6 +24,8 @@ from core.experiment import ExperimentConfig
 _MEMORY = "view_memory"
 _LAST_VIEW = "view_last"
 EXPERIMENT_KEYS = frozenset(ExperimentConfig().to_query())
+SESSION_KEYS = frozenset({"device"})
+"""Link keys of the whole session (the sidebar's device), kept on every view."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def restore_view(spec: Mapping[str, Field]) -> None:
     """Before the page's widgets (after `active_experiment`): give each declared widget its
     remembered, linked or default value, and drop other views' fields from the URL."""
     for key in list(st.query_params):
-        if key not in EXPERIMENT_KEYS and key not in spec:
+        if key not in EXPERIMENT_KEYS and key not in spec and key not in SESSION_KEYS:
             del st.query_params[key]
     memory = st.session_state.setdefault(_MEMORY, {})
     linked, problems = parse_view(spec, {k: st.query_params[k] for k in st.query_params if k in spec})
