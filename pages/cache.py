@@ -31,8 +31,9 @@ chosen = st.multiselect("Kinds", kinds, kinds, key="cache_kinds",
                         "adv: adversarial examples · robustness: AA/BA tables · gtsrb: the decoded data set · "
                         "partial write: left by a process that was stopped while writing")
 shown = [row for row in rows if row.kind.split("-")[0] in chosen]
+notice = st.empty()  # always there, so the elements below keep their places when the notice comes and goes
 if rows and not chosen:
-    st.error("No kind is chosen, so no file is listed: choose at least one kind.")
+    notice.error("No kind is chosen, so no file is listed: choose at least one kind.")
 now = time.time()
 left, middle, right = st.columns(3)
 left.metric("Files", f"{len(shown)} of {len(rows)}")
