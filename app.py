@@ -78,10 +78,9 @@ PAGES = {"poison": POISON, "heatmaps": HEATMAPS, "spectral": SPECTRAL, "detect":
 navigation = st.navigation([st.Page(home, title="Home", icon=":material/home:", default=True), *PAGES.values()])
 from ui.common import mark_run_by_app  # noqa: E402
 
-from ui.device import device_selector, session_device  # noqa: E402
-from core.device import use_device  # noqa: E402
+from ui.device import apply_session_device, device_selector  # noqa: E402
 
 mark_run_by_app()
 device_selector()
-use_device(session_device())  # what this run computes itself; jobs carry the choice into their thread
+apply_session_device()  # what this run computes itself; jobs carry the choice into their thread
 navigation.run()

@@ -654,6 +654,8 @@ def test_cache_page_filters_and_deletes_artifacts(server, browser):
     page.keyboard.press("Escape")  # close the option list, which covers the table
     expect(files).not_to_have_text(total, timeout=30_000)
     expect(files).to_contain_text("1 of")
+    device = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Compute on")
+    expect(device.get_by_role("combobox")).to_have_value(re.compile(r"^auto: "))  # the device setting outlives the page's reruns
     page.get_by_role("heading", name="Cache").click()  # nothing open over the table
     grid = page.get_by_test_id("stDataFrame")
     selected = page.get_by_text("1 selected")

@@ -114,3 +114,26 @@ def test_a_damaged_artifact_is_reported_and_recomputed_never_shown(seeded_cache,
     assert torch.allclose(tensors["heatmaps"], fresh.heatmaps, atol=1e-5)
     shown = {m.label: m.value for m in at.metric}
     assert shown["Images of the class"] == f"{len(fresh):,}"
+
+
+def test_the_sidebar_chooses_the_device_and_says_what_it_cannot_use(seeded_cache, monkeypatch):
+    from core.device import DEVICE_ENV
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    at = open_page("pages/cache.py", {"device": "cpu"})
+    selector = at.selectbox(key="device")
+    assert selector.value == "cpu" and at.query_params.get("device") in ("cpu", ["cpu"])
+    assert selector.options[0].startswith("auto: ") and selector.options[1].startswith("cpu (")  # each in words
+    assert "computed on" in at.dataframe[0].value.columns
+
+    at = open_page("pages/cache.py", {"device": "AUTO"})
+    assert at.selectbox(key="device").value == "auto" and "device" not in at.query_params  # the default: the link leaves it out
+
+    at = open_page("pages/cache.py", {"device": "cuda:7"})  # a GPU this machine lacks (or a name it does not know)
+    assert at.selectbox(key="device").value == "auto"
+    assert any("device = 'cuda:7' could not be used" in error.value for error in at.sidebar.error)
+
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    at = open_page("pages/cache.py")
+    assert not at.exception
+    assert any("$POISONLAB_DEVICE" in error.value and "computing on the CPU" in error.value for error in at.sidebar.error)

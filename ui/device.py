@@ -11,7 +11,7 @@ from typing import Any, Callable, List
 import streamlit as st
 import torch
 
-from core.device import DEVICE_ENV, DeviceConfig, describe, resolve, using
+from core.device import DEVICE_ENV, DeviceConfig, describe, resolve, use_device, using
 from core.errors import ConfigError
 
 KEY = "device"
@@ -71,3 +71,13 @@ def on_session_device(work: Callable[[Any], Any]) -> Callable[[Any], Any]:
             return work(progress)
 
     return run
+
+
+def apply_session_device() -> None:
+    """This run's own computations on the session's device; an unusable one (a bad $POISONLAB_DEVICE)
+    is said in the sidebar and the CPU is used."""
+    try:
+        use_device(session_device())
+    except ConfigError as error:
+        st.sidebar.error(f"{error}; computing on the CPU.")
+        use_device("cpu")
