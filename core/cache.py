@@ -423,8 +423,9 @@ def cached(
 
 
 def meta_only(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The decoder of an artifact that is all metadata (a table): its fields without the checksum."""
-    return {k: v for k, v in meta.items() if k != "checksum"}
+    """The decoder of an artifact that is all metadata (a table): its fields without the checksum and the
+    device it was computed on (the Cache view's; the table is the same on every device)."""
+    return {k: v for k, v in meta.items() if k not in ("checksum", "computed_on")}
 
 
 def load_cached(path: Path, decode: Callable[[Dict[str, torch.Tensor], Dict[str, Any]], T]) -> Optional[T]:

@@ -60,7 +60,7 @@ def test_train_from_the_page_and_read_metrics(page_cache):
 
 def test_invalid_form_input_shows_a_message(page_cache):
     at = open_poison_page()
-    at.sidebar.selectbox[1].set_value(2)  # target = source
+    next(s for s in at.sidebar.selectbox if s.label == "Target class").set_value(2)  # target = source
     next(b for b in at.sidebar.button if b.label == "Apply").click().run()
     assert any("must differ" in e.value for e in at.error), [e.value for e in at.error]
     assert metric_values(at)["Poisoned training images"] == "813", "the active experiment is unchanged"
